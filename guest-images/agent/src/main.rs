@@ -1,0 +1,3 @@
+//! The guest agent (issue 4).
+
+fn main() {}

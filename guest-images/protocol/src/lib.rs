@@ -1,0 +1,1 @@
+//! Steps and results exchanged between the harness and the guest agent.

@@ -1,0 +1,1 @@
+//! image stage: the guest initramfs with busybox, dropbear and the agent (issue 4).

@@ -1,0 +1,18 @@
+//! msi-harness: a test harness for Linux IOMMU/MSI kernel work.
+//!
+//! The pipeline has one module per stage, each handing a typed result to the
+//! next: `kernel` (source → patches → config → arm64 `Image` + uapi headers),
+//! `image` (initramfs with busybox, dropbear and the guest agent), `vm` (QEMU
+//! under TCG, QMP, SSH, console and traces), `scenario` (declarative steps run
+//! against a fresh VM) and `snapshot` (normalised observations, reports).
+//! `xtask` is a thin command-line layer over these modules.
+
+pub mod cache;
+pub mod deps;
+pub mod error;
+pub mod event;
+pub mod kernel;
+pub mod image;
+pub mod vm;
+
+pub use error::{Error, ExitCode};

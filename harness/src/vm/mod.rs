@@ -1,0 +1,1 @@
+//! vm stage: QEMU under TCG, QMP, SSH, serial console, traces, teardown (issue 5).
