@@ -1,0 +1,365 @@
+//! `kernel-configs/kernels.toml`: named kernel variants as plain data.
+//!
+//! A `[source.NAME]` table says where a kernel source comes from and pins the
+//! checksum of what is downloaded; a `[[variant]]` names a source, a patch
+//! series directory and config fragments. Unknown keys are errors, and every
+//! error points at `file:line:col`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::Error;
+
+/// Where a kernel source comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// The upstream tarball (`file`) of a Debian source package, fetched
+    /// through a private apt configuration from `suite`'s deb-src.
+    DebianSource { name: String, package: String, version: String, suite: String, file: String, sha256: String },
+    /// A binary package (e.g. `linux-source-7.2`) whose `.deb` holds the
+    /// source tarball at `member`.
+    DebianBinary { name: String, package: String, version: String, suite: String, member: String, sha256: String },
+    /// A tarball on disk; `sha256`, when given, is checked.
+    Tarball { name: String, path: PathBuf, sha256: Option<String> },
+    /// A kernel tree on disk, built as it is (never modified).
+    Tree { name: String, path: PathBuf },
+}
+
+impl SourceSpec {
+    pub fn name(&self) -> &str {
+        match self {
+            SourceSpec::DebianSource { name, .. }
+            | SourceSpec::DebianBinary { name, .. }
+            | SourceSpec::Tarball { name, .. }
+            | SourceSpec::Tree { name, .. } => name,
+        }
+    }
+}
+
+/// A named kernel to build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variant {
+    pub name: String,
+    pub description: String,
+    pub source: SourceSpec,
+    /// The patch series directory (its `*.patch` files, in name order).
+    pub patches: Option<PathBuf>,
+    /// Config fragments, in merge order (absolute paths).
+    pub fragments: Vec<PathBuf>,
+}
+
+/// The parsed file: variants, and the fragments `--kernel-tree` builds use.
+#[derive(Debug, Clone)]
+pub struct KernelsFile {
+    pub variants: Vec<Variant>,
+    pub default_fragments: Vec<PathBuf>,
+}
+
+/// Where `kernels.toml` lives in a checkout.
+pub fn kernels_toml(project_root: &Path) -> PathBuf {
+    project_root.join("kernel-configs/kernels.toml")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    /// Fragments for every variant that lists none, and for `--kernel-tree`.
+    fragments: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    source: BTreeMap<String, Spanned<RawSource>>,
+    #[serde(default)]
+    variant: Vec<Spanned<RawVariant>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    kind: Spanned<String>,
+    package: Option<String>,
+    version: Option<String>,
+    suite: Option<String>,
+    file: Option<String>,
+    member: Option<String>,
+    path: Option<String>,
+    sha256: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVariant {
+    name: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    source: Spanned<String>,
+    patches: Option<Spanned<String>>,
+    fragments: Option<Vec<Spanned<String>>>,
+}
+
+/// Reads the project's `kernel-configs/kernels.toml`.
+pub fn load_variants(project_root: &Path) -> anyhow::Result<Vec<Variant>> {
+    Ok(load_file(&kernels_toml(project_root))?.variants)
+}
+
+/// Reads a `kernels.toml`; relative paths are relative to its directory.
+pub fn load_file(path: &Path) -> anyhow::Result<KernelsFile> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::infra(format!("cannot read {}: {e}", path.display())))?;
+    parse(path, &text).map_err(Into::into)
+}
+
+/// `file:line:col` of a byte offset.
+fn position(file: &Path, text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    format!("{}:{line}:{col}", file.display())
+}
+
+/// Parses `text` (the content of `file`).
+pub fn parse(file: &Path, text: &str) -> Result<KernelsFile, Error> {
+    let at = |span: std::ops::Range<usize>, msg: String| {
+        Error::infra(format!("{}: {msg}", position(file, text, span.start)))
+    };
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let msg = e.message().trim().to_string();
+        match e.span() {
+            Some(span) => at(span, msg),
+            None => Error::infra(format!("{}: {msg}", file.display())),
+        }
+    })?;
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let resolve = |p: &str| if Path::new(p).is_absolute() { PathBuf::from(p) } else { dir.join(p) };
+    let fragment_list = |list: &[Spanned<String>]| -> Result<Vec<PathBuf>, Error> {
+        list.iter()
+            .map(|f| {
+                let p = resolve(f.get_ref());
+                if p.is_file() {
+                    Ok(p)
+                } else {
+                    Err(at(f.span(), format!("config fragment {} does not exist", p.display())))
+                }
+            })
+            .collect()
+    };
+    let default_fragments = fragment_list(raw.fragments.get_ref())?;
+
+    let mut sources = BTreeMap::new();
+    for (name, spanned) in &raw.source {
+        let span = spanned.span();
+        let s = spanned.get_ref();
+        let kind = s.kind.get_ref().as_str();
+        let need = |field: &str, v: &Option<String>| -> Result<String, Error> {
+            v.clone().ok_or_else(|| {
+                at(span.clone(), format!("source `{name}` of kind `{kind}` needs `{field}`"))
+            })
+        };
+        let refuse = |fields: &[(&str, bool)]| -> Result<(), Error> {
+            match fields.iter().find(|(_, present)| *present) {
+                Some((field, _)) => Err(at(
+                    span.clone(),
+                    format!("source `{name}` of kind `{kind}` takes no `{field}`"),
+                )),
+                None => Ok(()),
+            }
+        };
+        let sha256 = match &s.sha256 {
+            Some(sha) => {
+                let v = sha.get_ref();
+                if v.len() != 64 || !v.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                    return Err(at(sha.span(), format!("`sha256` must be 64 lowercase hex digits, not `{v}`")));
+                }
+                Some(v.clone())
+            }
+            None => None,
+        };
+        let need_sha = || {
+            sha256.clone().ok_or_else(|| {
+                at(span.clone(), format!("source `{name}` is downloaded: pin its `sha256`"))
+            })
+        };
+        let spec = match kind {
+            "debian-source" => {
+                refuse(&[("member", s.member.is_some()), ("path", s.path.is_some())])?;
+                SourceSpec::DebianSource {
+                    name: name.clone(),
+                    package: need("package", &s.package)?,
+                    version: need("version", &s.version)?,
+                    suite: need("suite", &s.suite)?,
+                    file: need("file", &s.file)?,
+                    sha256: need_sha()?,
+                }
+            }
+            "debian-binary" => {
+                refuse(&[("file", s.file.is_some()), ("path", s.path.is_some())])?;
+                SourceSpec::DebianBinary {
+                    name: name.clone(),
+                    package: need("package", &s.package)?,
+                    version: need("version", &s.version)?,
+                    suite: need("suite", &s.suite)?,
+                    member: need("member", &s.member)?,
+                    sha256: need_sha()?,
+                }
+            }
+            "tarball" | "tree" => {
+                refuse(&[
+                    ("package", s.package.is_some()),
+                    ("version", s.version.is_some()),
+                    ("suite", s.suite.is_some()),
+                    ("file", s.file.is_some()),
+                    ("member", s.member.is_some()),
+                ])?;
+                let path = resolve(&need("path", &s.path)?);
+                if kind == "tree" {
+                    refuse(&[("sha256", sha256.is_some())])?;
+                    SourceSpec::Tree { name: name.clone(), path }
+                } else {
+                    SourceSpec::Tarball { name: name.clone(), path, sha256 }
+                }
+            }
+            other => {
+                return Err(at(
+                    s.kind.span(),
+                    format!(
+                        "unknown source kind `{other}` (expected debian-source, debian-binary, tarball or tree)"
+                    ),
+                ))
+            }
+        };
+        sources.insert(name.clone(), spec);
+    }
+
+    let mut variants: Vec<Variant> = Vec::new();
+    for spanned in &raw.variant {
+        let v = spanned.get_ref();
+        let name = v.name.get_ref();
+        if name.is_empty()
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            || name.starts_with('.')
+        {
+            return Err(at(
+                v.name.span(),
+                format!("variant name `{name}` must be letters, digits, '.', '_' or '-'"),
+            ));
+        }
+        if variants.iter().any(|other| other.name == *name) {
+            return Err(at(v.name.span(), format!("variant `{name}` is defined twice")));
+        }
+        let source = sources.get(v.source.get_ref()).cloned().ok_or_else(|| {
+            let known: Vec<&str> = sources.keys().map(String::as_str).collect();
+            at(
+                v.source.span(),
+                format!("unknown source `{}` (defined: {})", v.source.get_ref(), known.join(", ")),
+            )
+        })?;
+        let patches = match &v.patches {
+            Some(p) => {
+                let dir = resolve(p.get_ref());
+                if !dir.is_dir() {
+                    return Err(at(p.span(), format!("patch directory {} does not exist", dir.display())));
+                }
+                if matches!(source, SourceSpec::Tree { .. }) {
+                    return Err(at(
+                        p.span(),
+                        "a `tree` source is built as it is and never modified: it takes no patches".into(),
+                    ));
+                }
+                Some(dir)
+            }
+            None => None,
+        };
+        let fragments = match &v.fragments {
+            Some(list) => fragment_list(list)?,
+            None => default_fragments.clone(),
+        };
+        variants.push(Variant {
+            name: name.clone(),
+            description: v.description.clone(),
+            source,
+            patches,
+            fragments,
+        });
+    }
+    Ok(KernelsFile { variants, default_fragments })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("base.config"), "CONFIG_PCI=y\n").unwrap();
+        std::fs::create_dir(dir.path().join("p")).unwrap();
+        dir
+    }
+
+    const GOOD: &str = r#"
+fragments = ["base.config"]
+
+[source."linux-1.0"]
+kind = "debian-source"
+package = "linux"
+version = "1.0-1"
+suite = "trixie-backports"
+file = "linux_1.0.orig.tar.xz"
+sha256 = "fdf4c4d487c95b17a41cb38003faef86669e532a44fe702eb31a3390b6a60cca"
+
+[[variant]]
+name = "plain-1.0"
+source = "linux-1.0"
+
+[[variant]]
+name = "patched-1.0"
+description = "with p"
+source = "linux-1.0"
+patches = "p"
+"#;
+
+    #[test]
+    fn variants_resolve_sources_patches_and_fragments() {
+        let dir = setup();
+        let file = dir.path().join("kernels.toml");
+        let parsed = parse(&file, GOOD).unwrap();
+        assert_eq!(parsed.variants.len(), 2);
+        let v = &parsed.variants[1];
+        assert_eq!(v.name, "patched-1.0");
+        assert_eq!(v.patches.as_deref(), Some(dir.path().join("p").as_path()));
+        assert_eq!(v.fragments, vec![dir.path().join("base.config")]);
+        assert!(matches!(&v.source, SourceSpec::DebianSource { version, .. } if version == "1.0-1"));
+    }
+
+    #[test]
+    fn errors_point_at_line_and_column() {
+        let dir = setup();
+        let file = dir.path().join("kernels.toml");
+        let shown = file.display().to_string();
+        let typo = GOOD.replace("patches = \"p\"", "patchez = \"p\"");
+        let err = parse(&file, &typo).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{shown}:20:1: unknown field `patchez`")), "{err}");
+        let bad_source = GOOD.replace("source = \"linux-1.0\"\npatches", "source = \"linux-9\"\npatches");
+        let err = parse(&file, &bad_source).unwrap_err().to_string();
+        assert_eq!(err, format!("{shown}:19:10: unknown source `linux-9` (defined: linux-1.0)"));
+        let bad_sha = GOOD.replace("sha256 = \"fdf4", "sha256 = \"FDF4");
+        let err = parse(&file, &bad_sha).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{shown}:10:10: `sha256` must be 64 lowercase hex")), "{err}");
+        let no_frag = GOOD.replace("[\"base.config\"]", "[\"missing.config\"]");
+        let err = parse(&file, &no_frag).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{shown}:2:14: config fragment ")), "{err}");
+        let no_file = GOOD.replace("file = \"linux_1.0.orig.tar.xz\"\n", "");
+        let err = parse(&file, &no_file).unwrap_err().to_string();
+        assert!(err.contains("source `linux-1.0` of kind `debian-source` needs `file`"), "{err}");
+    }
+
+    #[test]
+    fn the_project_file_parses() {
+        let root = crate::cache::project_root();
+        let variants = load_variants(&root).unwrap();
+        let names: Vec<&str> = variants.iter().map(|v| v.name.as_str()).collect();
+        for want in ["upstream-6.18", "sw-msi-rfcv2", "sw-msi-rfcv2-7.2"] {
+            assert!(names.contains(&want), "{names:?}");
+        }
+    }
+}
