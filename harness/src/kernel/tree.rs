@@ -1,0 +1,182 @@
+//! Source trees: preparing a variant's patched tree from the pristine one,
+//! and keying a user's kernel tree by its content.
+//!
+//! A variant's `src/` is made from the pristine tree with `rsync -a
+//! --delete` and then the series' result is written over it. Make decides
+//! by modification time, so every file rsync restores gets mtime "now" (a
+//! restored file is older than the objects built from the patched one and
+//! would otherwise be skipped), and a patched file is written only when its
+//! content differs: changing one patch line rebuilds what that line touches.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+
+use super::apply::Applied;
+use super::run::{self, Log};
+use crate::cache::{ContentKey, KeyBuilder};
+use crate::error::Error;
+
+const RSYNC_TIMEOUT: Duration = Duration::from_secs(1800);
+const GIT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What preparing a tree changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Prepared {
+    /// Files rsync restored from the pristine tree (and touched).
+    pub restored: usize,
+    /// Patched files written because their content changed.
+    pub written: usize,
+    pub deleted: usize,
+}
+
+/// Makes `src` the pristine tree plus `applied`, changing as little as
+/// possible.
+pub fn prepare(pristine: &Path, src: &Path, applied: &Applied, log: &Log) -> anyhow::Result<Prepared> {
+    std::fs::create_dir_all(src)?;
+    // Files the series decides about are left to us, not rsync, so that an
+    // unchanged patched file keeps its mtime.
+    let exclude = src.parent().context("src has a parent")?.join("rsync-exclude");
+    let mut list = std::fs::File::create(&exclude)?;
+    for path in applied.files.keys() {
+        writeln!(list, "/{}", escape_pattern(path))?;
+    }
+    drop(list);
+    let mut cmd = Command::new("rsync");
+    cmd.args(["-a", "--delete", "--itemize-changes"])
+        .arg(format!("--exclude-from={}", exclude.display()))
+        .arg(format!("{}/", pristine.display()))
+        .arg(format!("{}/", src.display()));
+    let out = run::output(&mut cmd, log, RSYNC_TIMEOUT).context("copy the pristine source")?;
+    let mut prepared = Prepared::default();
+    let now = SystemTime::now();
+    for rel in received_files(&out) {
+        touch(&src.join(rel), now)?;
+        prepared.restored += 1;
+    }
+    for (rel, state) in &applied.files {
+        let path = src.join(rel);
+        match state {
+            None => {
+                if path.symlink_metadata().is_ok() {
+                    std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+                    prepared.deleted += 1;
+                }
+            }
+            Some(state) => {
+                let same = std::fs::read(&path).map(|d| d == state.data).unwrap_or(false);
+                if !same {
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    // A fresh file (not an overwrite in place) so that hard
+                    // links into the pristine tree can never be changed.
+                    let _ = std::fs::remove_file(&path);
+                    std::fs::write(&path, &state.data).with_context(|| format!("write {}", path.display()))?;
+                    prepared.written += 1;
+                }
+                if let Some(exec) = state.executable {
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = if exec { 0o755 } else { 0o644 };
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+                }
+            }
+        }
+    }
+    Ok(prepared)
+}
+
+/// rsync filter patterns treat `*?[` specially; a backslash quotes them.
+fn escape_pattern(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if matches!(c, '*' | '?' | '[' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Regular files rsync sent, from `--itemize-changes` output
+/// (`>f+++++++++ path`, `>f.st...... path`).
+fn received_files(itemized: &str) -> Vec<&str> {
+    itemized
+        .lines()
+        .filter(|l| l.starts_with(">f") && l.len() > 12)
+        .map(|l| &l[12..])
+        .collect()
+}
+
+fn touch(path: &Path, when: SystemTime) -> anyhow::Result<()> {
+    let f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    f.set_modified(when).with_context(|| format!("set mtime of {}", path.display()))?;
+    Ok(())
+}
+
+/// A key over a kernel tree's content. For a git tree: HEAD, `git diff
+/// HEAD` and every untracked (not ignored) file; otherwise every file.
+pub fn tree_key(path: &Path, log: &Log) -> anyhow::Result<ContentKey> {
+    let mut key = KeyBuilder::new();
+    if path.join(".git").exists() {
+        super::require_tool("git", "git")?;
+        let git = |args: &[&str]| -> anyhow::Result<Vec<u8>> {
+            // --no-optional-locks: do not even refresh the user's index.
+            let mut cmd = Command::new("git");
+            cmd.arg("--no-optional-locks").arg("-C").arg(path).args(args);
+            run::capture(&mut cmd, log, GIT_TIMEOUT)
+        };
+        log.line(&format!("# keying git tree {}", path.display()));
+        key.bytes("head", &git(&["rev-parse", "HEAD"])?);
+        key.bytes("diff", &git(&["diff", "HEAD", "--binary", "--no-color", "--no-ext-diff"])?);
+        let untracked = git(&["ls-files", "--others", "--exclude-standard", "-z"])?;
+        for rel in untracked.split(|&b| b == 0).filter(|p| !p.is_empty()) {
+            let rel = String::from_utf8_lossy(rel).into_owned();
+            let file = path.join(&rel);
+            key.str("untracked", &rel);
+            match std::fs::symlink_metadata(&file) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    key.str("link", &std::fs::read_link(&file)?.to_string_lossy());
+                }
+                Ok(_) => {
+                    key.file("content", &file)?;
+                }
+                Err(_) => {}
+            }
+        }
+    } else {
+        log.line(&format!("# hashing every file of {} (not a git tree)", path.display()));
+        key.tree("tree", path, &|_| false)?;
+    }
+    Ok(key.finish())
+}
+
+/// Checks that `path` is a kernel source tree.
+pub fn check_kernel_tree(path: &Path) -> anyhow::Result<PathBuf> {
+    let abs = std::fs::canonicalize(path)
+        .map_err(|e| Error::infra(format!("kernel tree {}: {e}", path.display())))?;
+    if !abs.join("Makefile").is_file() || !abs.join("scripts/kconfig/merge_config.sh").is_file() {
+        return Err(Error::infra(format!(
+            "{} is not a kernel source tree (no Makefile or scripts/kconfig/merge_config.sh)",
+            abs.display()
+        ))
+        .into());
+    }
+    Ok(abs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rsync_itemized_output_yields_received_files() {
+        let out = "cd+++++++++ drivers/new/\n>f+++++++++ drivers/new/x.c\n>f..t...... Makefile\n\
+                   *deleting   drivers/old.c\n.d..t...... drivers/\ncL+++++++++ link -> x\n";
+        assert_eq!(received_files(out), ["drivers/new/x.c", "Makefile"]);
+        assert_eq!(escape_pattern("a/b[1]*.c"), "a/b\\[1]\\*.c");
+    }
+}
