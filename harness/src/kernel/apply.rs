@@ -64,7 +64,7 @@ impl std::error::Error for ApplyError {}
 pub type ReadBase<'a> = dyn Fn(&str) -> std::io::Result<Option<Vec<u8>>> + 'a;
 
 /// Applies `patches` in order on top of `base`.
-pub fn apply_series(patches: &[Patch], base: &ReadBase) -> Result<Applied, ApplyError> {
+pub fn apply_series(patches: &[Patch], base: &ReadBase) -> Result<Applied, Box<ApplyError>> {
     let mut applied = Applied::default();
     for patch in patches {
         for fp in &patch.files {
@@ -79,37 +79,56 @@ fn apply_file(
     patch: &Patch,
     fp: &FilePatch,
     base: &ReadBase,
-) -> Result<(), ApplyError> {
-    let fail = |hunk: Option<&Hunk>, reason: String| ApplyError {
-        patch: patch.origin.clone(),
-        subject: patch.subject.clone(),
-        file: fp.display_path().to_string(),
-        hunk: hunk.map(|h| (h.header.clone(), h.line)),
-        reason,
+) -> Result<(), Box<ApplyError>> {
+    let fail = |hunk: Option<&Hunk>, reason: String| {
+        Box::new(ApplyError {
+            patch: patch.origin.clone(),
+            subject: patch.subject.clone(),
+            file: fp.display_path().to_string(),
+            hunk: hunk.map(|h| (h.header.clone(), h.line)),
+            reason,
+        })
     };
     // The current content of a path: what earlier patches made of it, else
     // the base tree.
-    let current = |applied: &Applied, path: &str| -> Result<Option<FileState>, ApplyError> {
+    let current = |applied: &Applied, path: &str| -> Result<Option<FileState>, Box<ApplyError>> {
         if let Some(state) = applied.files.get(path) {
             return Ok(state.clone());
         }
         base(path)
-            .map(|d| d.map(|data| FileState { data, executable: None }))
+            .map(|d| {
+                d.map(|data| FileState {
+                    data,
+                    executable: None,
+                })
+            })
             .map_err(|e| fail(None, format!("cannot read {path}: {e}")))
     };
     let executable = fp.new_mode.map(|m| m & 0o111 != 0);
     match (&fp.old_path, &fp.new_path) {
         (None, Some(new)) => {
             if current(applied, new)?.is_some() {
-                return Err(fail(fp.hunks.first(), "the patch creates it, but it already exists".into()));
+                return Err(fail(
+                    fp.hunks.first(),
+                    "the patch creates it, but it already exists".into(),
+                ));
             }
             let mut text = Text::parse(b"");
             apply_hunks(&mut text, &fp.hunks).map_err(|(h, r)| fail(Some(h), r))?;
-            applied.files.insert(new.clone(), Some(FileState { data: text.render(), executable }));
+            applied.files.insert(
+                new.clone(),
+                Some(FileState {
+                    data: text.render(),
+                    executable,
+                }),
+            );
         }
         (Some(old), None) => {
             let Some(state) = current(applied, old)? else {
-                return Err(fail(fp.hunks.first(), "the patch deletes it, but it does not exist".into()));
+                return Err(fail(
+                    fp.hunks.first(),
+                    "the patch deletes it, but it does not exist".into(),
+                ));
             };
             let mut text = Text::parse(&state.data);
             apply_hunks(&mut text, &fp.hunks).map_err(|(h, r)| fail(Some(h), r))?;
@@ -129,7 +148,10 @@ fn apply_file(
                 return Err(fail(fp.hunks.first(), "no such file in the tree".into()));
             };
             if old != new && current(applied, new)?.is_some() {
-                return Err(fail(None, format!("the patch renames {old} to {new}, which already exists")));
+                return Err(fail(
+                    None,
+                    format!("the patch renames {old} to {new}, which already exists"),
+                ));
             }
             let mut text = Text::parse(&state.data);
             apply_hunks(&mut text, &fp.hunks).map_err(|(h, r)| fail(Some(h), r))?;
@@ -138,7 +160,10 @@ fn apply_file(
             }
             applied.files.insert(
                 new.clone(),
-                Some(FileState { data: text.render(), executable: executable.or(state.executable) }),
+                Some(FileState {
+                    data: text.render(),
+                    executable: executable.or(state.executable),
+                }),
             );
         }
         (None, None) => return Err(fail(None, "the file header names no file".into())),
@@ -155,11 +180,21 @@ struct Text {
 impl Text {
     fn parse(data: &[u8]) -> Text {
         if data.is_empty() {
-            return Text { lines: Vec::new(), newline_at_end: true };
+            return Text {
+                lines: Vec::new(),
+                newline_at_end: true,
+            };
         }
         let newline_at_end = data.ends_with(b"\n");
-        let body = if newline_at_end { &data[..data.len() - 1] } else { data };
-        Text { lines: body.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect(), newline_at_end }
+        let body = if newline_at_end {
+            &data[..data.len() - 1]
+        } else {
+            data
+        };
+        Text {
+            lines: body.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect(),
+            newline_at_end,
+        }
     }
 
     fn render(&self) -> Vec<u8> {
@@ -180,7 +215,11 @@ fn apply_hunks<'h>(text: &mut Text, hunks: &'h [Hunk]) -> Result<(), (&'h Hunk, 
     for hunk in hunks {
         let old = hunk.old_lines();
         let new = hunk.new_lines();
-        let nominal = if hunk.old_len == 0 { hunk.old_start } else { hunk.old_start.saturating_sub(1) };
+        let nominal = if hunk.old_len == 0 {
+            hunk.old_start
+        } else {
+            hunk.old_start.saturating_sub(1)
+        };
         let expected = (nominal as isize + delta).max(0) as usize;
         let (lead, trail) = hunk.context_around();
         let has_context = lead + trail > 0;
@@ -196,13 +235,16 @@ fn apply_hunks<'h>(text: &mut Text, hunks: &'h [Hunk]) -> Result<(), (&'h Hunk, 
             }
             let at_end = end == text.lines.len();
             if hunk.old_missing_newline {
-                if !(at_end && !text.newline_at_end) {
+                if !at_end || text.newline_at_end {
                     return false;
                 }
             } else if at_end && !text.newline_at_end && !text.lines.is_empty() {
                 return false;
             }
-            text.lines[pos..end].iter().zip(&old).all(|(a, b)| a.as_slice() == *b)
+            text.lines[pos..end]
+                .iter()
+                .zip(&old)
+                .all(|(a, b)| a.as_slice() == *b)
         };
         let span = text.lines.len() + 1;
         let found = (0..=span).find_map(|d| {
@@ -230,14 +272,24 @@ fn apply_hunks<'h>(text: &mut Text, hunks: &'h [Hunk]) -> Result<(), (&'h Hunk, 
 
 /// Says why a hunk found no place: the first differing line where it should
 /// be, and whether the change is already there or only whitespace differs.
-fn explain_mismatch(text: &Text, hunk: &Hunk, old: &[&[u8]], new: &[&[u8]], expected: usize) -> String {
+fn explain_mismatch(
+    text: &Text,
+    hunk: &Hunk,
+    old: &[&[u8]],
+    new: &[&[u8]],
+    expected: usize,
+) -> String {
     let lines = &text.lines;
     let find = |want: &[&[u8]], eq: &dyn Fn(&[u8], &[u8]) -> bool| -> Option<usize> {
         if want.is_empty() || want.len() > lines.len() {
             return None;
         }
-        (0..=lines.len() - want.len())
-            .find(|&p| lines[p..p + want.len()].iter().zip(want).all(|(a, b)| eq(a, b)))
+        (0..=lines.len() - want.len()).find(|&p| {
+            lines[p..p + want.len()]
+                .iter()
+                .zip(want)
+                .all(|(a, b)| eq(a, b))
+        })
     };
     let exact = |a: &[u8], b: &[u8]| a == b;
     let loose = |a: &[u8], b: &[u8]| squash(a) == squash(b);
@@ -259,7 +311,9 @@ fn explain_mismatch(text: &Text, hunk: &Hunk, old: &[&[u8]], new: &[&[u8]], expe
         None if hunk.old_missing_newline || !text.newline_at_end => {
             reason.push_str("the file's last line and the hunk disagree about a final newline")
         }
-        None => reason.push_str("the hunk's lines are there but not where it must match (start or end of the file)"),
+        None => reason.push_str(
+            "the hunk's lines are there but not where it must match (start or end of the file)",
+        ),
     }
     if new != old {
         if let Some(p) = find(new, &exact) {
@@ -285,7 +339,10 @@ fn explain_mismatch(text: &Text, hunk: &Hunk, old: &[&[u8]], new: &[&[u8]], expe
 }
 
 fn squash(line: &[u8]) -> Vec<u8> {
-    line.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect()
+    line.iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect()
 }
 
 /// A line for a message: lossy UTF-8, tabs visible, long lines cut.
@@ -317,10 +374,12 @@ mod tests {
         }
     }
 
-    fn apply_text(base: &str, patch: &str) -> Result<Applied, ApplyError> {
+    fn apply_text(base: &str, patch: &str) -> Result<Applied, Box<ApplyError>> {
         let base = base.to_string();
         let patches = parse("p.patch", patch.as_bytes()).unwrap();
-        apply_series(&patches, &move |p: &str| Ok((p == "f.c").then(|| base.clone().into_bytes())))
+        apply_series(&patches, &move |p: &str| {
+            Ok((p == "f.c").then(|| base.clone().into_bytes()))
+        })
     }
 
     fn content(applied: &Applied, path: &str) -> String {
@@ -330,26 +389,41 @@ mod tests {
 
     #[test]
     fn format_patch_applies_with_new_file_and_missing_newline() {
-        let patches = parse("two.patch", &std::fs::read(fixtures().join("two-files.patch")).unwrap())
-            .unwrap();
+        let patches = parse(
+            "two.patch",
+            &std::fs::read(fixtures().join("two-files.patch")).unwrap(),
+        )
+        .unwrap();
         let applied = apply_series(&patches, &tree_reader(fixtures().join("tree"))).unwrap();
         let a = content(&applied, "drivers/demo/a.c");
         assert!(a.contains("#include <linux/module.h>\n#include \"new.h\"\n\n"));
         assert!(a.contains("\tdemo_teardown(DEMO_ALL);\n"));
         assert!(a.ends_with("module_exit(demo_remove);\n"));
-        assert_eq!(content(&applied, "drivers/demo/tail.c"), "int a;\nint b;\nint c;\nint d;\n");
+        assert_eq!(
+            content(&applied, "drivers/demo/tail.c"),
+            "int a;\nint b;\nint c;\nint d;\n"
+        );
         let new = applied.files["drivers/demo/new.h"].as_ref().unwrap();
         assert_eq!(new.executable, Some(false));
-        assert_eq!(new.data, b"/* SPDX-License-Identifier: GPL-2.0 */\n#define DEMO_ALL 1\n");
+        assert_eq!(
+            new.data,
+            b"/* SPDX-License-Identifier: GPL-2.0 */\n#define DEMO_ALL 1\n"
+        );
     }
 
     #[test]
     fn mbox_series_applies_in_order() {
-        let patches =
-            parse("s.mbox", &std::fs::read(fixtures().join("series.mbox")).unwrap()).unwrap();
+        let patches = parse(
+            "s.mbox",
+            &std::fs::read(fixtures().join("series.mbox")).unwrap(),
+        )
+        .unwrap();
         let applied = apply_series(&patches, &tree_reader(fixtures().join("tree"))).unwrap();
         let a = content(&applied, "drivers/demo/a.c");
-        assert!(a.contains("\tint rc;\n\tint x = 2;\n\t/* first */\n\trc = demo_setup();\n"), "{a}");
+        assert!(
+            a.contains("\tint rc;\n\tint x = 2;\n\t/* first */\n\trc = demo_setup();\n"),
+            "{a}"
+        );
     }
 
     #[test]
@@ -383,9 +457,15 @@ mod tests {
     fn whitespace_only_difference_and_already_applied_are_named() {
         let patch = "--- a/f.c\n+++ b/f.c\n@@ -1,3 +1,3 @@\n a\n-\tb;\n+\tB;\n c\n";
         let msg = apply_text("a\n    b;\nc\n", patch).unwrap_err().to_string();
-        assert!(msg.contains("matches at line 1 only when whitespace is ignored"), "{msg}");
+        assert!(
+            msg.contains("matches at line 1 only when whitespace is ignored"),
+            "{msg}"
+        );
         let msg = apply_text("a\n\tB;\nc\n", patch).unwrap_err().to_string();
-        assert!(msg.contains("applied already (its result is at line 1)"), "{msg}");
+        assert!(
+            msg.contains("applied already (its result is at line 1)"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -395,11 +475,17 @@ mod tests {
         assert!(err.reason.contains("already exists"), "{err}");
         let delete = "--- a/f.c\n+++ /dev/null\n@@ -1,2 +0,0 @@\n-a\n-b\n";
         assert_eq!(apply_text("a\nb\n", delete).unwrap().files["f.c"], None);
-        assert!(apply_text("a\nb\nc\n", delete).unwrap_err().reason.contains("would be lost"));
+        assert!(apply_text("a\nb\nc\n", delete)
+            .unwrap_err()
+            .reason
+            .contains("would be lost"));
         // No trailing context: must match at the end of the file.
         let tail = "--- a/f.c\n+++ b/f.c\n@@ -2,2 +2,2 @@\n b\n-c\n+C\n";
         assert!(apply_text("a\nb\nc\nb\nc\nz\n", tail).is_err());
-        assert_eq!(content(&apply_text("a\nb\nc\n", tail).unwrap(), "f.c"), "a\nb\nC\n");
+        assert_eq!(
+            content(&apply_text("a\nb\nc\n", tail).unwrap(), "f.c"),
+            "a\nb\nC\n"
+        );
         // A missing final newline must be declared by the hunk.
         assert!(apply_text("a\nb\nc", tail).is_err());
     }

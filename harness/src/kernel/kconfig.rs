@@ -32,8 +32,12 @@ pub enum Found {
 
 /// Reads a fragment's requests; any other non-comment line is an error.
 pub fn read_fragment(path: &Path) -> anyhow::Result<Vec<Request>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::infra(format!("cannot read config fragment {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::infra(format!(
+            "cannot read config fragment {}: {e}",
+            path.display()
+        ))
+    })?;
     parse_fragment(path, &text).map_err(Into::into)
 }
 
@@ -47,7 +51,10 @@ fn parse_fragment(path: &Path, text: &str) -> Result<Vec<Request>, Error> {
             fragment: path.to_path_buf(),
             line: i + 1,
         };
-        if let Some(sym) = line.strip_prefix("# ").and_then(|l| l.strip_suffix(" is not set")) {
+        if let Some(sym) = line
+            .strip_prefix("# ")
+            .and_then(|l| l.strip_suffix(" is not set"))
+        {
             if is_symbol(sym) {
                 out.push(request(sym, None));
                 continue;
@@ -82,7 +89,10 @@ fn is_symbol(s: &str) -> bool {
 pub fn parse_config(text: &str) -> BTreeMap<String, Option<String>> {
     let mut out = BTreeMap::new();
     for line in text.lines() {
-        if let Some(sym) = line.strip_prefix("# ").and_then(|l| l.strip_suffix(" is not set")) {
+        if let Some(sym) = line
+            .strip_prefix("# ")
+            .and_then(|l| l.strip_suffix(" is not set"))
+        {
             out.insert(sym.to_string(), None);
         } else if let Some((sym, value)) = line.split_once('=') {
             if is_symbol(sym) {
@@ -136,11 +146,19 @@ pub fn unmet_message(unmet: &[(&Request, Found)], root: &Path) -> String {
         };
         let frag = r.fragment.strip_prefix(root).unwrap_or(&r.fragment);
         let got = match found {
-            Found::Absent => "absent (no such symbol in this kernel, or its dependencies are not met)".to_string(),
+            Found::Absent => {
+                "absent (no such symbol in this kernel, or its dependencies are not met)"
+                    .to_string()
+            }
             Found::NotSet => "is not set (its dependencies are not met?)".to_string(),
             Found::Value(v) => format!("is {}={v}", r.symbol),
         };
-        let _ = write!(msg, "\n    {wanted} (asked by {}:{}): {got}", frag.display(), r.line);
+        let _ = write!(
+            msg,
+            "\n    {wanted} (asked by {}:{}): {got}",
+            frag.display(),
+            r.line
+        );
     }
     msg
 }
@@ -155,17 +173,25 @@ mod tests {
         let text = "# comment\nCONFIG_PCI=y\nCONFIG_ARM_SMMU_V3=y\n\nCONFIG_NOPE=y\n# CONFIG_DEBUG_KERNEL is not set\nCONFIG_HZ=250\n";
         let requests = parse_fragment(frag, text).unwrap();
         assert_eq!(requests.len(), 5);
-        let config = "CONFIG_PCI=y\n# CONFIG_ARM_SMMU_V3 is not set\nCONFIG_DEBUG_KERNEL=y\nCONFIG_HZ=250\n";
+        let config =
+            "CONFIG_PCI=y\n# CONFIG_ARM_SMMU_V3 is not set\nCONFIG_DEBUG_KERNEL=y\nCONFIG_HZ=250\n";
         let unmet = unmet(&requests, config);
         let names: Vec<&str> = unmet.iter().map(|(r, _)| r.symbol.as_str()).collect();
-        assert_eq!(names, ["CONFIG_ARM_SMMU_V3", "CONFIG_NOPE", "CONFIG_DEBUG_KERNEL"]);
+        assert_eq!(
+            names,
+            ["CONFIG_ARM_SMMU_V3", "CONFIG_NOPE", "CONFIG_DEBUG_KERNEL"]
+        );
         let msg = unmet_message(&unmet, Path::new("/p"));
-        assert!(msg.starts_with("3 config symbols did not stick in the final .config:"), "{msg}");
+        assert!(
+            msg.starts_with("3 config symbols did not stick in the final .config:"),
+            "{msg}"
+        );
         assert!(
             msg.contains("CONFIG_NOPE=y (asked by kernel-configs/iommu.config:5): absent"),
             "{msg}"
         );
-        assert!(msg.contains("CONFIG_ARM_SMMU_V3=y (asked by kernel-configs/iommu.config:3): is not set"));
+        assert!(msg
+            .contains("CONFIG_ARM_SMMU_V3=y (asked by kernel-configs/iommu.config:3): is not set"));
         assert!(msg.contains("CONFIG_DEBUG_KERNEL unset (asked by kernel-configs/iommu.config:6): is CONFIG_DEBUG_KERNEL=y"));
     }
 
@@ -176,6 +202,10 @@ mod tests {
         let all: Vec<Request> = a.into_iter().chain(b).collect();
         assert!(unmet(&all, "CONFIG_X=m\n").is_empty());
         let err = parse_fragment(Path::new("c.config"), "CONFIG_X=y\nPCI=y\n").unwrap_err();
-        assert!(err.to_string().starts_with("c.config:2: not a config line: `PCI=y`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("c.config:2: not a config line: `PCI=y`"),
+            "{err}"
+        );
     }
 }

@@ -88,7 +88,11 @@ pub struct KernelBuild {
 }
 
 /// Builds (or finds in the cache) a kernel; the full log goes to `run_dir`.
-pub fn build(source: KernelSource, reporter: &dyn Reporter, run_dir: &Path) -> anyhow::Result<KernelBuild> {
+pub fn build(
+    source: KernelSource,
+    reporter: &dyn Reporter,
+    run_dir: &Path,
+) -> anyhow::Result<KernelBuild> {
     build_with(source, BuildOptions::default(), reporter, run_dir)
 }
 
@@ -111,10 +115,59 @@ pub fn build_with(
     let result = build_inner(source, options, reporter, run_dir);
     if let Ok(b) = &result {
         let how = if b.cached { "cached" } else { "built" };
-        reporter.line(Stage::Kernel, format!("{how}: {} ({})", b.image.display(), b.release));
+        reporter.line(
+            Stage::Kernel,
+            format!("{how}: {} ({})", b.image.display(), b.release),
+        );
     }
     reporter.end(Stage::Kernel, &what, result.is_ok(), started.elapsed());
     result
+}
+
+/// What [`check_series`] found.
+#[derive(Debug, Clone)]
+pub struct SeriesCheck {
+    /// The extracted, unmodified source the series was applied to.
+    pub pristine: PathBuf,
+    pub patches: usize,
+    /// Every file the series changes, creates or deletes.
+    pub files: Vec<String>,
+}
+
+/// Fetches and extracts a variant's source and applies its series (or
+/// `options.series`) in memory, without building: "does this apply?".
+pub fn check_series(
+    source: KernelSource,
+    options: BuildOptions,
+    reporter: &dyn Reporter,
+    run_dir: &Path,
+) -> anyhow::Result<SeriesCheck> {
+    let log = Log::create(&run_dir.join("kernel-check-series.log"))?;
+    let plan = plan(source, options, &log)?;
+    let Some(spec) = &plan.spec else {
+        return Err(
+            Error::infra("a local tree is built as it is: there is no series to check").into(),
+        );
+    };
+    let pristine = source::ensure_pristine(spec, reporter, &log)?;
+    let applied = apply_to(&plan.patches, &pristine)?;
+    Ok(SeriesCheck {
+        pristine,
+        patches: plan.patches.len(),
+        files: applied.files.keys().cloned().collect(),
+    })
+}
+
+/// Applies a series in memory on top of an extracted source.
+fn apply_to(patches: &[patch::Patch], pristine: &Path) -> anyhow::Result<apply::Applied> {
+    let read = |rel: &str| -> std::io::Result<Option<Vec<u8>>> {
+        match std::fs::read(pristine.join(rel)) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    Ok(apply::apply_series(patches, &read).map_err(|e| Error::infra(e.to_string()))?)
 }
 
 /// Fails naming the Debian package when a tool is missing.
@@ -159,7 +212,8 @@ impl KeyInputs {
     /// The key of the patched source (and so of its uapi headers).
     pub fn source_key(&self) -> ContentKey {
         let mut k = KeyBuilder::new();
-        k.str("step", &KERNEL_STEP_VERSION.to_string()).str("source", &self.source);
+        k.str("step", &KERNEL_STEP_VERSION.to_string())
+            .str("source", &self.source);
         k.str("patches", &self.patches.len().to_string());
         for p in &self.patches {
             k.bytes("patch", p);
@@ -207,7 +261,12 @@ struct Plan {
 /// The series files of a patch directory: `*.patch`, in name order.
 pub fn series_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::infra(format!("cannot read patch directory {}: {e}", dir.display())))?
+        .map_err(|e| {
+            Error::infra(format!(
+                "cannot read patch directory {}: {e}",
+                dir.display()
+            ))
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "patch") && p.is_file())
         .collect();
@@ -221,8 +280,12 @@ fn read_series(files: &[PathBuf]) -> anyhow::Result<(Vec<patch::Patch>, Vec<Vec<
     let mut patches = Vec::new();
     let mut bytes = Vec::new();
     for f in files {
-        let data = std::fs::read(f).map_err(|e| Error::infra(format!("cannot read patch {}: {e}", f.display())))?;
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let data = std::fs::read(f)
+            .map_err(|e| Error::infra(format!("cannot read patch {}: {e}", f.display())))?;
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         patches.extend(patch::parse(&name, &data).map_err(|e| Error::infra(e.to_string()))?);
         bytes.push(data);
     }
@@ -230,7 +293,11 @@ fn read_series(files: &[PathBuf]) -> anyhow::Result<(Vec<patch::Patch>, Vec<Vec<
 }
 
 fn toolchain_version(log: &Log) -> anyhow::Result<String> {
-    let out = run::output(Command::new(COMPILER).arg("--version"), log, Duration::from_secs(60))?;
+    let out = run::output(
+        Command::new(COMPILER).arg("--version"),
+        log,
+        Duration::from_secs(60),
+    )?;
     Ok(out.lines().next().unwrap_or_default().trim().to_string())
 }
 
@@ -260,11 +327,25 @@ fn plan(source: KernelSource, options: BuildOptions, log: &Log) -> anyhow::Resul
                     }
                     let path = tree::check_kernel_tree(path)?;
                     let key = tree::tree_key(&path, log)?;
-                    (v.name.clone(), None, Some(path), series, v.fragments.clone(), key.0)
+                    (
+                        v.name.clone(),
+                        None,
+                        Some(path),
+                        series,
+                        v.fragments.clone(),
+                        key.0,
+                    )
                 }
                 spec => {
                     let sha = source::source_sha256(spec)?;
-                    (v.name.clone(), Some(spec.clone()), None, series, v.fragments.clone(), sha)
+                    (
+                        v.name.clone(),
+                        Some(spec.clone()),
+                        None,
+                        series,
+                        v.fragments.clone(),
+                        sha,
+                    )
                 }
             }
         }
@@ -274,10 +355,22 @@ fn plan(source: KernelSource, options: BuildOptions, log: &Log) -> anyhow::Resul
             }
             let path = tree::check_kernel_tree(path)?;
             let key = tree::tree_key(&path, log)?;
-            let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let where_ = KeyBuilder::new().str("path", &path.to_string_lossy()).finish();
+            let base = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let where_ = KeyBuilder::new()
+                .str("path", &path.to_string_lossy())
+                .finish();
             let name = format!("tree-{base}-{}", &where_.0[..8]);
-            (name, None, Some(path), Vec::new(), file.default_fragments.clone(), key.0)
+            (
+                name,
+                None,
+                Some(path),
+                Vec::new(),
+                file.default_fragments.clone(),
+                key.0,
+            )
         }
     };
     let (patches, patch_bytes) = read_series(&series_files)?;
@@ -294,7 +387,12 @@ fn plan(source: KernelSource, options: BuildOptions, log: &Log) -> anyhow::Resul
         patches,
         fragments,
         requests,
-        inputs: KeyInputs { source: source_id, patches: patch_bytes, fragments: fragment_bytes, toolchain },
+        inputs: KeyInputs {
+            source: source_id,
+            patches: patch_bytes,
+            fragments: fragment_bytes,
+            toolchain,
+        },
         series_files,
     })
 }
@@ -360,16 +458,24 @@ fn build_inner(
     };
     let build = work.join("build");
     std::fs::create_dir_all(&build)?;
-    let make = Make { src: src.clone(), build: build.clone(), cache_root: cache_root.clone() };
+    let make = Make {
+        src: src.clone(),
+        build: build.clone(),
+        cache_root: cache_root.clone(),
+    };
 
     // Configure, unless the build dir already holds this configuration.
     let config_key = plan.inputs.config_key();
     let config_key_file = work.join("config.key");
-    let configured = std::fs::read_to_string(&config_key_file).ok().as_deref() == Some(config_key.0.as_str())
+    let configured = std::fs::read_to_string(&config_key_file).ok().as_deref()
+        == Some(config_key.0.as_str())
         && build.join(".config").is_file();
     if !configured {
         let _ = std::fs::remove_file(&config_key_file);
-        reporter.line(Stage::Kernel, "configuring: allnoconfig + fragments + olddefconfig");
+        reporter.line(
+            Stage::Kernel,
+            "configuring: allnoconfig + fragments + olddefconfig",
+        );
         make.run(&["allnoconfig"], &log, CONFIG_TIMEOUT, None)?;
         let mut merge = Command::new("sh");
         merge
@@ -380,7 +486,14 @@ fn build_inner(
             .args(&plan.fragments)
             .current_dir(&build)
             .env_remove("KCONFIG_CONFIG");
-        let done = run::run(&mut merge, &log, CONFIG_TIMEOUT, false, &mut |_, _| {}, &mut || {})?;
+        let done = run::run(
+            &mut merge,
+            &log,
+            CONFIG_TIMEOUT,
+            false,
+            &mut |_, _| {},
+            &mut || {},
+        )?;
         if !done.status.success() {
             return Err(Error::infra(format!(
                 "merge_config.sh failed: {} (log: {})",
@@ -403,13 +516,27 @@ fn build_inner(
 
     // Build.
     let stats_file = work.join("stats.json");
-    let stats: Stats =
-        std::fs::read(&stats_file).ok().and_then(|d| serde_json::from_slice(&d).ok()).unwrap_or_default();
+    let stats: Stats = std::fs::read(&stats_file)
+        .ok()
+        .and_then(|d| serde_json::from_slice(&d).ok())
+        .unwrap_or_default();
     let fresh = !build.join("vmlinux").exists();
-    let expected = (fresh && stats.full_build_cc > 0).then_some(stats.full_build_cc);
+    // A full build's object count: this variant's last one, else another
+    // variant's (they share most of their configuration).
+    let expected = if fresh {
+        Some(stats.full_build_cc)
+            .filter(|n| *n > 0)
+            .or_else(|| other_full_build_cc(&work))
+    } else {
+        None
+    };
     reporter.line(
         Stage::Kernel,
-        format!("make {TARGET} ({}; log {})", if fresh { "full build" } else { "incremental" }, log.path().display()),
+        format!(
+            "make {TARGET} ({}; log {})",
+            if fresh { "full build" } else { "incremental" },
+            log.path().display()
+        ),
     );
     let cc = make.run(&[TARGET], &log, MAKE_TIMEOUT, Some((reporter, expected)))?;
     if fresh {
@@ -419,11 +546,26 @@ fn build_inner(
 
     // Headers, once per source+patches.
     if !headers_dir.join("include").is_dir() {
-        reporter.line(Stage::Kernel, "exporting uapi headers (make headers_install)");
-        let tmp = headers_dir.with_file_name(format!("{}.tmp-{}", source_key.short(), std::process::id()));
+        reporter.line(
+            Stage::Kernel,
+            "exporting uapi headers (make headers_install)",
+        );
+        let tmp = headers_dir.with_file_name(format!(
+            "{}.tmp-{}",
+            source_key.short(),
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
-        make.run(&["headers_install", &format!("INSTALL_HDR_PATH={}", tmp.display())], &log, CONFIG_TIMEOUT, None)?;
+        make.run(
+            &[
+                "headers_install",
+                &format!("INSTALL_HDR_PATH={}", tmp.display()),
+            ],
+            &log,
+            CONFIG_TIMEOUT,
+            None,
+        )?;
         let _ = std::fs::remove_dir_all(&headers_dir);
         std::fs::rename(&tmp, &headers_dir)?;
     }
@@ -435,8 +577,11 @@ fn build_inner(
     let tmp_out = out_dir.with_file_name(format!("{}.tmp-{}", key.short(), std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp_out);
     std::fs::create_dir_all(&tmp_out)?;
-    std::fs::copy(build.join("arch/arm64/boot").join(TARGET), tmp_out.join(TARGET))
-        .context("copy the built Image")?;
+    std::fs::copy(
+        build.join("arch/arm64/boot").join(TARGET),
+        tmp_out.join(TARGET),
+    )
+    .context("copy the built Image")?;
     std::fs::copy(build.join(".config"), tmp_out.join("config"))?;
     let meta = Metadata {
         name: plan.name.clone(),
@@ -448,12 +593,23 @@ fn build_inner(
             (None, Some(t)) => format!("tree {} ({})", t.display(), plan.inputs.source),
             _ => String::new(),
         },
-        series: plan.series_files.iter().map(|p| p.display().to_string()).collect(),
-        fragments: plan.fragments.iter().map(|p| p.display().to_string()).collect(),
+        series: plan
+            .series_files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        fragments: plan
+            .fragments
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
         toolchain: plan.inputs.toolchain.clone(),
         step_version: KERNEL_STEP_VERSION,
     };
-    cache::write_atomic(&tmp_out.join("metadata.json"), &serde_json::to_vec_pretty(&meta)?)?;
+    cache::write_atomic(
+        &tmp_out.join("metadata.json"),
+        &serde_json::to_vec_pretty(&meta)?,
+    )?;
     let _ = std::fs::remove_dir_all(&out_dir);
     std::fs::rename(&tmp_out, &out_dir)?;
     Ok(KernelBuild {
@@ -468,9 +624,28 @@ fn build_inner(
     })
 }
 
+/// The object count of any other variant's last full build.
+fn other_full_build_cc(work: &Path) -> Option<u64> {
+    let parent = work.parent()?;
+    std::fs::read_dir(parent)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find_map(|e| {
+            let data = std::fs::read(e.path().join("stats.json")).ok()?;
+            let stats: Stats = serde_json::from_slice(&data).ok()?;
+            (stats.full_build_cc > 0).then_some(stats.full_build_cc)
+        })
+}
+
 /// The finished build for `key`, if the cache has all of it.
-fn cached(plan: &Plan, key: &ContentKey, out_dir: &Path, headers_dir: &Path) -> Option<KernelBuild> {
-    let meta: Metadata = serde_json::from_slice(&std::fs::read(out_dir.join("metadata.json")).ok()?).ok()?;
+fn cached(
+    plan: &Plan,
+    key: &ContentKey,
+    out_dir: &Path,
+    headers_dir: &Path,
+) -> Option<KernelBuild> {
+    let meta: Metadata =
+        serde_json::from_slice(&std::fs::read(out_dir.join("metadata.json")).ok()?).ok()?;
     let complete = meta.key == key.0
         && out_dir.join(TARGET).is_file()
         && out_dir.join("config").is_file()
@@ -500,21 +675,20 @@ fn prepare_variant_tree(
     let pristine = source::ensure_pristine(spec, reporter, log)?;
     let src = work.join("src");
     let key_file = work.join("src.key");
-    if std::fs::read_to_string(&key_file).ok().as_deref() == Some(source_key.0.as_str()) && src.is_dir() {
+    if std::fs::read_to_string(&key_file).ok().as_deref() == Some(source_key.0.as_str())
+        && src.is_dir()
+    {
         return Ok(src);
     }
-    let read = |rel: &str| -> std::io::Result<Option<Vec<u8>>> {
-        match std::fs::read(pristine.join(rel)) {
-            Ok(d) => Ok(Some(d)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    };
-    let applied = apply::apply_series(&plan.patches, &read).map_err(|e| Error::infra(e.to_string()))?;
+    let applied = apply_to(&plan.patches, &pristine)?;
     if !plan.patches.is_empty() {
         reporter.line(
             Stage::Kernel,
-            format!("{} patches apply cleanly ({} files)", plan.patches.len(), applied.files.len()),
+            format!(
+                "{} patches apply cleanly ({} files)",
+                plan.patches.len(),
+                applied.files.len()
+            ),
         );
     }
     let _ = std::fs::remove_file(&key_file);
@@ -550,15 +724,24 @@ fn lock(path: &Path, reporter: &dyn Reporter) -> anyhow::Result<std::fs::File> {
             Ok(()) => return Ok(file),
             Err(std::fs::TryLockError::WouldBlock) => {
                 if !said {
-                    reporter.line(Stage::Kernel, format!("waiting for another build holding {}", path.display()));
+                    reporter.line(
+                        Stage::Kernel,
+                        format!("waiting for another build holding {}", path.display()),
+                    );
                     said = true;
                 }
                 if started.elapsed() > MAKE_TIMEOUT {
-                    return Err(Error::infra(format!("{} stayed locked by another build for too long", path.display())).into());
+                    return Err(Error::infra(format!(
+                        "{} stayed locked by another build for too long",
+                        path.display()
+                    ))
+                    .into());
                 }
                 std::thread::sleep(Duration::from_secs(1));
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(e).context(format!("lock {}", path.display())),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).context(format!("lock {}", path.display()))
+            }
         }
     }
 }
@@ -572,7 +755,9 @@ struct Make {
 
 impl Make {
     fn command(&self, targets: &[&str]) -> Command {
-        let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let jobs = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let mut cmd = Command::new("make");
         cmd.arg("-C")
             .arg(&self.src)
@@ -607,8 +792,15 @@ impl Make {
         let mut on_line = |stream: Stream, line: &str| {
             if stream == Stream::Stdout && line.contains(" CC ") {
                 cc += 1;
-                if let Some((reporter, expected)) = progress {
-                    reporter.progress(Stage::Kernel, cc, expected.map(|e| e.max(cc)));
+                match progress {
+                    Some((reporter, Some(expected))) => {
+                        reporter.progress(Stage::Kernel, cc, Some(expected.max(cc)))
+                    }
+                    // Without an estimate, a line every so often is enough.
+                    Some((reporter, None)) if cc.is_multiple_of(50) => {
+                        reporter.progress(Stage::Kernel, cc, None)
+                    }
+                    _ => {}
                 }
             }
             errors.push(line);
@@ -684,16 +876,66 @@ mod tests {
         assert_eq!(base.build_key(), inputs().build_key());
         assert_eq!(base.source_key(), inputs().source_key());
         let variants: Vec<(&str, KeyInputs, bool)> = vec![
-            ("source", KeyInputs { source: "fdf5".into(), ..inputs() }, true),
-            ("patch line", KeyInputs { patches: vec![b"patch one\n".to_vec(), b"patch 2\n".to_vec()], ..inputs() }, true),
-            ("patch order", KeyInputs { patches: vec![b"patch two\n".to_vec(), b"patch one\n".to_vec()], ..inputs() }, true),
-            ("no patches", KeyInputs { patches: vec![], ..inputs() }, true),
-            ("fragment", KeyInputs { fragments: vec![b"CONFIG_PCI=n\n".to_vec()], ..inputs() }, false),
-            ("toolchain", KeyInputs { toolchain: "gcc 13".into(), ..inputs() }, false),
+            (
+                "source",
+                KeyInputs {
+                    source: "fdf5".into(),
+                    ..inputs()
+                },
+                true,
+            ),
+            (
+                "patch line",
+                KeyInputs {
+                    patches: vec![b"patch one\n".to_vec(), b"patch 2\n".to_vec()],
+                    ..inputs()
+                },
+                true,
+            ),
+            (
+                "patch order",
+                KeyInputs {
+                    patches: vec![b"patch two\n".to_vec(), b"patch one\n".to_vec()],
+                    ..inputs()
+                },
+                true,
+            ),
+            (
+                "no patches",
+                KeyInputs {
+                    patches: vec![],
+                    ..inputs()
+                },
+                true,
+            ),
+            (
+                "fragment",
+                KeyInputs {
+                    fragments: vec![b"CONFIG_PCI=n\n".to_vec()],
+                    ..inputs()
+                },
+                false,
+            ),
+            (
+                "toolchain",
+                KeyInputs {
+                    toolchain: "gcc 13".into(),
+                    ..inputs()
+                },
+                false,
+            ),
         ];
         for (what, changed, source_too) in variants {
-            assert_ne!(changed.build_key(), base.build_key(), "{what} must change the build key");
-            assert_eq!(changed.source_key() != base.source_key(), source_too, "{what}: source key");
+            assert_ne!(
+                changed.build_key(),
+                base.build_key(),
+                "{what} must change the build key"
+            );
+            assert_eq!(
+                changed.source_key() != base.source_key(),
+                source_too,
+                "{what}: source key"
+            );
         }
     }
 
@@ -705,11 +947,18 @@ mod tests {
         std::fs::write(dir.path().join("README.md"), "notes").unwrap();
         std::fs::write(dir.path().join("original-mail.eml"), "mail").unwrap();
         let files = series_files(dir.path()).unwrap();
-        let names: Vec<_> = files.iter().map(|f| f.file_name().unwrap().to_owned()).collect();
+        let names: Vec<_> = files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_owned())
+            .collect();
         assert_eq!(names, ["0001-a.patch", "0002-b.patch"]);
         let key = |files: &[PathBuf]| {
             let bytes = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
-            KeyInputs { patches: bytes, ..inputs() }.build_key()
+            KeyInputs {
+                patches: bytes,
+                ..inputs()
+            }
+            .build_key()
         };
         let k1 = key(&files);
         std::fs::write(dir.path().join("README.md"), "other notes").unwrap();

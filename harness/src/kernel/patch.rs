@@ -39,7 +39,10 @@ pub struct FilePatch {
 impl FilePatch {
     /// The path this file patch is about, for messages.
     pub fn display_path(&self) -> &str {
-        self.new_path.as_deref().or(self.old_path.as_deref()).unwrap_or("?")
+        self.new_path
+            .as_deref()
+            .or(self.old_path.as_deref())
+            .unwrap_or("?")
     }
 }
 
@@ -123,7 +126,11 @@ pub enum ParseError {
         first_path: String,
     },
     /// Anything else, with the patch file and line.
-    Malformed { file: String, line: usize, message: String },
+    Malformed {
+        file: String,
+        line: usize,
+        message: String,
+    },
     /// The file holds no diff at all.
     Empty { file: String },
 }
@@ -147,7 +154,11 @@ impl fmt::Display for ParseError {
                  `{first_text}`; fetch the raw mail (lore's /raw link, or `b4 am`) instead of \
                  a rendered page, or re-create the patch from the source"
             ),
-            ParseError::Malformed { file, line, message } => write!(f, "{file}:{line}: {message}"),
+            ParseError::Malformed {
+                file,
+                line,
+                message,
+            } => write!(f, "{file}:{line}: {message}"),
             ParseError::Empty { file } => write!(f, "{file}: no diff found (not a patch or mbox?)"),
         }
     }
@@ -167,7 +178,10 @@ struct Line<'a> {
 pub fn parse(name: &str, data: &[u8]) -> Result<Vec<Patch>, ParseError> {
     let lines: Vec<Line> = split_lines(data)
         .enumerate()
-        .map(|(i, t)| Line { no: i + 1, text: std::borrow::Cow::Borrowed(t) })
+        .map(|(i, t)| Line {
+            no: i + 1,
+            text: std::borrow::Cow::Borrowed(t),
+        })
         .collect();
     let messages = split_mbox(&lines);
     let mut patches = Vec::new();
@@ -176,7 +190,11 @@ pub fn parse(name: &str, data: &[u8]) -> Result<Vec<Patch>, ParseError> {
         let (subject, body) = read_mail(name, msg)?;
         match parse_diff(name, &body) {
             Ok(files) if files.is_empty() => continue,
-            Ok(files) => patches.push(Patch { origin: name.to_string(), subject, files }),
+            Ok(files) => patches.push(Patch {
+                origin: name.to_string(),
+                subject,
+                files,
+            }),
             Err(e @ ParseError::Mangled { .. }) => {
                 // Count every mangled hunk of the whole file before reporting.
                 mangled = Some(match (mangled.take(), e) {
@@ -190,7 +208,11 @@ pub fn parse(name: &str, data: &[u8]) -> Result<Vec<Patch>, ParseError> {
                             first_hunk,
                             first_path,
                         }),
-                        ParseError::Mangled { bad_hunks: b2, hunks: h2, .. },
+                        ParseError::Mangled {
+                            bad_hunks: b2,
+                            hunks: h2,
+                            ..
+                        },
                     ) => ParseError::Mangled {
                         file,
                         bad_hunks: bad_hunks + b2,
@@ -210,7 +232,9 @@ pub fn parse(name: &str, data: &[u8]) -> Result<Vec<Patch>, ParseError> {
         return Err(e);
     }
     if patches.is_empty() {
-        return Err(ParseError::Empty { file: name.to_string() });
+        return Err(ParseError::Empty {
+            file: name.to_string(),
+        });
     }
     // Numbered among the mails that carry a diff (a cover letter does not).
     let total = patches.len();
@@ -234,7 +258,9 @@ fn split_lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
 fn split_mbox<'a>(lines: &'a [Line<'a>]) -> Vec<&'a [Line<'a>]> {
     let is_separator = |i: usize| {
         lines[i].text.starts_with(b"From ")
-            && lines.get(i + 1).is_some_and(|next| is_header_line(&next.text))
+            && lines
+                .get(i + 1)
+                .is_some_and(|next| is_header_line(&next.text))
     };
     let starts: Vec<usize> = (0..lines.len()).filter(|&i| is_separator(i)).collect();
     if starts.is_empty() {
@@ -254,9 +280,13 @@ fn split_mbox<'a>(lines: &'a [Line<'a>]) -> Vec<&'a [Line<'a>]> {
 }
 
 fn is_header_line(text: &[u8]) -> bool {
-    let Some(colon) = text.iter().position(|&b| b == b':') else { return false };
+    let Some(colon) = text.iter().position(|&b| b == b':') else {
+        return false;
+    };
     colon > 0
-        && text[..colon].iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-')
+        && text[..colon]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-')
         && text[0].is_ascii_alphabetic()
 }
 
@@ -289,7 +319,12 @@ fn read_mail<'a>(
             headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
     }
-    let header = |k: &str| headers.iter().find(|(hk, _)| hk == k).map(|(_, v)| v.clone());
+    let header = |k: &str| {
+        headers
+            .iter()
+            .find(|(hk, _)| hk == k)
+            .map(|(_, v)| v.clone())
+    };
     let subject = header("subject");
     let body = &msg[i.min(msg.len())..];
     match header("content-transfer-encoding").map(|v| v.to_ascii_lowercase()) {
@@ -319,7 +354,9 @@ fn decode_quoted_printable<'a>(body: &[Line<'a>]) -> Vec<Line<'a>> {
         let mut k = 0;
         while k < text.len() {
             if text[k] == b'=' {
-                let hex = text.get(k + 1..k + 3).and_then(|h| std::str::from_utf8(h).ok());
+                let hex = text
+                    .get(k + 1..k + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
                 if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                     buf.push(v);
                     k += 3;
@@ -331,12 +368,18 @@ fn decode_quoted_printable<'a>(body: &[Line<'a>]) -> Vec<Line<'a>> {
         }
         if !soft {
             if let Some((no, buf)) = current.take() {
-                out.push(Line { no, text: std::borrow::Cow::Owned(buf) });
+                out.push(Line {
+                    no,
+                    text: std::borrow::Cow::Owned(buf),
+                });
             }
         }
     }
     if let Some((no, buf)) = current.take() {
-        out.push(Line { no, text: std::borrow::Cow::Owned(buf) });
+        out.push(Line {
+            no,
+            text: std::borrow::Cow::Owned(buf),
+        });
     }
     out
 }
@@ -356,7 +399,11 @@ fn parse_diff(name: &str, lines: &[Line]) -> Result<Vec<FilePatch>, ParseError> 
         message,
     };
     let mut files = Vec::new();
-    let mut mangling = Mangling { bad_hunks: 0, hunks: 0, first: None };
+    let mut mangling = Mangling {
+        bad_hunks: 0,
+        hunks: 0,
+        first: None,
+    };
     let mut i = 0;
     while i < lines.len() {
         let text: &[u8] = &lines[i].text;
@@ -406,8 +453,9 @@ fn parse_diff(name: &str, lines: &[Line]) -> Result<Vec<FilePatch>, ParseError> 
                 i += 1;
             }
             if lines.get(i).is_some_and(|l| l.text.starts_with(b"--- ")) {
-                let (old, new) = read_file_header(lines, i, 1)
-                    .ok_or_else(|| malformed(lines[i].no, "`---` line without `+++` line".into()))?;
+                let (old, new) = read_file_header(lines, i, 1).ok_or_else(|| {
+                    malformed(lines[i].no, "`---` line without `+++` line".into())
+                })?;
                 if fp.old_path.is_some() {
                     fp.old_path = old;
                 }
@@ -418,7 +466,9 @@ fn parse_diff(name: &str, lines: &[Line]) -> Result<Vec<FilePatch>, ParseError> 
             }
             fp
         } else if text.starts_with(b"--- ")
-            && lines.get(i + 1).is_some_and(|l| l.text.starts_with(b"+++ "))
+            && lines
+                .get(i + 1)
+                .is_some_and(|l| l.text.starts_with(b"+++ "))
             && lines.get(i + 2).is_some_and(|l| l.text.starts_with(b"@@ "))
         {
             // A plain unified diff: strip one leading path component, as
@@ -426,7 +476,13 @@ fn parse_diff(name: &str, lines: &[Line]) -> Result<Vec<FilePatch>, ParseError> 
             let (old, new) = read_file_header(lines, i, 1)
                 .ok_or_else(|| malformed(start, "cannot read the `---`/`+++` paths".into()))?;
             i += 2;
-            FilePatch { old_path: old, new_path: new, new_mode: None, hunks: Vec::new(), line: start }
+            FilePatch {
+                old_path: old,
+                new_path: new,
+                new_mode: None,
+                hunks: Vec::new(),
+                line: start,
+            }
         } else {
             i += 1;
             continue;
@@ -443,10 +499,16 @@ fn parse_diff(name: &str, lines: &[Line]) -> Result<Vec<FilePatch>, ParseError> 
             }
             i = parse_hunk(name, lines, i, &mut fp, &mut mangling)?;
         }
-        if fp.hunks.is_empty() && fp.old_path.is_some() && fp.new_path.is_some() && fp.old_path == fp.new_path
+        if fp.hunks.is_empty()
+            && fp.old_path.is_some()
+            && fp.new_path.is_some()
+            && fp.old_path == fp.new_path
             && fp.new_mode.is_none()
         {
-            return Err(malformed(start, format!("no hunks for {}", fp.display_path())));
+            return Err(malformed(
+                start,
+                format!("no hunks for {}", fp.display_path()),
+            ));
         }
         files.push(fp);
     }
@@ -465,7 +527,11 @@ fn parse_diff(name: &str, lines: &[Line]) -> Result<Vec<FilePatch>, ParseError> 
 }
 
 /// Reads the `---`/`+++` pair at `i`, stripping `strip` leading components.
-fn read_file_header(lines: &[Line], i: usize, strip: usize) -> Option<(Option<String>, Option<String>)> {
+fn read_file_header(
+    lines: &[Line],
+    i: usize,
+    strip: usize,
+) -> Option<(Option<String>, Option<String>)> {
     let old = lines.get(i)?.text.strip_prefix(b"--- ")?;
     let new = lines.get(i + 1)?.text.strip_prefix(b"+++ ")?;
     Some((header_path(old, strip), header_path(new, strip)))
@@ -501,7 +567,11 @@ fn git_header_paths(rest: &[u8]) -> Option<(String, String)> {
     if text.starts_with('"') {
         let (a, tail) = split_quoted(&text)?;
         let b = tail.trim_start();
-        let b = if b.starts_with('"') { split_quoted(b)?.0 } else { b.to_string() };
+        let b = if b.starts_with('"') {
+            split_quoted(b)?.0
+        } else {
+            b.to_string()
+        };
         return Some((strip_components(&a, 1), strip_components(&b, 1)));
     }
     // "a/X b/X": try the middle split first, then any " b/".
@@ -513,7 +583,10 @@ fn git_header_paths(rest: &[u8]) -> Option<(String, String)> {
         }
     }
     let pos = text.find(" b/")?;
-    Some((strip_components(&text[..pos], 1), strip_components(&text[pos + 1..], 1)))
+    Some((
+        strip_components(&text[..pos], 1),
+        strip_components(&text[pos + 1..], 1),
+    ))
 }
 
 /// Undoes git's C-style quoting of a path; unquoted paths pass through.
@@ -628,7 +701,7 @@ fn parse_hunk(
         let (kind, body) = match text.first() {
             // An empty line is an empty context line whose space a mailer
             // trimmed; git and patch accept it too.
-            None => (b' ', &text[..]),
+            None => (b' ', text),
             Some(&c) => (c, &text[1..]),
         };
         let counts_ok = match kind {
@@ -719,7 +792,10 @@ mod tests {
         assert_eq!(p.files[0].old_path.as_deref(), Some("drivers/demo/a.c"));
         assert_eq!(p.files[0].hunks.len(), 2);
         let h = &p.files[0].hunks[0];
-        assert_eq!((h.old_start, h.old_len, h.new_start, h.new_len), (1, 5, 1, 6));
+        assert_eq!(
+            (h.old_start, h.old_len, h.new_start, h.new_len),
+            (1, 5, 1, 6)
+        );
         assert_eq!(h.context_around(), (2, 3));
         // A new file and a file whose last line has no newline.
         assert_eq!(p.files[1].old_path, None);
@@ -734,8 +810,14 @@ mod tests {
         let patches = parse("s.mbox", &fixture("series.mbox")).unwrap();
         assert_eq!(patches.len(), 2);
         assert_eq!(patches[0].origin, "s.mbox (patch 1/2)");
-        assert_eq!(patches[0].subject.as_deref(), Some("[PATCH 1/2] demo: first"));
-        assert_eq!(patches[1].subject.as_deref(), Some("[PATCH 2/2] demo: second"));
+        assert_eq!(
+            patches[0].subject.as_deref(),
+            Some("[PATCH 1/2] demo: first")
+        );
+        assert_eq!(
+            patches[1].subject.as_deref(),
+            Some("[PATCH 2/2] demo: second")
+        );
         // Quoted-printable body decoded: `=3D` is `=`.
         let added = patches[1].files[0].hunks[0].new_lines();
         assert!(added.iter().any(|l| *l == b"\tint x = 2;"), "{added:?}");
@@ -744,22 +826,38 @@ mod tests {
     #[test]
     fn whitespace_mangled_mail_is_recognised_once() {
         let err = parse("original-mail.eml", &fixture("mangled-mail.eml")).unwrap_err();
-        let ParseError::Mangled { bad_hunks, hunks, first_line, ref first_path, .. } = err else {
+        let ParseError::Mangled {
+            bad_hunks,
+            hunks,
+            first_line,
+            ref first_path,
+            ..
+        } = err
+        else {
             panic!("expected a mangled-mail error, got {err}");
         };
         assert_eq!((bad_hunks, hunks), (2, 3));
         assert_eq!(first_path, "drivers/demo/a.c");
         assert_eq!(first_line, 22);
         let msg = err.to_string();
-        assert!(msg.starts_with("whitespace-mangled mail: original-mail.eml:"), "{msg}");
-        assert!(msg.contains("context lines lost their leading space / tabs"), "{msg}");
+        assert!(
+            msg.starts_with("whitespace-mangled mail: original-mail.eml:"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("context lines lost their leading space / tabs"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn truncated_and_empty_inputs_are_errors_with_lines() {
         let text = b"--- a/x.c\n+++ b/x.c\n@@ -1,3 +1,3 @@\n a\n-b\n";
         let err = parse("t.patch", text).unwrap_err().to_string();
-        assert!(err.starts_with("t.patch:3: hunk `@@ -1,3 +1,3 @@` of x.c ends early"), "{err}");
+        assert!(
+            err.starts_with("t.patch:3: hunk `@@ -1,3 +1,3 @@` of x.c ends early"),
+            "{err}"
+        );
         let err = parse("n.txt", b"hello\n").unwrap_err().to_string();
         assert_eq!(err, "n.txt: no diff found (not a patch or mbox?)");
     }

@@ -30,7 +30,10 @@ impl Log {
             .append(true)
             .open(path)
             .with_context(|| format!("open log {}", path.display()))?;
-        Ok(Log { path: path.to_path_buf(), file: Mutex::new(file) })
+        Ok(Log {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -62,7 +65,13 @@ pub struct Finished {
 pub fn display(cmd: &Command) -> String {
     let mut parts: Vec<String> = cmd
         .get_envs()
-        .filter_map(|(k, v)| Some(format!("{}={}", k.to_string_lossy(), quote(&v?.to_string_lossy()))))
+        .filter_map(|(k, v)| {
+            Some(format!(
+                "{}={}",
+                k.to_string_lossy(),
+                quote(&v?.to_string_lossy())
+            ))
+        })
         .collect();
     parts.push(quote(&cmd.get_program().to_string_lossy()));
     parts.extend(cmd.get_args().map(|a| quote(&a.to_string_lossy())));
@@ -70,7 +79,10 @@ pub fn display(cmd: &Command) -> String {
 }
 
 fn quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-=:,+@%".contains(&b)) {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-=:,+@%".contains(&b))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -100,15 +112,29 @@ pub fn run(
     let (tx, rx) = mpsc::channel::<(Stream, String)>();
     let mut readers = Vec::new();
     for (stream, pipe) in [
-        (Stream::Stdout, child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>)),
-        (Stream::Stderr, child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>)),
+        (
+            Stream::Stdout,
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ),
+        (
+            Stream::Stderr,
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ),
     ] {
         let Some(pipe) = pipe else { continue };
         let tx = tx.clone();
         readers.push(std::thread::spawn(move || {
             for chunk in BufReader::new(pipe).split(b'\n') {
                 let Ok(chunk) = chunk else { break };
-                let text = String::from_utf8_lossy(&chunk).trim_end_matches('\r').to_string();
+                let text = String::from_utf8_lossy(&chunk)
+                    .trim_end_matches('\r')
+                    .to_string();
                 if tx.send((stream, text)).is_err() {
                     break;
                 }
@@ -190,8 +216,15 @@ pub fn run(
             let _ = r.join();
         }
     }
-    log.line(&format!("# exit: {status}, {:.1}s", started.elapsed().as_secs_f64()));
-    Ok(Finished { status, stdout, stderr })
+    log.line(&format!(
+        "# exit: {status}, {:.1}s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(Finished {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 fn wait_with_deadline(
@@ -251,8 +284,14 @@ pub fn capture(cmd: &mut Command, log: &Log, timeout: Duration) -> anyhow::Resul
         .map_err(|e| Error::infra(format!("cannot run `{shown}`: {e}")))?;
     let mut pipes: Vec<std::thread::JoinHandle<Vec<u8>>> = Vec::new();
     for pipe in [
-        child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-        child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
     ]
     .into_iter()
     .flatten()

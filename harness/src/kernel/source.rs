@@ -55,7 +55,11 @@ pub fn source_sha256(spec: &SourceSpec) -> anyhow::Result<String> {
 
 /// The extracted source tree for `spec` (not for trees), fetching and
 /// extracting it if this has not been done yet.
-pub fn ensure_pristine(spec: &SourceSpec, reporter: &dyn Reporter, log: &Log) -> anyhow::Result<PathBuf> {
+pub fn ensure_pristine(
+    spec: &SourceSpec,
+    reporter: &dyn Reporter,
+    log: &Log,
+) -> anyhow::Result<PathBuf> {
     let sha = source_sha256(spec)?;
     let root = cache::cache_dir("kernel/pristine")?;
     let dir = root.join(&sha[..16]);
@@ -65,9 +69,9 @@ pub fn ensure_pristine(spec: &SourceSpec, reporter: &dyn Reporter, log: &Log) ->
     }
     let archive = match spec {
         SourceSpec::DebianSource { file, .. } => fetch_debian(spec, file, reporter, log)?,
-        SourceSpec::DebianBinary { package, version, .. } => {
-            fetch_debian(spec, &format!("{package}_{version}_all.deb"), reporter, log)?
-        }
+        SourceSpec::DebianBinary {
+            package, version, ..
+        } => fetch_debian(spec, &format!("{package}_{version}_all.deb"), reporter, log)?,
         SourceSpec::Tarball { path, .. } => path.clone(),
         SourceSpec::Tree { .. } => anyhow::bail!("a tree source is not extracted"),
     };
@@ -81,7 +85,10 @@ pub fn ensure_pristine(spec: &SourceSpec, reporter: &dyn Reporter, log: &Log) ->
             // The .deb's data holds the tarball; unpack the .deb, then it.
             let deb_dir = tmp.join(".deb");
             run::output(
-                Command::new("dpkg-deb").arg("-x").arg(&archive).arg(&deb_dir),
+                Command::new("dpkg-deb")
+                    .arg("-x")
+                    .arg(&archive)
+                    .arg(&deb_dir),
                 log,
                 EXTRACT_TIMEOUT,
             )?;
@@ -101,14 +108,20 @@ pub fn ensure_pristine(spec: &SourceSpec, reporter: &dyn Reporter, log: &Log) ->
     std::fs::create_dir_all(&tree)?;
     // GNU tar detects the compression itself; it refuses `..` members.
     run::output(
-        Command::new("tar").arg("-xf").arg(&tarball).arg("-C").arg(&tree),
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&tree),
         log,
         EXTRACT_TIMEOUT,
     )
     .with_context(|| format!("extract {}", tarball.display()))?;
     // A kernel tarball holds one top directory (linux-6.18.15/); use it.
-    let entries: Vec<PathBuf> =
-        std::fs::read_dir(&tree)?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    let entries: Vec<PathBuf> = std::fs::read_dir(&tree)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
     let top = match entries.as_slice() {
         [one] if one.is_dir() => one.clone(),
         _ => tree.clone(),
@@ -126,13 +139,19 @@ pub fn ensure_pristine(spec: &SourceSpec, reporter: &dyn Reporter, log: &Log) ->
     cache::write_atomic(&marker, format!("{}\n", archive.display()).as_bytes())?;
     reporter.line(
         Stage::Kernel,
-        format!("extracted into {} in {:.0}s", dir.display(), started.elapsed().as_secs_f64()),
+        format!(
+            "extracted into {} in {:.0}s",
+            dir.display(),
+            started.elapsed().as_secs_f64()
+        ),
     );
     Ok(dir)
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// The sha256 of a file, trusting a `.verified` marker in the cache whose
@@ -167,7 +186,9 @@ fn marker_path(path: &Path) -> anyhow::Result<PathBuf> {
         return Ok(path.with_file_name(format!("{}.verified", file_name(path))));
     }
     let abs = std::fs::canonicalize(path)?;
-    let key = cache::KeyBuilder::new().str("path", &abs.to_string_lossy()).finish();
+    let key = cache::KeyBuilder::new()
+        .str("path", &abs.to_string_lossy())
+        .finish();
     Ok(cache::cache_dir("kernel/verified")?.join(key.short()))
 }
 
@@ -183,7 +204,12 @@ impl PrivateApt {
         })?;
         let kind = if binary { "deb" } else { "deb-src" };
         let dir = cache::cache_dir(&format!("apt/{suite}-{kind}"))?;
-        for sub in ["etc/sources.list.d", "etc/preferences.d", "lists/partial", "cache/archives/partial"] {
+        for sub in [
+            "etc/sources.list.d",
+            "etc/preferences.d",
+            "lists/partial",
+            "cache/archives/partial",
+        ] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
         let mut text = format!(
@@ -195,7 +221,10 @@ impl PrivateApt {
         if let Some(s) = signed_by {
             text.push_str(&format!("Signed-By: {s}\n"));
         }
-        cache::write_atomic(&dir.join("etc/sources.list.d/msi-harness.sources"), text.as_bytes())?;
+        cache::write_atomic(
+            &dir.join("etc/sources.list.d/msi-harness.sources"),
+            text.as_bytes(),
+        )?;
         cache::write_atomic(&dir.join("etc/sources.list"), b"")?;
         Ok(PrivateApt { dir })
     }
@@ -213,7 +242,10 @@ impl PrivateApt {
             ("Dir::Cache", d("cache")),
             ("Dir::State::status", "/var/lib/dpkg/status".to_string()),
             ("Debug::NoLocking", "1".to_string()),
-            ("Acquire::IndexTargets::deb::DEP-11::DefaultEnabled", "false".to_string()),
+            (
+                "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled",
+                "false".to_string(),
+            ),
         ] {
             cmd.arg("-o").arg(format!("{k}={v}"));
         }
@@ -229,10 +261,27 @@ impl PrivateApt {
 
 /// Downloads one Debian file (an orig tarball or a .deb) into
 /// `cache/downloads/<sha>-<name>`, verifying the pinned checksum.
-fn fetch_debian(spec: &SourceSpec, name: &str, reporter: &dyn Reporter, log: &Log) -> anyhow::Result<PathBuf> {
+fn fetch_debian(
+    spec: &SourceSpec,
+    name: &str,
+    reporter: &dyn Reporter,
+    log: &Log,
+) -> anyhow::Result<PathBuf> {
     let (package, version, suite, sha, binary) = match spec {
-        SourceSpec::DebianSource { package, version, suite, sha256, .. } => (package, version, suite, sha256, false),
-        SourceSpec::DebianBinary { package, version, suite, sha256, .. } => (package, version, suite, sha256, true),
+        SourceSpec::DebianSource {
+            package,
+            version,
+            suite,
+            sha256,
+            ..
+        } => (package, version, suite, sha256, false),
+        SourceSpec::DebianBinary {
+            package,
+            version,
+            suite,
+            sha256,
+            ..
+        } => (package, version, suite, sha256, true),
         _ => anyhow::bail!("not a Debian source"),
     };
     let downloads = cache::cache_dir("downloads")?;
@@ -242,20 +291,40 @@ fn fetch_debian(spec: &SourceSpec, name: &str, reporter: &dyn Reporter, log: &Lo
         if have == *sha {
             return Ok(dest);
         }
-        reporter.line(Stage::Kernel, format!("{} has the wrong checksum; downloading again", dest.display()));
+        reporter.line(
+            Stage::Kernel,
+            format!(
+                "{} has the wrong checksum; downloading again",
+                dest.display()
+            ),
+        );
         std::fs::remove_file(&dest)?;
     }
-    for tool in [("apt-get", "apt"), ("apt-cache", "apt"), ("dpkg-deb", "dpkg")] {
+    for tool in [
+        ("apt-get", "apt"),
+        ("apt-cache", "apt"),
+        ("dpkg-deb", "dpkg"),
+    ] {
         super::require_tool(tool.0, tool.1)?;
     }
     let helper = Path::new("/usr/lib/apt/apt-helper");
     if !helper.is_file() {
-        return Err(Error::infra("/usr/lib/apt/apt-helper is missing: install the Debian package `apt`").into());
+        return Err(Error::infra(
+            "/usr/lib/apt/apt-helper is missing: install the Debian package `apt`",
+        )
+        .into());
     }
     let apt = PrivateApt::new(suite, binary)?;
-    reporter.line(Stage::Kernel, format!("looking up {package} {version} in {suite}"));
-    run::output(apt.command("apt-get").args(["-q", "update"]), log, APT_TIMEOUT)
-        .context("apt-get update (private kernel-source lists)")?;
+    reporter.line(
+        Stage::Kernel,
+        format!("looking up {package} {version} in {suite}"),
+    );
+    run::output(
+        apt.command("apt-get").args(["-q", "update"]),
+        log,
+        APT_TIMEOUT,
+    )
+    .context("apt-get update (private kernel-source lists)")?;
     let what = format!("{package}={version}");
     let mut query = apt.command("apt-get");
     query.arg("--print-uris").arg("-q").arg("-y");
@@ -266,7 +335,20 @@ fn fetch_debian(spec: &SourceSpec, name: &str, reporter: &dyn Reporter, log: &Lo
     }
     let listing = match run::output(&mut query, log, APT_TIMEOUT) {
         Ok(text) => text,
-        Err(_) => return Err(vanished(&apt, package, version, suite, binary, log, "is not in the archive any more")),
+        // "Can not find version", "Unable to find a source package",
+        // "Version '...' for '...' was not found".
+        Err(e) if e.to_string().contains("find") || e.to_string().contains("not found") => {
+            return Err(vanished(
+                &apt,
+                package,
+                version,
+                suite,
+                binary,
+                log,
+                "is not (or no longer) in the archive",
+            ));
+        }
+        Err(e) => return Err(e.context(format!("look up {what} in {suite}"))),
     };
     let Some((uri, size, listed_sha)) = find_uri(&listing, name) else {
         return Err(Error::infra(format!(
@@ -282,29 +364,50 @@ fn fetch_debian(spec: &SourceSpec, name: &str, reporter: &dyn Reporter, log: &Lo
             .into());
         }
     }
-    reporter.line(Stage::Kernel, format!("downloading {name} ({} MB)", size.unwrap_or(0) / 1_000_000));
+    reporter.line(
+        Stage::Kernel,
+        format!("downloading {name} ({} MB)", size.unwrap_or(0) / 1_000_000),
+    );
     let partial = downloads.join(format!("{sha}-{name}.partial"));
     let _ = std::fs::remove_file(&partial);
     let mut cmd = apt.command(helper.to_string_lossy().as_ref());
-    cmd.arg("download-file").arg(&uri).arg(&partial).arg(format!("SHA256:{sha}"));
+    cmd.arg("download-file")
+        .arg(&uri)
+        .arg(&partial)
+        .arg(format!("SHA256:{sha}"));
     let mut tick = || {
         if let (Some(total), Ok(meta)) = (size, std::fs::metadata(&partial)) {
-            reporter.progress(Stage::Kernel, meta.len() / 1_000_000, Some(total / 1_000_000));
+            reporter.progress(
+                Stage::Kernel,
+                meta.len() / 1_000_000,
+                Some(total / 1_000_000),
+            );
         }
     };
-    let done = run::run(&mut cmd, log, DOWNLOAD_TIMEOUT, true, &mut |_, _| {}, &mut tick)?;
+    let done = run::run(
+        &mut cmd,
+        log,
+        DOWNLOAD_TIMEOUT,
+        true,
+        &mut |_, _| {},
+        &mut tick,
+    )?;
     if !done.status.success() {
         let _ = std::fs::remove_file(&partial);
         let why = run::tail(&done.stderr, 3);
         if why.contains("404") {
-            return Err(vanished(&apt, package, version, suite, binary, log, "is listed but its file answers 404 Not Found"));
+            let how = format!("is listed, but its file {name} answers 404 Not Found");
+            return Err(vanished(&apt, package, version, suite, binary, log, &how));
         }
         return Err(Error::infra(format!("downloading {uri} failed: {why}")).into());
     }
     // apt-helper checked the hash; record it so it is not hashed again.
     if verified_sha256(&partial)? != *sha {
         let _ = std::fs::remove_file(&partial);
-        return Err(Error::infra(format!("{name} downloaded with a checksum other than the pinned {sha}")).into());
+        return Err(Error::infra(format!(
+            "{name} downloaded with a checksum other than the pinned {sha}"
+        ))
+        .into());
     }
     std::fs::rename(&partial, &dest)?;
     let _ = std::fs::rename(
@@ -324,7 +427,10 @@ fn find_uri(listing: &str, name: &str) -> Option<(String, Option<u64>, Option<St
             return None;
         }
         let size = words.next().and_then(|s| s.parse().ok());
-        let sha = words.next().and_then(|h| h.strip_prefix("SHA256:")).map(str::to_string);
+        let sha = words
+            .next()
+            .and_then(|h| h.strip_prefix("SHA256:"))
+            .map(str::to_string);
         Some((uri.to_string(), size, sha))
     })
 }
@@ -348,9 +454,13 @@ fn vanished(
     let versions = run::output(&mut cmd, log, APT_TIMEOUT)
         .map(|text| available_versions(&text, binary))
         .unwrap_or_default();
-    let list = if versions.is_empty() { "none".to_string() } else { versions.join(", ") };
+    let list = if versions.is_empty() {
+        "none".to_string()
+    } else {
+        versions.join(", ")
+    };
     Error::infra(format!(
-        "{package} {version} {how} ({suite}); versions available there now: {list}; pin one of them in kernel-configs/kernels.toml (version and sha256)"
+        "{package} {version} {how} ({suite}); versions listed there now: {list}; pin one of them in kernel-configs/kernels.toml (version and sha256)"
     ))
     .into()
 }
@@ -358,9 +468,13 @@ fn vanished(
 /// Versions from `apt-cache madison` (binary) or `showsrc` output.
 fn available_versions(text: &str, binary: bool) -> Vec<String> {
     let mut out: Vec<String> = if binary {
-        text.lines().filter_map(|l| l.split('|').nth(1).map(|v| v.trim().to_string())).collect()
+        text.lines()
+            .filter_map(|l| l.split('|').nth(1).map(|v| v.trim().to_string()))
+            .collect()
     } else {
-        text.lines().filter_map(|l| l.strip_prefix("Version:").map(|v| v.trim().to_string())).collect()
+        text.lines()
+            .filter_map(|l| l.strip_prefix("Version:").map(|v| v.trim().to_string()))
+            .collect()
     };
     out.dedup();
     out
@@ -376,13 +490,20 @@ mod tests {
             'http://m.example/debian/pool/main/l/linux/linux_6.18.15-1%7ebpo13%2b1.dsc' linux_6.18.15-1~bpo13+1.dsc 140033 SHA256:40a1\n\
             'http://m.example/debian/pool/main/l/linux/linux_6.18.15.orig.tar.xz' linux_6.18.15.orig.tar.xz 157422084 SHA256:fdf4\n";
         let (uri, size, sha) = find_uri(listing, "linux_6.18.15.orig.tar.xz").unwrap();
-        assert_eq!(uri, "http://m.example/debian/pool/main/l/linux/linux_6.18.15.orig.tar.xz");
+        assert_eq!(
+            uri,
+            "http://m.example/debian/pool/main/l/linux/linux_6.18.15.orig.tar.xz"
+        );
         assert_eq!(size, Some(157422084));
         assert_eq!(sha.as_deref(), Some("fdf4"));
         assert!(find_uri(listing, "linux_6.18.16.orig.tar.xz").is_none());
-        let madison = "linux-source-7.2 |   7.2.13-1 | http://m.example/debian sid/main all Packages\n";
+        let madison =
+            "linux-source-7.2 |   7.2.13-1 | http://m.example/debian sid/main all Packages\n";
         assert_eq!(available_versions(madison, true), ["7.2.13-1"]);
         let showsrc = "Package: linux\nVersion: 6.18.12-1~bpo13+1\nBinary: x\n\nPackage: linux\nVersion: 6.18.15-1~bpo13+1\n";
-        assert_eq!(available_versions(showsrc, false), ["6.18.12-1~bpo13+1", "6.18.15-1~bpo13+1"]);
+        assert_eq!(
+            available_versions(showsrc, false),
+            ["6.18.12-1~bpo13+1", "6.18.15-1~bpo13+1"]
+        );
     }
 }

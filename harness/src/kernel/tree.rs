@@ -35,11 +35,19 @@ pub struct Prepared {
 
 /// Makes `src` the pristine tree plus `applied`, changing as little as
 /// possible.
-pub fn prepare(pristine: &Path, src: &Path, applied: &Applied, log: &Log) -> anyhow::Result<Prepared> {
+pub fn prepare(
+    pristine: &Path,
+    src: &Path,
+    applied: &Applied,
+    log: &Log,
+) -> anyhow::Result<Prepared> {
     std::fs::create_dir_all(src)?;
     // Files the series decides about are left to us, not rsync, so that an
     // unchanged patched file keeps its mtime.
-    let exclude = src.parent().context("src has a parent")?.join("rsync-exclude");
+    let exclude = src
+        .parent()
+        .context("src has a parent")?
+        .join("rsync-exclude");
     let mut list = std::fs::File::create(&exclude)?;
     for path in applied.files.keys() {
         writeln!(list, "/{}", escape_pattern(path))?;
@@ -62,12 +70,15 @@ pub fn prepare(pristine: &Path, src: &Path, applied: &Applied, log: &Log) -> any
         match state {
             None => {
                 if path.symlink_metadata().is_ok() {
-                    std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+                    std::fs::remove_file(&path)
+                        .with_context(|| format!("remove {}", path.display()))?;
                     prepared.deleted += 1;
                 }
             }
             Some(state) => {
-                let same = std::fs::read(&path).map(|d| d == state.data).unwrap_or(false);
+                let same = std::fs::read(&path)
+                    .map(|d| d == state.data)
+                    .unwrap_or(false);
                 if !same {
                     if let Some(dir) = path.parent() {
                         std::fs::create_dir_all(dir)?;
@@ -75,7 +86,8 @@ pub fn prepare(pristine: &Path, src: &Path, applied: &Applied, log: &Log) -> any
                     // A fresh file (not an overwrite in place) so that hard
                     // links into the pristine tree can never be changed.
                     let _ = std::fs::remove_file(&path);
-                    std::fs::write(&path, &state.data).with_context(|| format!("write {}", path.display()))?;
+                    std::fs::write(&path, &state.data)
+                        .with_context(|| format!("write {}", path.display()))?;
                     prepared.written += 1;
                 }
                 if let Some(exec) = state.executable {
@@ -113,7 +125,8 @@ fn received_files(itemized: &str) -> Vec<&str> {
 
 fn touch(path: &Path, when: SystemTime) -> anyhow::Result<()> {
     let f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    f.set_modified(when).with_context(|| format!("set mtime of {}", path.display()))?;
+    f.set_modified(when)
+        .with_context(|| format!("set mtime of {}", path.display()))?;
     Ok(())
 }
 
@@ -126,12 +139,18 @@ pub fn tree_key(path: &Path, log: &Log) -> anyhow::Result<ContentKey> {
         let git = |args: &[&str]| -> anyhow::Result<Vec<u8>> {
             // --no-optional-locks: do not even refresh the user's index.
             let mut cmd = Command::new("git");
-            cmd.arg("--no-optional-locks").arg("-C").arg(path).args(args);
+            cmd.arg("--no-optional-locks")
+                .arg("-C")
+                .arg(path)
+                .args(args);
             run::capture(&mut cmd, log, GIT_TIMEOUT)
         };
         log.line(&format!("# keying git tree {}", path.display()));
         key.bytes("head", &git(&["rev-parse", "HEAD"])?);
-        key.bytes("diff", &git(&["diff", "HEAD", "--binary", "--no-color", "--no-ext-diff"])?);
+        key.bytes(
+            "diff",
+            &git(&["diff", "HEAD", "--binary", "--no-color", "--no-ext-diff"])?,
+        );
         let untracked = git(&["ls-files", "--others", "--exclude-standard", "-z"])?;
         for rel in untracked.split(|&b| b == 0).filter(|p| !p.is_empty()) {
             let rel = String::from_utf8_lossy(rel).into_owned();
@@ -148,7 +167,10 @@ pub fn tree_key(path: &Path, log: &Log) -> anyhow::Result<ContentKey> {
             }
         }
     } else {
-        log.line(&format!("# hashing every file of {} (not a git tree)", path.display()));
+        log.line(&format!(
+            "# hashing every file of {} (not a git tree)",
+            path.display()
+        ));
         key.tree("tree", path, &|_| false)?;
     }
     Ok(key.finish())

@@ -18,12 +18,30 @@ use crate::error::Error;
 pub enum SourceSpec {
     /// The upstream tarball (`file`) of a Debian source package, fetched
     /// through a private apt configuration from `suite`'s deb-src.
-    DebianSource { name: String, package: String, version: String, suite: String, file: String, sha256: String },
+    DebianSource {
+        name: String,
+        package: String,
+        version: String,
+        suite: String,
+        file: String,
+        sha256: String,
+    },
     /// A binary package (e.g. `linux-source-7.2`) whose `.deb` holds the
     /// source tarball at `member`.
-    DebianBinary { name: String, package: String, version: String, suite: String, member: String, sha256: String },
+    DebianBinary {
+        name: String,
+        package: String,
+        version: String,
+        suite: String,
+        member: String,
+        sha256: String,
+    },
     /// A tarball on disk; `sha256`, when given, is checked.
-    Tarball { name: String, path: PathBuf, sha256: Option<String> },
+    Tarball {
+        name: String,
+        path: PathBuf,
+        sha256: Option<String>,
+    },
     /// A kernel tree on disk, built as it is (never modified).
     Tree { name: String, path: PathBuf },
 }
@@ -114,7 +132,12 @@ pub fn load_file(path: &Path) -> anyhow::Result<KernelsFile> {
 fn position(file: &Path, text: &str, offset: usize) -> String {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     format!("{}:{line}:{col}", file.display())
 }
 
@@ -131,7 +154,13 @@ pub fn parse(file: &Path, text: &str) -> Result<KernelsFile, Error> {
         }
     })?;
     let dir = file.parent().unwrap_or(Path::new("."));
-    let resolve = |p: &str| if Path::new(p).is_absolute() { PathBuf::from(p) } else { dir.join(p) };
+    let resolve = |p: &str| {
+        if Path::new(p).is_absolute() {
+            PathBuf::from(p)
+        } else {
+            dir.join(p)
+        }
+    };
     let fragment_list = |list: &[Spanned<String>]| -> Result<Vec<PathBuf>, Error> {
         list.iter()
             .map(|f| {
@@ -139,7 +168,10 @@ pub fn parse(file: &Path, text: &str) -> Result<KernelsFile, Error> {
                 if p.is_file() {
                     Ok(p)
                 } else {
-                    Err(at(f.span(), format!("config fragment {} does not exist", p.display())))
+                    Err(at(
+                        f.span(),
+                        format!("config fragment {} does not exist", p.display()),
+                    ))
                 }
             })
             .collect()
@@ -153,7 +185,10 @@ pub fn parse(file: &Path, text: &str) -> Result<KernelsFile, Error> {
         let kind = s.kind.get_ref().as_str();
         let need = |field: &str, v: &Option<String>| -> Result<String, Error> {
             v.clone().ok_or_else(|| {
-                at(span.clone(), format!("source `{name}` of kind `{kind}` needs `{field}`"))
+                at(
+                    span.clone(),
+                    format!("source `{name}` of kind `{kind}` needs `{field}`"),
+                )
             })
         };
         let refuse = |fields: &[(&str, bool)]| -> Result<(), Error> {
@@ -168,8 +203,15 @@ pub fn parse(file: &Path, text: &str) -> Result<KernelsFile, Error> {
         let sha256 = match &s.sha256 {
             Some(sha) => {
                 let v = sha.get_ref();
-                if v.len() != 64 || !v.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-                    return Err(at(sha.span(), format!("`sha256` must be 64 lowercase hex digits, not `{v}`")));
+                if v.len() != 64
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                {
+                    return Err(at(
+                        sha.span(),
+                        format!("`sha256` must be 64 lowercase hex digits, not `{v}`"),
+                    ));
                 }
                 Some(v.clone())
             }
@@ -177,7 +219,10 @@ pub fn parse(file: &Path, text: &str) -> Result<KernelsFile, Error> {
         };
         let need_sha = || {
             sha256.clone().ok_or_else(|| {
-                at(span.clone(), format!("source `{name}` is downloaded: pin its `sha256`"))
+                at(
+                    span.clone(),
+                    format!("source `{name}` is downloaded: pin its `sha256`"),
+                )
             })
         };
         let spec = match kind {
@@ -236,7 +281,9 @@ pub fn parse(file: &Path, text: &str) -> Result<KernelsFile, Error> {
         let v = spanned.get_ref();
         let name = v.name.get_ref();
         if name.is_empty()
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
             || name.starts_with('.')
         {
             return Err(at(
@@ -245,25 +292,36 @@ pub fn parse(file: &Path, text: &str) -> Result<KernelsFile, Error> {
             ));
         }
         if variants.iter().any(|other| other.name == *name) {
-            return Err(at(v.name.span(), format!("variant `{name}` is defined twice")));
+            return Err(at(
+                v.name.span(),
+                format!("variant `{name}` is defined twice"),
+            ));
         }
         let source = sources.get(v.source.get_ref()).cloned().ok_or_else(|| {
             let known: Vec<&str> = sources.keys().map(String::as_str).collect();
             at(
                 v.source.span(),
-                format!("unknown source `{}` (defined: {})", v.source.get_ref(), known.join(", ")),
+                format!(
+                    "unknown source `{}` (defined: {})",
+                    v.source.get_ref(),
+                    known.join(", ")
+                ),
             )
         })?;
         let patches = match &v.patches {
             Some(p) => {
                 let dir = resolve(p.get_ref());
                 if !dir.is_dir() {
-                    return Err(at(p.span(), format!("patch directory {} does not exist", dir.display())));
+                    return Err(at(
+                        p.span(),
+                        format!("patch directory {} does not exist", dir.display()),
+                    ));
                 }
                 if matches!(source, SourceSpec::Tree { .. }) {
                     return Err(at(
                         p.span(),
-                        "a `tree` source is built as it is and never modified: it takes no patches".into(),
+                        "a `tree` source is built as it is and never modified: it takes no patches"
+                            .into(),
                     ));
                 }
                 Some(dir)
@@ -282,7 +340,10 @@ pub fn parse(file: &Path, text: &str) -> Result<KernelsFile, Error> {
             fragments,
         });
     }
-    Ok(KernelsFile { variants, default_fragments })
+    Ok(KernelsFile {
+        variants,
+        default_fragments,
+    })
 }
 
 #[cfg(test)]
@@ -328,7 +389,9 @@ patches = "p"
         assert_eq!(v.name, "patched-1.0");
         assert_eq!(v.patches.as_deref(), Some(dir.path().join("p").as_path()));
         assert_eq!(v.fragments, vec![dir.path().join("base.config")]);
-        assert!(matches!(&v.source, SourceSpec::DebianSource { version, .. } if version == "1.0-1"));
+        assert!(
+            matches!(&v.source, SourceSpec::DebianSource { version, .. } if version == "1.0-1")
+        );
     }
 
     #[test]
@@ -338,19 +401,37 @@ patches = "p"
         let shown = file.display().to_string();
         let typo = GOOD.replace("patches = \"p\"", "patchez = \"p\"");
         let err = parse(&file, &typo).unwrap_err().to_string();
-        assert!(err.starts_with(&format!("{shown}:20:1: unknown field `patchez`")), "{err}");
-        let bad_source = GOOD.replace("source = \"linux-1.0\"\npatches", "source = \"linux-9\"\npatches");
+        assert!(
+            err.starts_with(&format!("{shown}:20:1: unknown field `patchez`")),
+            "{err}"
+        );
+        let bad_source = GOOD.replace(
+            "source = \"linux-1.0\"\npatches",
+            "source = \"linux-9\"\npatches",
+        );
         let err = parse(&file, &bad_source).unwrap_err().to_string();
-        assert_eq!(err, format!("{shown}:19:10: unknown source `linux-9` (defined: linux-1.0)"));
+        assert_eq!(
+            err,
+            format!("{shown}:19:10: unknown source `linux-9` (defined: linux-1.0)")
+        );
         let bad_sha = GOOD.replace("sha256 = \"fdf4", "sha256 = \"FDF4");
         let err = parse(&file, &bad_sha).unwrap_err().to_string();
-        assert!(err.starts_with(&format!("{shown}:10:10: `sha256` must be 64 lowercase hex")), "{err}");
+        assert!(
+            err.starts_with(&format!("{shown}:10:10: `sha256` must be 64 lowercase hex")),
+            "{err}"
+        );
         let no_frag = GOOD.replace("[\"base.config\"]", "[\"missing.config\"]");
         let err = parse(&file, &no_frag).unwrap_err().to_string();
-        assert!(err.starts_with(&format!("{shown}:2:14: config fragment ")), "{err}");
+        assert!(
+            err.starts_with(&format!("{shown}:2:14: config fragment ")),
+            "{err}"
+        );
         let no_file = GOOD.replace("file = \"linux_1.0.orig.tar.xz\"\n", "");
         let err = parse(&file, &no_file).unwrap_err().to_string();
-        assert!(err.contains("source `linux-1.0` of kind `debian-source` needs `file`"), "{err}");
+        assert!(
+            err.contains("source `linux-1.0` of kind `debian-source` needs `file`"),
+            "{err}"
+        );
     }
 
     #[test]
