@@ -79,6 +79,19 @@ fn parse_fragment(path: &Path, text: &str) -> Result<Vec<Request>, Error> {
     Ok(out)
 }
 
+/// A fragment's settings without comments or blank lines: what the cache
+/// key covers, since nothing else of a fragment reaches the `.config`.
+pub fn canonical(requests: &[Request]) -> String {
+    let mut out = String::new();
+    for r in requests {
+        match &r.value {
+            Some(v) => out.push_str(&format!("{}={v}\n", r.symbol)),
+            None => out.push_str(&format!("# {} is not set\n", r.symbol)),
+        }
+    }
+    out
+}
+
 fn is_symbol(s: &str) -> bool {
     s.strip_prefix("CONFIG_").is_some_and(|rest| {
         !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -193,6 +206,24 @@ mod tests {
         assert!(msg
             .contains("CONFIG_ARM_SMMU_V3=y (asked by kernel-configs/iommu.config:3): is not set"));
         assert!(msg.contains("CONFIG_DEBUG_KERNEL unset (asked by kernel-configs/iommu.config:6): is CONFIG_DEBUG_KERNEL=y"));
+    }
+
+    #[test]
+    fn canonical_form_ignores_comments_and_blank_lines() {
+        let a = parse_fragment(
+            Path::new("a"),
+            "# why\nCONFIG_X=y\n\n# CONFIG_Y is not set\n",
+        )
+        .unwrap();
+        let b = parse_fragment(
+            Path::new("b"),
+            "CONFIG_X=y\n# other words\n# CONFIG_Y is not set\n",
+        )
+        .unwrap();
+        assert_eq!(canonical(&a), canonical(&b));
+        assert_eq!(canonical(&a), "CONFIG_X=y\n# CONFIG_Y is not set\n");
+        let c = parse_fragment(Path::new("c"), "CONFIG_X=m\n# CONFIG_Y is not set\n").unwrap();
+        assert_ne!(canonical(&a), canonical(&c));
     }
 
     #[test]

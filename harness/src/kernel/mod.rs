@@ -202,7 +202,8 @@ pub struct KeyInputs {
     pub source: String,
     /// Each patch file's bytes, in order.
     pub patches: Vec<Vec<u8>>,
-    /// Each fragment's bytes, in merge order.
+    /// Each fragment's settings ([`kconfig::canonical`]: comments do not
+    /// count), in merge order.
     pub fragments: Vec<Vec<u8>>,
     /// First line of `aarch64-linux-gnu-gcc --version`.
     pub toolchain: String,
@@ -377,8 +378,9 @@ fn plan(source: KernelSource, options: BuildOptions, log: &Log) -> anyhow::Resul
     let mut requests = Vec::new();
     let mut fragment_bytes = Vec::new();
     for f in &fragments {
-        requests.extend(kconfig::read_fragment(f)?);
-        fragment_bytes.push(std::fs::read(f)?);
+        let settings = kconfig::read_fragment(f)?;
+        fragment_bytes.push(kconfig::canonical(&settings).into_bytes());
+        requests.extend(settings);
     }
     Ok(Plan {
         name,
@@ -807,7 +809,7 @@ impl Make {
         };
         let done = run::run(&mut cmd, log, timeout, false, &mut on_line, &mut || {})?;
         if !done.status.success() {
-            let mut lines = errors.lines;
+            let mut lines = errors.finish();
             if lines.is_empty() {
                 lines = done.stderr[done.stderr.len().saturating_sub(15)..].to_vec();
             }
@@ -824,11 +826,14 @@ impl Make {
     }
 }
 
-/// The lines of make output worth showing after a failure: compiler errors
-/// with their source excerpts, linker errors, make's `***` lines.
+/// The lines of make output worth showing after a failure: compiler and
+/// linker errors with their source excerpts, then make's first `***` line
+/// (all of them, up to a few, when there is no compiler error: "source tree
+/// is not clean" and the like).
 #[derive(Default)]
 struct ErrorLines {
-    lines: Vec<String>,
+    compiler: Vec<String>,
+    make: Vec<String>,
     /// Excerpt lines still to keep after an error line.
     excerpt: usize,
 }
@@ -837,23 +842,38 @@ impl ErrorLines {
     const MAX: usize = 40;
 
     fn push(&mut self, line: &str) {
-        if self.lines.len() >= Self::MAX {
+        if line.contains("***") {
+            if !line.contains("Waiting for unfinished jobs") && self.make.len() < 10 {
+                self.make.push(line.to_string());
+            }
+            self.excerpt = 0;
+            return;
+        }
+        if self.compiler.len() >= Self::MAX {
             return;
         }
         let is_error = line.contains("error:")
-            || line.contains("Error ")
-            || line.contains("***")
             || line.contains("undefined reference")
             || line.contains("No rule to make target");
         if is_error {
-            self.lines.push(line.to_string());
+            // Paths are relative to the build directory; make them relative
+            // to the source tree.
+            self.compiler
+                .push(line.strip_prefix("../src/").unwrap_or(line).to_string());
             self.excerpt = 3;
         } else if self.excerpt > 0 && line.contains('|') {
-            self.lines.push(line.to_string());
+            self.compiler.push(line.to_string());
             self.excerpt -= 1;
         } else {
             self.excerpt = 0;
         }
+    }
+
+    fn finish(self) -> Vec<String> {
+        let mut out = self.compiler;
+        let make_lines = if out.is_empty() { self.make.len() } else { 1 };
+        out.extend(self.make.into_iter().take(make_lines));
+        out
     }
 }
 
@@ -976,13 +996,20 @@ mod tests {
             "  630 |         x = 1;",
             "      |         ^",
             "  CC      other.o",
-            "make[4]: *** [../src/scripts/Makefile.build:287: drivers/iommu/iommufd/ioas.o] Error 1",
+            "make[6]: *** [../src/scripts/Makefile.build:287: drivers/iommu/iommufd/ioas.o] Error 1",
+            "make[4]: *** Waiting for unfinished jobs....",
+            "make[5]: *** [../src/scripts/Makefile.build:544: drivers/iommu/iommufd] Error 2",
         ] {
             e.push(l);
         }
-        assert_eq!(e.lines.len(), 4);
-        assert!(e.lines[0].contains("error: 'x' undeclared"));
-        assert!(e.lines[2].ends_with('^'));
-        assert!(e.lines[3].starts_with("make[4]: ***"));
+        let lines = e.finish();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert!(lines[0].starts_with("drivers/iommu/iommufd/ioas.c:630:9: error: 'x' undeclared"));
+        assert!(lines[2].ends_with('^'));
+        assert!(lines[3].starts_with("make[6]: ***"));
+        let mut e = ErrorLines::default();
+        e.push("***");
+        e.push("*** The source tree is not clean, please run 'make ARCH=arm64 mrproper'");
+        assert_eq!(e.finish().len(), 2);
     }
 }

@@ -201,4 +201,62 @@ mod tests {
         assert_eq!(received_files(out), ["drivers/new/x.c", "Makefile"]);
         assert_eq!(escape_pattern("a/b[1]*.c"), "a/b\\[1]\\*.c");
     }
+
+    #[test]
+    fn git_tree_keys_follow_head_changes_and_untracked_files_only() {
+        if crate::deps::which("git").is_none() {
+            eprintln!("skipped: git is not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let log = Log::create(&root.join("log/kernel.log")).unwrap();
+        let git = |args: &[&str]| {
+            let ok = Command::new("git")
+                .args([
+                    "-c",
+                    "user.name=t",
+                    "-c",
+                    "user.email=t@example.invalid",
+                    "-C",
+                ])
+                .arg(root.join("t"))
+                .args(args)
+                .output()
+                .unwrap()
+                .status
+                .success();
+            assert!(ok, "git {args:?}");
+        };
+        let tree = root.join("t");
+        std::fs::create_dir_all(tree.join("drivers")).unwrap();
+        std::fs::write(tree.join("drivers/a.c"), "int a;\n").unwrap();
+        std::fs::write(tree.join(".gitignore"), "*.o\n").unwrap();
+        git(&["init", "-q"]);
+        git(&["add", "."]);
+        git(&["commit", "-qm", "base"]);
+        let key = || tree_key(&tree, &log).unwrap();
+        let k0 = key();
+        assert_eq!(key(), k0);
+        // Build products (ignored) do not count; mtimes do not count.
+        std::fs::write(tree.join("drivers/a.o"), "obj").unwrap();
+        std::fs::write(tree.join("drivers/a.c"), "int a;\n").unwrap();
+        assert_eq!(key(), k0);
+        // An edit does, and undoing it restores the key.
+        std::fs::write(tree.join("drivers/a.c"), "int b;\n").unwrap();
+        let k1 = key();
+        assert_ne!(k1, k0);
+        std::fs::write(tree.join("drivers/a.c"), "int a;\n").unwrap();
+        assert_eq!(key(), k0);
+        // A new file, then its content.
+        std::fs::write(tree.join("drivers/new.c"), "x").unwrap();
+        let k2 = key();
+        assert_ne!(k2, k0);
+        std::fs::write(tree.join("drivers/new.c"), "y").unwrap();
+        assert_ne!(key(), k2);
+        std::fs::remove_file(tree.join("drivers/new.c")).unwrap();
+        // A commit of the same content changes HEAD, and so the key.
+        git(&["commit", "-q", "--allow-empty", "-m", "empty"]);
+        assert_ne!(key(), k0);
+    }
 }
