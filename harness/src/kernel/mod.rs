@@ -317,6 +317,8 @@ fn plan(source: KernelSource, options: BuildOptions, log: &Log) -> anyhow::Resul
                 .into());
             };
             let series = match (options.series, &v.patches) {
+                // A directory is a series directory like the variants' own.
+                (Some(s), _) if s.is_dir() => series_files(s)?,
                 (Some(s), _) => vec![s.to_path_buf()],
                 (None, Some(dir)) => series_files(dir)?,
                 (None, None) => Vec::new(),
@@ -568,8 +570,7 @@ fn build_inner(
             CONFIG_TIMEOUT,
             None,
         )?;
-        let _ = std::fs::remove_dir_all(&headers_dir);
-        std::fs::rename(&tmp, &headers_dir)?;
+        publish(&tmp, &headers_dir, &headers_dir.join("include"))?;
     }
 
     // Store the result.
@@ -612,8 +613,7 @@ fn build_inner(
         &tmp_out.join("metadata.json"),
         &serde_json::to_vec_pretty(&meta)?,
     )?;
-    let _ = std::fs::remove_dir_all(&out_dir);
-    std::fs::rename(&tmp_out, &out_dir)?;
+    publish(&tmp_out, &out_dir, &out_dir.join("metadata.json"))?;
     Ok(KernelBuild {
         name: plan.name,
         image: out_dir.join(TARGET),
@@ -712,7 +712,26 @@ fn prepare_variant_tree(
 
 /// An exclusive lock on a work directory; waits (with a deadline) while
 /// another build of the same variant runs.
-fn lock(path: &Path, reporter: &dyn Reporter) -> anyhow::Result<std::fs::File> {
+/// Moves a finished `tmp` directory to `dest`. When another process got
+/// there first (`done` exists) its copy is kept: both hold the same content.
+fn publish(tmp: &Path, dest: &Path, done: &Path) -> anyhow::Result<()> {
+    if done.exists() {
+        let _ = std::fs::remove_dir_all(tmp);
+        return Ok(());
+    }
+    // An incomplete leftover of a killed run.
+    let _ = std::fs::remove_dir_all(dest);
+    match std::fs::rename(tmp, dest) {
+        Ok(()) => Ok(()),
+        Err(_) if done.exists() => {
+            let _ = std::fs::remove_dir_all(tmp);
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("move {} to {}", tmp.display(), dest.display())),
+    }
+}
+
+pub(crate) fn lock(path: &Path, reporter: &dyn Reporter) -> anyhow::Result<std::fs::File> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

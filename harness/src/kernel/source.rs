@@ -67,6 +67,12 @@ pub fn ensure_pristine(
     if marker.is_file() && dir.is_dir() {
         return Ok(dir);
     }
+    // One process fetches and extracts; others building from the same
+    // source wait for it, then find it done.
+    let _lock = super::lock(&root.join(format!("{}.lock", &sha[..16])), reporter)?;
+    if marker.is_file() && dir.is_dir() {
+        return Ok(dir);
+    }
     let archive = match spec {
         SourceSpec::DebianSource { file, .. } => fetch_debian(spec, file, reporter, log)?,
         SourceSpec::DebianBinary {
