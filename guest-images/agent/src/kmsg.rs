@@ -71,8 +71,34 @@ pub fn format_record(record: &str) -> Option<String> {
         "[{:5}.{:06}] {}",
         usec / 1_000_000,
         usec % 1_000_000,
-        message
+        unescape(message)
     ))
+}
+
+/// The kernel writes bytes outside printable ASCII (tabs included) as
+/// `\xNN` in `/dev/kmsg`; `dmesg` shows them decoded, and so do we for
+/// ASCII. Anything else stays escaped, so the text remains valid UTF-8.
+fn unescape(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(pos) = rest.find("\\x") {
+        out.push_str(&rest[..pos]);
+        let byte = rest
+            .get(pos + 2..pos + 4)
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match byte {
+            Some(b) if b.is_ascii() => {
+                out.push(char::from(b));
+                rest = &rest[pos + 4..];
+            }
+            _ => {
+                out.push_str("\\x");
+                rest = &rest[pos + 2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -97,5 +123,13 @@ mod tests {
             Some("[    0.000000] ")
         );
         assert_eq!(format_record("garbage"), None);
+    }
+
+    #[test]
+    fn decodes_ascii_escapes_and_keeps_the_rest() {
+        assert_eq!(
+            format_record("6,2,45720,-;rcu: \\x09Max\\xe2\\x1\\x\n").as_deref(),
+            Some("[    0.045720] rcu: \tMax\\xe2\\x1\\x")
+        );
     }
 }

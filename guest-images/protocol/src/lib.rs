@@ -80,13 +80,14 @@
 //!
 //! # Example session
 //!
-//! `→` is a request line, `←` the response line (from a real run on 6.18.15
-//! with the SW_MSI patch, QEMU `virt` with SMMUv3 and an edu device):
+//! `→` is a request line, `←` the response line. This is a real run: Linux
+//! 6.18.15 with the SW_MSI patch on QEMU 10.0 `-M virt,iommu=smmuv3 -nic none
+//! -device edu` (so edu sits at 00:01.0), edu bound to vfio-pci.
 //!
 //! ```text
 //! → {"hello":{"version":1}}
 //! ← {"hello":{"version":1,"kernel_release":"6.18.15","agent":"0.1.0"}}
-//! → {"step":{"op":"open_device","device":"edu0","bdf":"0000:00:02.0"}}
+//! → {"step":{"op":"open_device","device":"edu0","bdf":"0000:00:01.0"}}
 //! ← {"step":{"ok":{"cdev":"/dev/vfio/devices/vfio0"}}}
 //! → {"step":{"op":"bind","device":"edu0"}}
 //! ← {"step":{"ok":{"dev_id":1}}}
@@ -99,7 +100,7 @@
 //! → {"step":{"op":"attach","device":"edu0","pt":"ioas0"}}
 //! ← {"step":{"ok":{"pt_id":3}}}
 //! → {"step":{"op":"bus_master","device":"edu0"}}
-//! ← {"step":{"ok":{"command":"0x106"}}}
+//! ← {"step":{"ok":{"command":"0x6"}}}
 //! → {"step":{"op":"msi_enable","device":"edu0"}}
 //! ← {"step":{"ok":{"vectors":1}}}
 //! → {"step":{"op":"msi_config","device":"edu0"}}

@@ -117,7 +117,8 @@ pub struct DmaReport {
     /// not mean the transfer reached memory: edu ignores IOMMU faults.
     pub completed: bool,
     /// edu's default 28-bit `dma_mask` silently clamps addresses; when `iova`
-    /// does not fit, this is the address the device really used.
+    /// does not fit, this is the address the device really used (the agent
+    /// assumes the default mask: QEMU's `-device edu,dma_mask=` changes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clamped_iova: Option<HexU64>,
     /// `from_device` into memory the agent mapped: whether the bytes that
