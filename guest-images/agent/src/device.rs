@@ -286,7 +286,7 @@ impl Device {
                     self.bdf
                 ))
             })?;
-        let deadline = Instant::now() + timeout;
+        let deadline = sys::deadline_after(timeout)?;
         let mut seen = 0u64;
         loop {
             // Read first: interrupts that came before the wait count too.

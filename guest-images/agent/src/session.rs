@@ -566,7 +566,7 @@ impl Session {
         dev.bar0_write64(edu::DMA_DST, dst)?;
         dev.bar0_write64(edu::DMA_COUNT, length)?;
         dev.bar0_write64(edu::DMA_CMD, cmd)?;
-        let deadline = Instant::now() + timeout;
+        let deadline = sys::deadline_after(timeout)?;
         let completed = loop {
             if u64::from(dev.bar0_read32(edu::DMA_CMD)?) & edu::DMA_START == 0 {
                 break true;

@@ -175,6 +175,17 @@ pub fn eventfd() -> Outcome<File> {
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
+/// The instant `timeout` from now; a timeout too large to represent is a
+/// step error rather than an overflow panic.
+pub fn deadline_after(timeout: Duration) -> Outcome<Instant> {
+    Instant::now().checked_add(timeout).ok_or_else(|| {
+        Failure::agent(format!(
+            "timeout of {} ms is too large",
+            timeout.as_millis()
+        ))
+    })
+}
+
 /// Waits until `fd` is readable or `deadline` passes; `true` if readable.
 pub fn wait_readable(fd: &impl AsRawFd, deadline: Instant) -> Outcome<bool> {
     loop {
@@ -298,6 +309,14 @@ mod tests {
         let mut buf = [0u8; 8];
         efd.read_exact(&mut buf).unwrap();
         assert_eq!(u64::from_ne_bytes(buf), 2);
+    }
+
+    #[test]
+    fn huge_timeouts_are_errors_not_panics() {
+        assert!(deadline_after(Duration::MAX).is_err());
+        // The largest timeout a step can give (u64 milliseconds) still fits.
+        assert!(deadline_after(Duration::from_millis(u64::MAX)).is_ok());
+        assert!(deadline_after(Duration::from_millis(10)).is_ok());
     }
 
     #[test]
