@@ -28,12 +28,21 @@ pub fn build(reporter: &dyn Reporter, log: &Path) -> anyhow::Result<PathBuf> {
     cmd.args(["build", "--release", "-p", PACKAGE, "--target", TARGET])
         .arg("--message-format=json-render-diagnostics")
         .current_dir(project_root());
-    let out = proc::run(&mut cmd, "cargo build of the guest agent", BUILD_TIMEOUT, log, &|line| {
-        let l = line.trim_start();
-        if l.starts_with("Compiling") || l.starts_with("error") || l.starts_with("warning: unused") {
-            reporter.line(Stage::Image, l.to_string());
-        }
-    })?;
+    let out = proc::run(
+        &mut cmd,
+        "cargo build of the guest agent",
+        BUILD_TIMEOUT,
+        log,
+        &|line| {
+            let l = line.trim_start();
+            if l.starts_with("Compiling")
+                || l.starts_with("error")
+                || l.starts_with("warning: unused")
+            {
+                reporter.line(Stage::Image, l.to_string());
+            }
+        },
+    )?;
     if !out.success {
         return Err(Error::infra(format!(
             "the guest agent did not build (`cargo build --release -p {PACKAGE} --target {TARGET}`, {}); \
@@ -44,8 +53,11 @@ pub fn build(reporter: &dyn Reporter, log: &Path) -> anyhow::Result<PathBuf> {
         .into());
     }
     executable(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| {
-        Error::infra(format!("cargo built {PACKAGE} but reported no executable for it (see {})", log.display()))
-            .into()
+        Error::infra(format!(
+            "cargo built {PACKAGE} but reported no executable for it (see {})",
+            log.display()
+        ))
+        .into()
     })
 }
 
@@ -68,7 +80,15 @@ mod tests {
         let msgs = r#"{"reason":"compiler-artifact","target":{"name":"libc","kind":["lib"]},"executable":null}
 {"reason":"compiler-artifact","target":{"name":"msi-agent","kind":["bin"]},"executable":"/t/aarch64-unknown-linux-musl/release/msi-agent"}
 {"reason":"build-finished","success":true}"#;
-        assert_eq!(executable(msgs), Some(PathBuf::from("/t/aarch64-unknown-linux-musl/release/msi-agent")));
-        assert_eq!(executable(r#"{"reason":"build-finished","success":true}"#), None);
+        assert_eq!(
+            executable(msgs),
+            Some(PathBuf::from(
+                "/t/aarch64-unknown-linux-musl/release/msi-agent"
+            ))
+        );
+        assert_eq!(
+            executable(r#"{"reason":"build-finished","success":true}"#),
+            None
+        );
     }
 }

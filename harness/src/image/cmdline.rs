@@ -31,7 +31,11 @@ pub struct CmdlineOptions {
 /// `panic=-1` makes a panicking guest reboot at once, which with QEMU's
 /// `-no-reboot` ends the VM instead of leaving it hanging until a timeout.
 pub fn kernel_cmdline(opts: &CmdlineOptions) -> String {
-    let mut words = vec!["console=ttyAMA0".to_string(), "rdinit=/init".to_string(), "panic=-1".to_string()];
+    let mut words = vec![
+        "console=ttyAMA0".to_string(),
+        "rdinit=/init".to_string(),
+        "panic=-1".to_string(),
+    ];
     if !opts.vfio.is_empty() {
         words.push(format!("msi.vfio={}", opts.vfio.join(",")));
     }
@@ -89,19 +93,31 @@ impl ReadyReport {
     /// Unknown fields are skipped, so an older harness can read a newer init.
     pub fn parse(line: &str) -> Option<ReadyReport> {
         let rest = &line[line.find(READY_MARKER)? + READY_MARKER.len()..];
-        let mut r = ReadyReport { uptime: None, net: "unknown".into(), hugepages: None, vfio: Vec::new() };
+        let mut r = ReadyReport {
+            uptime: None,
+            net: "unknown".into(),
+            hugepages: None,
+            vfio: Vec::new(),
+        };
         for word in rest.split_whitespace() {
-            let Some((k, v)) = word.split_once('=') else { continue };
+            let Some((k, v)) = word.split_once('=') else {
+                continue;
+            };
             match k {
                 "uptime" => r.uptime = Some(v.to_string()),
                 "net" => r.net = v.to_string(),
                 "hugepages" => {
-                    r.hugepages = v.split_once('/').and_then(|(g, a)| Some((g.parse().ok()?, a.parse().ok()?)));
+                    r.hugepages = v
+                        .split_once('/')
+                        .and_then(|(g, a)| Some((g.parse().ok()?, a.parse().ok()?)));
                 }
                 "vfio" => {
                     let mut parts = v.splitn(3, '/');
                     let bdf = parts.next().unwrap_or_default().to_string();
-                    let (a, b) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+                    let (a, b) = (
+                        parts.next().unwrap_or_default(),
+                        parts.next().unwrap_or_default(),
+                    );
                     let outcome = if a == "error" {
                         Err(b.to_string())
                     } else {
@@ -123,8 +139,8 @@ impl ReadyReport {
         let mut out = Vec::new();
         if self.net != "ok" {
             out.push(format!(
-                "guest network is not up ({}): SSH cannot work; does the kernel have the NIC's driver \
-                 (virtio-net-pci needs VIRTIO_PCI and VIRTIO_NET)?",
+                "guest network is not up ({}): SSH cannot work; does QEMU give the guest a NIC, and \
+                 does the kernel have its driver (virtio-net-pci needs VIRTIO_PCI and VIRTIO_NET)?",
                 self.net
             ));
         }
@@ -147,12 +163,19 @@ mod tests {
     use super::*;
 
     fn opts(vfio: &[&str], hugepages: Option<u32>) -> CmdlineOptions {
-        CmdlineOptions { vfio: vfio.iter().map(|s| s.to_string()).collect(), hugepages, extra: Vec::new() }
+        CmdlineOptions {
+            vfio: vfio.iter().map(|s| s.to_string()).collect(),
+            hugepages,
+            extra: Vec::new(),
+        }
     }
 
     #[test]
     fn cmdline_carries_console_init_and_options() {
-        assert_eq!(kernel_cmdline(&opts(&[], None)), "console=ttyAMA0 rdinit=/init panic=-1");
+        assert_eq!(
+            kernel_cmdline(&opts(&[], None)),
+            "console=ttyAMA0 rdinit=/init panic=-1"
+        );
         let mut o = opts(&["0000:00:02.0", "0000:01:00.0"], Some(256));
         o.extra.push("iommu.strict=1".into());
         assert_eq!(
@@ -165,7 +188,14 @@ mod tests {
     fn bdfs_are_checked() {
         assert!(check_bdf("0000:00:02.0").is_ok());
         assert!(check_bdf("0000:01:1f.7").is_ok());
-        for bad in ["00:02.0", "0000:00:02.8", "0000:00:20.0", "0000:00:02", "0000:0A:02.0", "0000:00:02.0,x"] {
+        for bad in [
+            "00:02.0",
+            "0000:00:02.8",
+            "0000:00:20.0",
+            "0000:00:02",
+            "0000:0A:02.0",
+            "0000:00:02.0,x",
+        ] {
             assert!(check_bdf(bad).is_err(), "{bad} accepted");
         }
     }
@@ -177,7 +207,13 @@ mod tests {
         let r = ReadyReport::parse(line).unwrap();
         assert_eq!(r.uptime.as_deref(), Some("1.43"));
         assert_eq!(r.hugepages, Some((200, 256)));
-        assert_eq!(r.vfio[0], VfioBinding { bdf: "0000:00:02.0".into(), outcome: Ok(("vfio0".into(), 3)) });
+        assert_eq!(
+            r.vfio[0],
+            VfioBinding {
+                bdf: "0000:00:02.0".into(),
+                outcome: Ok(("vfio0".into(), 3))
+            }
+        );
         assert_eq!(r.vfio[1].outcome, Err("no-such-device".into()));
         assert_eq!(
             r.problems(),

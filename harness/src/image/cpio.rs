@@ -47,8 +47,8 @@ pub type Tree = BTreeMap<String, Entry>;
 
 /// Writes `tree` as a newc archive, trailer included.
 pub fn write(tree: &Tree, out: &mut impl Write) -> anyhow::Result<()> {
-    let mut ino = 1u32;
-    for (path, entry) in tree {
+    // Inode numbers only need to be distinct; counting keeps them stable.
+    for (ino, (path, entry)) in (1u32..).zip(tree) {
         check_path(path)?;
         let (type_bits, data, rdev): (u32, &[u8], (u32, u32)) = match &entry.kind {
             Kind::Dir => (S_IFDIR, &[], (0, 0)),
@@ -56,19 +56,30 @@ pub fn write(tree: &Tree, out: &mut impl Write) -> anyhow::Result<()> {
             Kind::Symlink(target) => (S_IFLNK, target.as_bytes(), (0, 0)),
             Kind::CharDevice { major, minor } => (S_IFCHR, &[], (*major, *minor)),
         };
-        let nlink = if matches!(entry.kind, Kind::Dir) { 2 } else { 1 };
+        let nlink = if matches!(entry.kind, Kind::Dir) {
+            2
+        } else {
+            1
+        };
         let header = Header {
             ino,
             mode: type_bits | (entry.mode & 0o7777),
             nlink,
-            filesize: u32::try_from(data.len()).with_context(|| format!("{path} is too large for cpio"))?,
+            filesize: u32::try_from(data.len())
+                .with_context(|| format!("{path} is too large for cpio"))?,
             rdevmajor: rdev.0,
             rdevminor: rdev.1,
         };
         write_member(out, &header, path, data)?;
-        ino += 1;
     }
-    let trailer = Header { ino: 0, mode: 0, nlink: 1, filesize: 0, rdevmajor: 0, rdevminor: 0 };
+    let trailer = Header {
+        ino: 0,
+        mode: 0,
+        nlink: 1,
+        filesize: 0,
+        rdevmajor: 0,
+        rdevminor: 0,
+    };
     write_member(out, &trailer, TRAILER, &[])?;
     Ok(())
 }
@@ -87,7 +98,8 @@ pub fn read(mut data: &[u8]) -> anyhow::Result<Tree> {
         let field = |i: usize| -> anyhow::Result<u32> {
             let start = 6 + i * 8;
             let text = std::str::from_utf8(&data[start..start + 8])?;
-            u32::from_str_radix(text, 16).with_context(|| format!("bad cpio header field {i} at offset {offset}"))
+            u32::from_str_radix(text, 16)
+                .with_context(|| format!("bad cpio header field {i} at offset {offset}"))
         };
         let mode = field(1)?;
         let filesize = field(6)? as usize;
@@ -110,10 +122,22 @@ pub fn read(mut data: &[u8]) -> anyhow::Result<Tree> {
             S_IFDIR => Kind::Dir,
             S_IFREG => Kind::File(body.to_vec()),
             S_IFLNK => Kind::Symlink(String::from_utf8(body.to_vec())?),
-            S_IFCHR => Kind::CharDevice { major: rdevmajor, minor: rdevminor },
+            S_IFCHR => Kind::CharDevice {
+                major: rdevmajor,
+                minor: rdevminor,
+            },
             other => bail!("{name}: unsupported file type {other:o}"),
         };
-        if tree.insert(name.clone(), Entry { mode: mode & 0o7777, kind }).is_some() {
+        if tree
+            .insert(
+                name.clone(),
+                Entry {
+                    mode: mode & 0o7777,
+                    kind,
+                },
+            )
+            .is_some()
+        {
             bail!("{name} appears twice");
         }
         let next = pad4(data_end);
@@ -136,8 +160,19 @@ fn write_member(out: &mut impl Write, h: &Header, name: &str, data: &[u8]) -> an
     // ino mode uid gid nlink mtime filesize devmajor devminor rdevmajor
     // rdevminor namesize check: thirteen 8-digit hex fields.
     let fields = [
-        h.ino, h.mode, 0, 0, h.nlink, MTIME, h.filesize, 0, 0, h.rdevmajor, h.rdevminor,
-        namesize as u32, 0,
+        h.ino,
+        h.mode,
+        0,
+        0,
+        h.nlink,
+        MTIME,
+        h.filesize,
+        0,
+        0,
+        h.rdevmajor,
+        h.rdevminor,
+        namesize as u32,
+        0,
     ];
     let mut header = Vec::with_capacity(HEADER_LEN + namesize + 3);
     header.extend_from_slice(MAGIC);
@@ -164,7 +199,9 @@ fn check_path(path: &str) -> anyhow::Result<()> {
         || path.starts_with('/')
         || path.ends_with('/')
         || path.contains('\0')
-        || path.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+        || path
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
         bail!("invalid archive path {path:?}: want a relative path like bin/busybox");
     }
@@ -177,14 +214,62 @@ mod tests {
 
     fn sample() -> Tree {
         let mut t = Tree::new();
-        t.insert("bin".into(), Entry { mode: 0o755, kind: Kind::Dir });
-        t.insert("bin/busybox".into(), Entry { mode: 0o755, kind: Kind::File(b"\x7fELF..".to_vec()) });
-        t.insert("bin/sh".into(), Entry { mode: 0o777, kind: Kind::Symlink("busybox".into()) });
-        t.insert("dev".into(), Entry { mode: 0o755, kind: Kind::Dir });
-        t.insert("dev/console".into(), Entry { mode: 0o600, kind: Kind::CharDevice { major: 5, minor: 1 } });
-        t.insert("root".into(), Entry { mode: 0o700, kind: Kind::Dir });
-        t.insert("empty".into(), Entry { mode: 0o644, kind: Kind::File(Vec::new()) });
-        t.insert("a-b".into(), Entry { mode: 0o644, kind: Kind::File(b"xyz".to_vec()) });
+        t.insert(
+            "bin".into(),
+            Entry {
+                mode: 0o755,
+                kind: Kind::Dir,
+            },
+        );
+        t.insert(
+            "bin/busybox".into(),
+            Entry {
+                mode: 0o755,
+                kind: Kind::File(b"\x7fELF..".to_vec()),
+            },
+        );
+        t.insert(
+            "bin/sh".into(),
+            Entry {
+                mode: 0o777,
+                kind: Kind::Symlink("busybox".into()),
+            },
+        );
+        t.insert(
+            "dev".into(),
+            Entry {
+                mode: 0o755,
+                kind: Kind::Dir,
+            },
+        );
+        t.insert(
+            "dev/console".into(),
+            Entry {
+                mode: 0o600,
+                kind: Kind::CharDevice { major: 5, minor: 1 },
+            },
+        );
+        t.insert(
+            "root".into(),
+            Entry {
+                mode: 0o700,
+                kind: Kind::Dir,
+            },
+        );
+        t.insert(
+            "empty".into(),
+            Entry {
+                mode: 0o644,
+                kind: Kind::File(Vec::new()),
+            },
+        );
+        t.insert(
+            "a-b".into(),
+            Entry {
+                mode: 0o644,
+                kind: Kind::File(b"xyz".to_vec()),
+            },
+        );
         t
     }
 
@@ -212,12 +297,21 @@ mod tests {
     #[test]
     fn header_fields_are_fixed() {
         let mut t = Tree::new();
-        t.insert("f".into(), Entry { mode: 0o600, kind: Kind::File(b"hi".to_vec()) });
+        t.insert(
+            "f".into(),
+            Entry {
+                mode: 0o600,
+                kind: Kind::File(b"hi".to_vec()),
+            },
+        );
         let mut bytes = Vec::new();
         write(&t, &mut bytes).unwrap();
         let header = std::str::from_utf8(&bytes[..HEADER_LEN]).unwrap();
         // magic, ino 1, regular 0600, uid 0, gid 0, nlink 1, mtime 0, size 2.
-        assert_eq!(&header[..62], "07070100000001000081800000000000000000000000010000000000000002");
+        assert_eq!(
+            &header[..62],
+            "07070100000001000081800000000000000000000000010000000000000002"
+        );
         assert_eq!(&bytes[HEADER_LEN..HEADER_LEN + 2], b"f\0");
     }
 
@@ -225,7 +319,13 @@ mod tests {
     fn bad_paths_are_refused() {
         for p in ["/abs", "a//b", "a/../b", "dir/", ""] {
             let mut t = Tree::new();
-            t.insert(p.into(), Entry { mode: 0o755, kind: Kind::Dir });
+            t.insert(
+                p.into(),
+                Entry {
+                    mode: 0o755,
+                    kind: Kind::Dir,
+                },
+            );
             assert!(write(&t, &mut Vec::new()).is_err(), "{p:?} accepted");
         }
     }
@@ -248,7 +348,11 @@ mod tests {
         child.stdin.take().unwrap().write_all(&bytes).unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success());
-        let listed: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect();
+        let listed: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
         let want: Vec<String> = sample().keys().cloned().collect();
         assert_eq!(listed, want);
     }

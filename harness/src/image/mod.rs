@@ -35,7 +35,9 @@ use crate::event::{Reporter, Stage};
 use cpio::{Entry, Kind, Tree};
 use spec::{Content, Generated, Package, Spec};
 
-pub use cmdline::{check_bdf, kernel_cmdline, CmdlineOptions, ReadyReport, VfioBinding, READY_MARKER};
+pub use cmdline::{
+    check_bdf, kernel_cmdline, CmdlineOptions, ReadyReport, VfioBinding, READY_MARKER,
+};
 
 /// Bump when the build itself changes what it produces (archive layout,
 /// gzip settings, key type): every cached image is then rebuilt.
@@ -108,7 +110,10 @@ fn build_inner(reporter: &dyn Reporter, run_dir: &Path) -> anyhow::Result<GuestI
     for rel in spec.sources() {
         let path = guest_dir.join(rel);
         let data = fs::read(&path).map_err(|e| {
-            Error::infra(format!("{SPEC_FILE}: source {rel:?} cannot be read ({}): {e}", path.display()))
+            Error::infra(format!(
+                "{SPEC_FILE}: source {rel:?} cannot be read ({}): {e}",
+                path.display()
+            ))
         })?;
         sources.insert(rel.to_string(), data);
     }
@@ -132,7 +137,10 @@ fn build_inner(reporter: &dyn Reporter, run_dir: &Path) -> anyhow::Result<GuestI
         return Ok(image(true));
     }
     if dir.exists() {
-        reporter.line(Stage::Image, format!("{} is incomplete: rebuilding it", dir.display()));
+        reporter.line(
+            Stage::Image,
+            format!("{} is incomplete: rebuilding it", dir.display()),
+        );
         fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
     }
 
@@ -146,14 +154,22 @@ fn build_inner(reporter: &dyn Reporter, run_dir: &Path) -> anyhow::Result<GuestI
         .tempdir_in(&images)
         .context("create image build dir")?;
     let unpack_dir = work.path().join("unpacked");
-    let named: Vec<(String, PathBuf)> = spec.packages.iter().map(|p| p.name.clone()).zip(debs).collect();
+    let named: Vec<(String, PathBuf)> = spec
+        .packages
+        .iter()
+        .map(|p| p.name.clone())
+        .zip(debs)
+        .collect();
     let (pkg_tree, origin) = packages::unpack(&named, &spec.exclude, &unpack_dir, &log)?;
     fs::remove_dir_all(&unpack_dir).ok();
 
     let out = work.path().join("out");
     fs::create_dir_all(&out)?;
     let public_key = ssh_key::generate(&out, &format!("msi-harness image {}", key.short()), &log)?;
-    let generated = GeneratedFiles { agent, authorized_keys: format!("{public_key}\n").into_bytes() };
+    let generated = GeneratedFiles {
+        agent,
+        authorized_keys: format!("{public_key}\n").into_bytes(),
+    };
     let tree = assemble(&spec, pkg_tree, &origin, &sources, &generated)?;
     let gz = encode(&tree)?;
     fs::write(out.join(INITRAMFS), &gz)?;
@@ -167,13 +183,21 @@ fn build_inner(reporter: &dyn Reporter, run_dir: &Path) -> anyhow::Result<GuestI
         packages: spec
             .packages
             .iter()
-            .map(|p| ManifestPackage { name: p.name.clone(), version: p.version.clone(), sha256: p.sha256.clone() })
+            .map(|p| ManifestPackage {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                sha256: p.sha256.clone(),
+            })
             .collect(),
     };
     fs::write(out.join(MANIFEST), serde_json::to_vec_pretty(&manifest)?)?;
     reporter.line(
         Stage::Image,
-        format!("{} entries, {} KiB gzip'd", manifest.entries, manifest.initramfs_bytes / 1024),
+        format!(
+            "{} entries, {} KiB gzip'd",
+            manifest.entries,
+            manifest.initramfs_bytes / 1024
+        ),
     );
     if let Err(e) = fs::rename(&out, &dir) {
         // Another build of the same key won the race: use its result.
@@ -199,7 +223,9 @@ pub fn image_key(
         k.str("source", rel).bytes("source-content", data);
     }
     for p in packages {
-        k.str("package", &p.name).str("version", &p.version).str("sha256", &p.sha256);
+        k.str("package", &p.name)
+            .str("version", &p.version)
+            .str("sha256", &p.sha256);
     }
     k.str("agent-sha256", agent_sha256);
     k.finish()
@@ -207,8 +233,12 @@ pub fn image_key(
 
 /// Whether `dir` holds a finished image for `key` whose initramfs is intact.
 fn is_complete(dir: &Path, key: &ContentKey) -> bool {
-    let Ok(text) = fs::read(dir.join(MANIFEST)) else { return false };
-    let Ok(m) = serde_json::from_slice::<Manifest>(&text) else { return false };
+    let Ok(text) = fs::read(dir.join(MANIFEST)) else {
+        return false;
+    };
+    let Ok(m) = serde_json::from_slice::<Manifest>(&text) else {
+        return false;
+    };
     m.key == key.0
         && m.step_version == IMAGE_STEP_VERSION
         && dir.join(ssh_key::PRIVATE).is_file()
@@ -249,7 +279,13 @@ pub fn assemble(
         Ok(())
     };
     for d in &spec.dirs {
-        add(&d.path, Entry { mode: d.mode, kind: Kind::Dir })?;
+        add(
+            &d.path,
+            Entry {
+                mode: d.mode,
+                kind: Kind::Dir,
+            },
+        )?;
     }
     for f in &spec.files {
         let data = match &f.content {
@@ -261,13 +297,34 @@ pub fn assemble(
             Content::Generated(Generated::Agent) => generated.agent.clone(),
             Content::Generated(Generated::AuthorizedKeys) => generated.authorized_keys.clone(),
         };
-        add(&f.path, Entry { mode: f.mode, kind: Kind::File(data) })?;
+        add(
+            &f.path,
+            Entry {
+                mode: f.mode,
+                kind: Kind::File(data),
+            },
+        )?;
     }
     for s in &spec.symlinks {
-        add(&s.path, Entry { mode: 0o777, kind: Kind::Symlink(s.target.clone()) })?;
+        add(
+            &s.path,
+            Entry {
+                mode: 0o777,
+                kind: Kind::Symlink(s.target.clone()),
+            },
+        )?;
     }
     for d in &spec.devices {
-        add(&d.path, Entry { mode: d.mode, kind: Kind::CharDevice { major: d.major, minor: d.minor } })?;
+        add(
+            &d.path,
+            Entry {
+                mode: d.mode,
+                kind: Kind::CharDevice {
+                    major: d.major,
+                    minor: d.minor,
+                },
+            },
+        )?;
     }
     let paths: Vec<String> = tree.keys().cloned().collect();
     for path in paths {
@@ -275,10 +332,19 @@ pub fn assemble(
         while let Some((p, _)) = parent.rsplit_once('/') {
             match tree.get(p) {
                 None => {
-                    tree.insert(p.to_string(), Entry { mode: 0o755, kind: Kind::Dir });
+                    tree.insert(
+                        p.to_string(),
+                        Entry {
+                            mode: 0o755,
+                            kind: Kind::Dir,
+                        },
+                    );
                 }
                 Some(e) if e.kind != Kind::Dir => {
-                    return Err(Error::infra(format!("/{path} is below /{p}, which is not a directory")).into())
+                    return Err(Error::infra(format!(
+                        "/{path} is below /{p}, which is not a directory"
+                    ))
+                    .into())
                 }
                 Some(_) => {}
             }
@@ -291,7 +357,9 @@ pub fn assemble(
 /// The gzip'd newc archive of `tree`. The gzip header has no name and mtime
 /// 0, so equal trees give equal bytes.
 pub fn encode(tree: &Tree) -> anyhow::Result<Vec<u8>> {
-    let mut gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::default());
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::default());
     let mut buf = Vec::new();
     cpio::write(tree, &mut buf)?;
     gz.write_all(&buf)?;

@@ -39,7 +39,13 @@ pub fn fetch(
             }
             // A partial or tampered file, or the same name pinned to a new
             // checksum: fetch it again and let the check below decide.
-            reporter.line(Stage::Image, format!("{} in the cache has the wrong sha256: fetching again", path.display()));
+            reporter.line(
+                Stage::Image,
+                format!(
+                    "{} in the cache has the wrong sha256: fetching again",
+                    path.display()
+                ),
+            );
             fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
         }
         missing.push(p);
@@ -47,7 +53,10 @@ pub fn fetch(
     if !missing.is_empty() {
         download(&missing, arch, downloads, reporter, log)?;
     }
-    Ok(packages.iter().map(|p| downloads.join(deb_name(p, arch))).collect())
+    Ok(packages
+        .iter()
+        .map(|p| downloads.join(deb_name(p, arch)))
+        .collect())
 }
 
 /// apt's own file name: `name_version_arch.deb` with the epoch colon escaped.
@@ -62,8 +71,14 @@ fn download(
     reporter: &dyn Reporter,
     log: &Path,
 ) -> anyhow::Result<()> {
-    let names: Vec<String> = missing.iter().map(|p| format!("{}:{arch}={}", p.name, p.version)).collect();
-    reporter.line(Stage::Image, format!("apt-get download {}", names.join(" ")));
+    let names: Vec<String> = missing
+        .iter()
+        .map(|p| format!("{}:{arch}={}", p.name, p.version))
+        .collect();
+    reporter.line(
+        Stage::Image,
+        format!("apt-get download {}", names.join(" ")),
+    );
     // A private directory per call: apt writes into the current directory,
     // and a concurrent build must never see a half-written .deb.
     let tmp = tempfile::Builder::new()
@@ -73,7 +88,10 @@ fn download(
     // apt drops to its `_apt` user to download when it can; let it write here.
     let _ = fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755));
     let out = proc::run(
-        Command::new("apt-get").args(["download", "-q"]).args(&names).current_dir(tmp.path()),
+        Command::new("apt-get")
+            .args(["download", "-q"])
+            .args(&names)
+            .current_dir(tmp.path()),
         "apt-get download",
         Duration::from_secs(600),
         log,
@@ -88,7 +106,10 @@ fn download(
             .filter_map(|e| e.ok())
             .map(|e| e.path())
             .find(|f| {
-                let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = f
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 name.starts_with(&prefix) && name.ends_with(".deb")
             })
             .ok_or_else(|| {
@@ -108,7 +129,8 @@ fn download(
             .into());
         }
         let dest = downloads.join(deb_name(p, arch));
-        fs::rename(&found, &dest).with_context(|| format!("move {} to {}", found.display(), dest.display()))?;
+        fs::rename(&found, &dest)
+            .with_context(|| format!("move {} to {}", found.display(), dest.display()))?;
     }
     Ok(())
 }
@@ -225,10 +247,20 @@ pub fn unpack(
 
 /// Whether `path` is `ex` or below it.
 pub fn excluded(path: &str, exclude: &[String]) -> bool {
-    exclude.iter().any(|ex| path == ex || path.strip_prefix(ex.as_str()).is_some_and(|r| r.starts_with('/')))
+    exclude.iter().any(|ex| {
+        path == ex
+            || path
+                .strip_prefix(ex.as_str())
+                .is_some_and(|r| r.starts_with('/'))
+    })
 }
 
-fn collect(root: &Path, dir: &Path, exclude: &[String], out: &mut Vec<(String, Entry)>) -> anyhow::Result<()> {
+fn collect(
+    root: &Path,
+    dir: &Path,
+    exclude: &[String],
+    out: &mut Vec<(String, Entry)>,
+) -> anyhow::Result<()> {
     let mut children: Vec<_> = fs::read_dir(dir)
         .with_context(|| format!("read {}", dir.display()))?
         .collect::<Result<_, _>>()?;
@@ -248,17 +280,41 @@ fn collect(root: &Path, dir: &Path, exclude: &[String], out: &mut Vec<(String, E
         let mode = meta.permissions().mode() & 0o7777;
         let ty = meta.file_type();
         if ty.is_dir() {
-            out.push((rel, Entry { mode, kind: Kind::Dir }));
+            out.push((
+                rel,
+                Entry {
+                    mode,
+                    kind: Kind::Dir,
+                },
+            ));
             collect(root, &path, exclude, out)?;
         } else if ty.is_symlink() {
             let target = fs::read_link(&path)?;
-            let target = target.to_str().with_context(|| format!("non-UTF-8 link {}", path.display()))?;
-            out.push((rel, Entry { mode: 0o777, kind: Kind::Symlink(target.to_string()) }));
+            let target = target
+                .to_str()
+                .with_context(|| format!("non-UTF-8 link {}", path.display()))?;
+            out.push((
+                rel,
+                Entry {
+                    mode: 0o777,
+                    kind: Kind::Symlink(target.to_string()),
+                },
+            ));
         } else if ty.is_file() {
             let data = fs::read(&path).with_context(|| format!("read {}", path.display()))?;
-            out.push((rel, Entry { mode, kind: Kind::File(data) }));
+            out.push((
+                rel,
+                Entry {
+                    mode,
+                    kind: Kind::File(data),
+                },
+            ));
         } else {
-            return Err(Error::infra(format!("{}: unsupported file type in a package", path.display())).into());
+            return Err(Error::infra(format!(
+                "{}: unsupported file type in a package",
+                path.display()
+            ))
+            .into());
         }
     }
     Ok(())
@@ -273,13 +329,20 @@ mod tests {
         let out = "   libc6:arm64 | 2.36-9+deb12u14 | http://mirror/debian bookworm/main arm64 Packages\n\
                    libc6:arm64 | 2.36-9+deb12u7 | http://mirror/debian-security bookworm-security/main arm64 Packages\n\
                    libc6:arm64 | 2.36-9+deb12u7 | http://other/debian-security bookworm-security/main arm64 Packages\n";
-        assert_eq!(madison_versions(out), vec!["2.36-9+deb12u14", "2.36-9+deb12u7"]);
+        assert_eq!(
+            madison_versions(out),
+            vec!["2.36-9+deb12u14", "2.36-9+deb12u7"]
+        );
         assert!(madison_versions("").is_empty());
     }
 
     #[test]
     fn deb_names_match_apt() {
-        let p = Package { name: "zlib1g".into(), version: "1:1.2.13.dfsg-1".into(), sha256: String::new() };
+        let p = Package {
+            name: "zlib1g".into(),
+            version: "1:1.2.13.dfsg-1".into(),
+            sha256: String::new(),
+        };
         assert_eq!(deb_name(&p, "arm64"), "zlib1g_1%3a1.2.13.dfsg-1_arm64.deb");
     }
 

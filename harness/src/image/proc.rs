@@ -92,13 +92,22 @@ pub fn run(
     );
     text.push('\n');
     append(log, &text);
-    Ok(Output { success: status.success(), status: status.to_string(), stdout, stderr })
+    Ok(Output {
+        success: status.success(),
+        status: status.to_string(),
+        stdout,
+        stderr,
+    })
 }
 
 /// Best effort: a log that cannot be written must not fail the build.
 fn append(log: &Path, text: &str) {
     use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
         let _ = f.write_all(text.as_bytes());
     }
 }

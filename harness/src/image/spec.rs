@@ -87,7 +87,10 @@ impl Spec {
     /// Parses image.toml text; `file` is the name used in error messages.
     pub fn parse(text: &str, file: &str) -> anyhow::Result<Spec> {
         let raw: RawSpec = toml::from_str(text).map_err(|e| {
-            let at = e.span().map(|s| location(text, s.start)).unwrap_or_default();
+            let at = e
+                .span()
+                .map(|s| location(text, s.start))
+                .unwrap_or_default();
             Error::infra(format!("{file}{at}: {}", e.message().trim_end()))
         })?;
         let fail = |span: Option<Range<usize>>, msg: String| -> anyhow::Error {
@@ -191,9 +194,16 @@ type Fail<'a> = dyn Fn(Option<Range<usize>>, String) -> anyhow::Error + 'a;
 impl RawSpec {
     fn validate(self, fail: &Fail<'_>) -> anyhow::Result<Spec> {
         let arch = self.image.arch;
-        if arch.get_ref().is_empty() || !arch.get_ref().chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        if arch.get_ref().is_empty()
+            || !arch
+                .get_ref()
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         {
-            return Err(fail(Some(arch.span()), format!("invalid Debian architecture {:?}", arch.get_ref())));
+            return Err(fail(
+                Some(arch.span()),
+                format!("invalid Debian architecture {:?}", arch.get_ref()),
+            ));
         }
         let mut exclude = Vec::new();
         for e in self.image.exclude {
@@ -206,39 +216,65 @@ impl RawSpec {
             let name = p.name.get_ref();
             let name_ok = name.len() >= 2
                 && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
             if !name_ok {
-                return Err(fail(Some(p.name.span()), format!("invalid Debian package name {name:?}")));
+                return Err(fail(
+                    Some(p.name.span()),
+                    format!("invalid Debian package name {name:?}"),
+                ));
             }
             if seen.insert(name.clone(), ()).is_some() {
-                return Err(fail(Some(p.name.span()), format!("package {name} is listed twice")));
+                return Err(fail(
+                    Some(p.name.span()),
+                    format!("package {name} is listed twice"),
+                ));
             }
             let version = p.version.get_ref();
-            if version.is_empty() || version.contains(char::is_whitespace) || version.contains('=') {
-                return Err(fail(Some(p.version.span()), format!("invalid version {version:?} for {name}")));
+            if version.is_empty() || version.contains(char::is_whitespace) || version.contains('=')
+            {
+                return Err(fail(
+                    Some(p.version.span()),
+                    format!("invalid version {version:?} for {name}"),
+                ));
             }
             let sha = p.sha256.get_ref();
-            if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
+            if sha.len() != 64
+                || !sha
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+            {
                 return Err(fail(
                     Some(p.sha256.span()),
                     format!("sha256 of {name} must be 64 lowercase hex digits, got {sha:?}"),
                 ));
             }
-            packages.push(Package { name: name.clone(), version: version.clone(), sha256: sha.clone() });
+            packages.push(Package {
+                name: name.clone(),
+                version: version.clone(),
+                sha256: sha.clone(),
+            });
         }
 
         let mut paths = BTreeMap::new();
         let mut claim = |path: &Spanned<String>| -> anyhow::Result<String> {
             let p = abs_path(path, fail)?;
             if paths.insert(p.clone(), ()).is_some() {
-                return Err(fail(Some(path.span()), format!("{} is declared twice", path.get_ref())));
+                return Err(fail(
+                    Some(path.span()),
+                    format!("{} is declared twice", path.get_ref()),
+                ));
             }
             Ok(p)
         };
 
         let mut dirs = Vec::new();
         for d in self.dir {
-            dirs.push(Dir { path: claim(&d.path)?, mode: mode(&d.mode, fail)? });
+            dirs.push(Dir {
+                path: claim(&d.path)?,
+                mode: mode(&d.mode, fail)?,
+            });
         }
 
         let mut files = Vec::new();
@@ -259,20 +295,33 @@ impl RawSpec {
                 }
                 (None, None, Some(g)) => {
                     if generated.insert(format!("{g:?}"), ()).is_some() {
-                        return Err(fail(Some(f.path.span()), format!("generated = {g:?} appears twice")));
+                        return Err(fail(
+                            Some(f.path.span()),
+                            format!("generated = {g:?} appears twice"),
+                        ));
                     }
                     Content::Generated(g)
                 }
                 _ => {
                     return Err(fail(
                         Some(f.path.span()),
-                        format!("{} needs exactly one of text, source, generated", f.path.get_ref()),
+                        format!(
+                            "{} needs exactly one of text, source, generated",
+                            f.path.get_ref()
+                        ),
                     ))
                 }
             };
-            files.push(File { path, mode: mode(&f.mode, fail)?, content });
+            files.push(File {
+                path,
+                mode: mode(&f.mode, fail)?,
+                content,
+            });
         }
-        for (g, what) in [(Generated::Agent, "agent"), (Generated::AuthorizedKeys, "authorized-keys")] {
+        for (g, what) in [
+            (Generated::Agent, "agent"),
+            (Generated::AuthorizedKeys, "authorized-keys"),
+        ] {
             if !files.iter().any(|f| f.content == Content::Generated(g)) {
                 return Err(fail(
                     None,
@@ -285,9 +334,15 @@ impl RawSpec {
         for s in self.symlink {
             let path = claim(&s.path)?;
             if s.target.get_ref().is_empty() || s.target.get_ref().contains('\0') {
-                return Err(fail(Some(s.target.span()), "symlink target must not be empty".to_string()));
+                return Err(fail(
+                    Some(s.target.span()),
+                    "symlink target must not be empty".to_string(),
+                ));
             }
-            symlinks.push(Symlink { path, target: s.target.into_inner() });
+            symlinks.push(Symlink {
+                path,
+                target: s.target.into_inner(),
+            });
         }
 
         let mut devices = Vec::new();
@@ -295,7 +350,10 @@ impl RawSpec {
             if d.kind.get_ref() != "char" {
                 return Err(fail(
                     Some(d.kind.span()),
-                    format!("unsupported device kind {:?}: only \"char\"", d.kind.get_ref()),
+                    format!(
+                        "unsupported device kind {:?}: only \"char\"",
+                        d.kind.get_ref()
+                    ),
                 ));
             }
             devices.push(Device {
@@ -306,7 +364,15 @@ impl RawSpec {
             });
         }
 
-        Ok(Spec { arch: arch.into_inner(), exclude, packages, dirs, files, symlinks, devices })
+        Ok(Spec {
+            arch: arch.into_inner(),
+            exclude,
+            packages,
+            dirs,
+            files,
+            symlinks,
+            devices,
+        })
     }
 }
 
@@ -314,8 +380,16 @@ impl RawSpec {
 fn abs_path(p: &Spanned<String>, fail: &Fail<'_>) -> anyhow::Result<String> {
     let s = p.get_ref();
     let rel = s.strip_prefix('/').unwrap_or("");
-    if rel.is_empty() || rel.ends_with('/') || rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-        return Err(fail(Some(p.span()), format!("{s:?} must be an absolute, normalised path like \"/etc/passwd\"")));
+    if rel.is_empty()
+        || rel.ends_with('/')
+        || rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(fail(
+            Some(p.span()),
+            format!("{s:?} must be an absolute, normalised path like \"/etc/passwd\""),
+        ));
     }
     Ok(rel.to_string())
 }
@@ -323,7 +397,10 @@ fn abs_path(p: &Spanned<String>, fail: &Fail<'_>) -> anyhow::Result<String> {
 fn mode(m: &Spanned<u32>, fail: &Fail<'_>) -> anyhow::Result<u32> {
     let v = *m.get_ref();
     if v > 0o7777 {
-        return Err(fail(Some(m.span()), format!("mode {v:#o} has bits beyond 0o7777 (write modes as 0o755)")));
+        return Err(fail(
+            Some(m.span()),
+            format!("mode {v:#o} has bits beyond 0o7777 (write modes as 0o755)"),
+        ));
     }
     Ok(v)
 }
@@ -389,7 +466,13 @@ minor = 1
         assert_eq!(s.arch, "arm64");
         assert_eq!(s.exclude, vec!["usr/share"]);
         assert_eq!(s.packages[0].version, "1:1.35.0-4+deb12u1+b1");
-        assert_eq!(s.dirs, vec![Dir { path: "root".into(), mode: 0o700 }]);
+        assert_eq!(
+            s.dirs,
+            vec![Dir {
+                path: "root".into(),
+                mode: 0o700
+            }]
+        );
         assert_eq!(s.files[0].content, Content::Source("init".into()));
         assert_eq!(s.files[2].content, Content::Generated(Generated::Agent));
         assert_eq!(s.sources(), vec!["init"]);
@@ -400,17 +483,26 @@ minor = 1
     fn unknown_keys_point_at_the_line() {
         let text = MINIMAL.replace("why = \"the shell\"", "why = \"the shell\"\nsha265 = \"x\"");
         let e = err(&text);
-        assert!(e.starts_with("image.toml:11:1: unknown field `sha265`"), "{e}");
+        assert!(
+            e.starts_with("image.toml:11:1: unknown field `sha265`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_values_point_at_the_value() {
         let e = err(&MINIMAL.replace("732c9135", "732C9135"));
-        assert!(e.starts_with("image.toml:9:10: sha256 of busybox-static must be 64 lowercase hex"), "{e}");
+        assert!(
+            e.starts_with("image.toml:9:10: sha256 of busybox-static must be 64 lowercase hex"),
+            "{e}"
+        );
         let e = err(&MINIMAL.replace("mode = 0o700", "mode = 0o70000"));
         assert!(e.starts_with("image.toml:14:8: mode 0o70000"), "{e}");
         let e = err(&MINIMAL.replace("path = \"/root\"", "path = \"root\""));
-        assert!(e.starts_with("image.toml:13:8: \"root\" must be an absolute"), "{e}");
+        assert!(
+            e.starts_with("image.toml:13:8: \"root\" must be an absolute"),
+            "{e}"
+        );
         let e = err(&MINIMAL.replace("source = \"init\"", "source = \"../init\""));
         assert!(e.contains(":19:10: source \"../init\""), "{e}");
         let e = err(&MINIMAL.replace("kind = \"char\"", "kind = \"block\""));

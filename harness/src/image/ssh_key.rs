@@ -30,7 +30,12 @@ pub fn generate(dir: &Path, comment: &str, log: &Path) -> anyhow::Result<String>
     )
     .map_err(|e| e.context("install openssh-client for ssh-keygen (`cargo xtask deps`)"))?;
     if !out.success {
-        return Err(Error::infra(format!("ssh-keygen failed ({}): {}", out.status, out.stderr_tail(5))).into());
+        return Err(Error::infra(format!(
+            "ssh-keygen failed ({}): {}",
+            out.status,
+            out.stderr_tail(5)
+        ))
+        .into());
     }
     fs::set_permissions(&private, fs::Permissions::from_mode(0o600))?;
     let public = fs::read_to_string(dir.join(PUBLIC)).context("read the new public key")?;

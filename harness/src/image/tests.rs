@@ -7,7 +7,11 @@ use std::collections::BTreeMap;
 use super::*;
 
 fn package(name: &str, sha: char) -> Package {
-    Package { name: name.into(), version: "1.0-1".into(), sha256: sha.to_string().repeat(64) }
+    Package {
+        name: name.into(),
+        version: "1.0-1".into(),
+        sha256: sha.to_string().repeat(64),
+    }
 }
 
 const SPEC: &str = r#"
@@ -48,11 +52,32 @@ minor = 1
 fn inputs() -> (Spec, Tree, BTreeMap<String, Vec<u8>>, GeneratedFiles) {
     let spec = Spec::parse(SPEC, "image.toml").unwrap();
     let mut pkg = Tree::new();
-    pkg.insert("bin".into(), Entry { mode: 0o755, kind: Kind::Dir });
-    pkg.insert("bin/busybox".into(), Entry { mode: 0o755, kind: Kind::File(vec![1, 2, 3]) });
-    pkg.insert("root".into(), Entry { mode: 0o755, kind: Kind::Dir });
+    pkg.insert(
+        "bin".into(),
+        Entry {
+            mode: 0o755,
+            kind: Kind::Dir,
+        },
+    );
+    pkg.insert(
+        "bin/busybox".into(),
+        Entry {
+            mode: 0o755,
+            kind: Kind::File(vec![1, 2, 3]),
+        },
+    );
+    pkg.insert(
+        "root".into(),
+        Entry {
+            mode: 0o755,
+            kind: Kind::Dir,
+        },
+    );
     let sources = BTreeMap::from([("init".to_string(), b"#!/bin/sh\n".to_vec())]);
-    let generated = GeneratedFiles { agent: vec![0x7f, b'E', b'L', b'F'], authorized_keys: b"ssh-ed25519 AAAA k\n".to_vec() };
+    let generated = GeneratedFiles {
+        agent: vec![0x7f, b'E', b'L', b'F'],
+        authorized_keys: b"ssh-ed25519 AAAA k\n".to_vec(),
+    };
     (spec, pkg, sources, generated)
 }
 
@@ -84,30 +109,67 @@ fn assembled_tree_has_parents_modes_and_generated_files() {
     // Declared directory modes win over a package's.
     assert_eq!(back["root"].mode, 0o700);
     // Parents that nobody declared exist, as 0755 directories.
-    assert_eq!(back["root/.ssh"], Entry { mode: 0o755, kind: Kind::Dir });
+    assert_eq!(
+        back["root/.ssh"],
+        Entry {
+            mode: 0o755,
+            kind: Kind::Dir
+        }
+    );
     assert_eq!(back["dev"].kind, Kind::Dir);
     assert_eq!(back["root/.ssh/authorized_keys"].mode, 0o600);
-    assert_eq!(back["root/.ssh/authorized_keys"].kind, Kind::File(b"ssh-ed25519 AAAA k\n".to_vec()));
-    assert_eq!(back["bin/msi-agent"].kind, Kind::File(vec![0x7f, b'E', b'L', b'F']));
+    assert_eq!(
+        back["root/.ssh/authorized_keys"].kind,
+        Kind::File(b"ssh-ed25519 AAAA k\n".to_vec())
+    );
+    assert_eq!(
+        back["bin/msi-agent"].kind,
+        Kind::File(vec![0x7f, b'E', b'L', b'F'])
+    );
     assert_eq!(back["init"].kind, Kind::File(b"#!/bin/sh\n".to_vec()));
-    assert_eq!(back["dev/console"].kind, Kind::CharDevice { major: 5, minor: 1 });
+    assert_eq!(
+        back["dev/console"].kind,
+        Kind::CharDevice { major: 5, minor: 1 }
+    );
 }
 
 #[test]
 fn a_declared_file_may_not_shadow_a_package_file() {
     let (spec, mut pkg, sources, generated) = inputs();
-    pkg.insert("init".into(), Entry { mode: 0o755, kind: Kind::File(vec![]) });
+    pkg.insert(
+        "init".into(),
+        Entry {
+            mode: 0o755,
+            kind: Kind::File(vec![]),
+        },
+    );
     let origin = BTreeMap::from([("init".to_string(), "busybox-static".to_string())]);
-    let e = assemble(&spec, pkg, &origin, &sources, &generated).unwrap_err().to_string();
-    assert_eq!(e, "guest-images/image.toml: /init is also in package busybox-static");
+    let e = assemble(&spec, pkg, &origin, &sources, &generated)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "guest-images/image.toml: /init is also in package busybox-static"
+    );
 }
 
 #[test]
 fn a_file_below_a_non_directory_is_refused() {
     let (spec, mut pkg, sources, generated) = inputs();
-    pkg.insert("dev".into(), Entry { mode: 0o777, kind: Kind::Symlink("x".into()) });
-    let e = assemble(&spec, pkg, &BTreeMap::new(), &sources, &generated).unwrap_err().to_string();
-    assert!(e.contains("/dev/console is below /dev, which is not a directory"), "{e}");
+    pkg.insert(
+        "dev".into(),
+        Entry {
+            mode: 0o777,
+            kind: Kind::Symlink("x".into()),
+        },
+    );
+    let e = assemble(&spec, pkg, &BTreeMap::new(), &sources, &generated)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("/dev/console is below /dev, which is not a directory"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -118,7 +180,12 @@ fn cache_key_follows_every_input() {
     assert_eq!(base, image_key(SPEC, &sources, &pkgs, "agent1"));
 
     let mut changed = Vec::new();
-    changed.push(image_key(&format!("{SPEC}\n# comment"), &sources, &pkgs, "agent1"));
+    changed.push(image_key(
+        &format!("{SPEC}\n# comment"),
+        &sources,
+        &pkgs,
+        "agent1",
+    ));
     let other_init = BTreeMap::from([("init".to_string(), b"#!/bin/sh -x\n".to_vec())]);
     changed.push(image_key(SPEC, &other_init, &pkgs, "agent1"));
     let renamed = BTreeMap::from([("init2".to_string(), b"#!/bin/sh\n".to_vec())]);
@@ -141,15 +208,31 @@ fn the_shipped_image_toml_is_valid() {
     let text = fs::read_to_string(root.join("image.toml")).unwrap();
     let spec = Spec::parse(&text, SPEC_FILE).unwrap();
     for rel in spec.sources() {
-        assert!(root.join(rel).is_file(), "{rel} named in image.toml is missing");
+        assert!(
+            root.join(rel).is_file(),
+            "{rel} named in image.toml is missing"
+        );
     }
     // What /init and dropbear rely on (domain notes §5b).
     let names: Vec<&str> = spec.packages.iter().map(|p| p.name.as_str()).collect();
-    for needed in ["busybox-static", "dropbear-bin", "libtomcrypt1", "libtommath1", "libgmp10", "zlib1g", "libcrypt1", "libc6", "libgcc-s1"] {
+    for needed in [
+        "busybox-static",
+        "dropbear-bin",
+        "libtomcrypt1",
+        "libtommath1",
+        "libgmp10",
+        "zlib1g",
+        "libcrypt1",
+        "libc6",
+        "libgcc-s1",
+    ] {
         assert!(names.contains(&needed), "{needed} missing");
     }
     let file = |p: &str| spec.files.iter().find(|f| f.path == p).unwrap();
-    assert_eq!(file("etc/passwd").content, Content::Text("root:x:0:0:root:/root:/bin/sh\n".into()));
+    assert_eq!(
+        file("etc/passwd").content,
+        Content::Text("root:x:0:0:root:/root:/bin/sh\n".into())
+    );
     assert_eq!(file("root/.ssh/authorized_keys").mode, 0o600);
     assert_eq!(file("init").mode, 0o755);
     let dir = |p: &str| spec.dirs.iter().find(|d| d.path == p).unwrap().mode;
@@ -212,18 +295,30 @@ mod vm {
         let reporter = crate::event::TermReporter::new();
         let t = Instant::now();
         let image = build(&reporter, &run_dir).unwrap();
-        eprintln!("build: {:.2}s cached={} key={}", t.elapsed().as_secs_f64(), image.cached, image.key.short());
+        eprintln!(
+            "build: {:.2}s cached={} key={}",
+            t.elapsed().as_secs_f64(),
+            image.cached,
+            image.key.short()
+        );
         let t = Instant::now();
         let again = build(&Quiet, &run_dir).unwrap();
-        eprintln!("second build: {:.2}s cached={}", t.elapsed().as_secs_f64(), again.cached);
+        eprintln!(
+            "second build: {:.2}s cached={}",
+            t.elapsed().as_secs_f64(),
+            again.cached
+        );
         assert!(again.cached);
         assert_eq!(again.key, image.key);
         image
     }
 
     pub fn boot_and_ssh(image: &GuestImage, kernel: &Path) {
-
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let cmdline = kernel_cmdline(&CmdlineOptions {
             vfio: vec!["0000:00:02.0".into()],
             hugepages: Some(16),
@@ -232,13 +327,25 @@ mod vm {
         let started = Instant::now();
         let mut qemu = KillOnDrop(
             Command::new("qemu-system-aarch64")
-                .args(["-M", "virt,gic-version=3,iommu=smmuv3", "-cpu", "max", "-smp", "2", "-m", "1G"])
+                .args([
+                    "-M",
+                    "virt,gic-version=3,iommu=smmuv3",
+                    "-cpu",
+                    "max",
+                    "-smp",
+                    "2",
+                    "-m",
+                    "1G",
+                ])
                 .args(["-nographic", "-no-reboot", "-kernel"])
                 .arg(kernel)
                 .arg("-initrd")
                 .arg(&image.initramfs)
                 .args(["-append", &cmdline, "-device", "edu,addr=02.0"])
-                .args(["-netdev", &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22")])
+                .args([
+                    "-netdev",
+                    &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22"),
+                ])
                 .args(["-device", "virtio-net-pci,netdev=n0,addr=03.0"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -268,26 +375,44 @@ mod vm {
                         break r;
                     }
                 }
-                Err(_) => panic!("no {READY_MARKER} within 60 s; console:\n{}", log.join("\n")),
+                Err(_) => panic!(
+                    "no {READY_MARKER} within 60 s; console:\n{}",
+                    log.join("\n")
+                ),
             }
         };
         let ready = started.elapsed();
-        assert!(report.problems().is_empty(), "{:?}\n{}", report.problems(), log.join("\n"));
+        assert!(
+            report.problems().is_empty(),
+            "{:?}\n{}",
+            report.problems(),
+            log.join("\n")
+        );
 
-        let tcp = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(5)).unwrap();
+        let tcp =
+            TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(5))
+                .unwrap();
         let mut session = ssh2::Session::new().unwrap();
         session.set_timeout(10_000);
         session.set_tcp_stream(tcp);
         session.handshake().unwrap();
-        session.userauth_pubkey_file("root", None, &image.ssh_private_key, None).unwrap();
+        session
+            .userauth_pubkey_file("root", None, &image.ssh_private_key, None)
+            .unwrap();
         let mut channel = session.channel_session().unwrap();
-        channel.exec("ls /dev/vfio/devices; cat /proc/cmdline; grep HugePages_Total /proc/meminfo").unwrap();
+        channel
+            .exec("ls /dev/vfio/devices; cat /proc/cmdline; grep HugePages_Total /proc/meminfo")
+            .unwrap();
         let mut out = String::new();
         channel.read_to_string(&mut out).unwrap();
         channel.wait_close().unwrap();
         let first_command = started.elapsed();
         assert_eq!(channel.exit_status().unwrap(), 0);
-        eprintln!("ready after {:.2}s, first ssh command done after {:.2}s", ready.as_secs_f64(), first_command.as_secs_f64());
+        eprintln!(
+            "ready after {:.2}s, first ssh command done after {:.2}s",
+            ready.as_secs_f64(),
+            first_command.as_secs_f64()
+        );
         eprintln!("{}\n{out}", log.last().unwrap());
         assert!(out.contains("vfio0"), "{out}");
         assert!(out.contains("msi.vfio=0000:00:02.0"), "{out}");
@@ -299,7 +424,10 @@ mod vm {
         let _ = channel.wait_close();
         let deadline = Instant::now() + Duration::from_secs(20);
         while qemu.0.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "guest did not power off within 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "guest did not power off within 20 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         eprintln!("powered off after {:.2}s", started.elapsed().as_secs_f64());
