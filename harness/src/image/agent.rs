@@ -44,9 +44,14 @@ pub fn build(reporter: &dyn Reporter, log: &Path) -> anyhow::Result<PathBuf> {
         },
     )?;
     if !out.success {
+        let hint = if out.stderr.contains("target may not be installed") {
+            format!(" (install the target: `rustup target add {TARGET}`)")
+        } else {
+            String::new()
+        };
         return Err(Error::infra(format!(
-            "the guest agent did not build (`cargo build --release -p {PACKAGE} --target {TARGET}`, {}); \
-             is the target installed (`rustup target add {TARGET}`)? cargo said:\n{}",
+            "the guest agent did not build (`cargo build --release -p {PACKAGE} --target {TARGET}`, {}){hint}; \
+             cargo said:\n{}",
             out.status,
             out.stderr_tail(20)
         ))

@@ -100,6 +100,7 @@ fn download(
     if !out.success {
         return Err(diagnose(missing, arch, &out, log));
     }
+    let mut mismatches = Vec::new();
     for p in missing {
         let prefix = format!("{}_", p.name);
         let found = fs::read_dir(tmp.path())?
@@ -120,17 +121,24 @@ fn download(
             })?;
         let got = sha256_file(&found)?;
         if got != p.sha256 {
-            return Err(Error::infra(format!(
-                "{}:{arch} {}: the archive's .deb has sha256 {got}, guest-images/image.toml pins {}; \
-                 either the pin is wrong or the archive changed the file under the same version \
-                 (check before updating the pin)",
+            // Keep checking the rest: one message for every wrong pin.
+            mismatches.push(format!(
+                "{}:{arch} {}: the archive's .deb has sha256 {got}, guest-images/image.toml pins {}",
                 p.name, p.version, p.sha256
-            ))
-            .into());
+            ));
+            continue;
         }
         let dest = downloads.join(deb_name(p, arch));
         fs::rename(&found, &dest)
             .with_context(|| format!("move {} to {}", found.display(), dest.display()))?;
+    }
+    if !mismatches.is_empty() {
+        return Err(Error::infra(format!(
+            "{}\neither a pin is wrong or the archive changed a file under the same version \
+             (check before updating a pin)",
+            mismatches.join("\n")
+        ))
+        .into());
     }
     Ok(())
 }
@@ -154,7 +162,7 @@ fn diagnose(missing: &[&Package], arch: &str, out: &proc::Output, log: &Path) ->
         };
         if versions.is_empty() {
             problems.push(format!(
-                "apt knows no package {query}: is the {arch} architecture added and are its lists fetched? \
+                "apt knows no package {query}: is the name right, is the {arch} architecture added and are its lists fetched? \
                  (`cargo xtask deps` does both)"
             ));
         } else if !versions.contains(&p.version) {
