@@ -33,6 +33,7 @@ pub fn build(reporter: &dyn Reporter, log: &Path) -> anyhow::Result<PathBuf> {
         "cargo build of the guest agent",
         BUILD_TIMEOUT,
         log,
+        false,
         &|line| {
             let l = line.trim_start();
             if l.starts_with("Compiling")

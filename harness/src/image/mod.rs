@@ -145,6 +145,8 @@ fn build_inner(reporter: &dyn Reporter, run_dir: &Path) -> anyhow::Result<GuestI
     }
 
     let downloads = cache_dir("downloads")?;
+    remove_stale_temp_dirs(&images, ".build-");
+    remove_stale_temp_dirs(&downloads, ".apt-");
     let debs = packages::fetch(&spec.packages, &spec.arch, &downloads, reporter, &log)?;
     // Built beside its final place and renamed into it, so that a killed
     // build leaves nothing that looks finished, and two concurrent builds of
@@ -244,6 +246,26 @@ fn is_complete(dir: &Path, key: &ContentKey) -> bool {
         && dir.join(ssh_key::PRIVATE).is_file()
         && dir.join(ssh_key::PUBLIC).is_file()
         && sha256_file(&dir.join(INITRAMFS)).is_ok_and(|s| s == m.initramfs_sha256)
+}
+
+/// Removes `prefix*` work directories left behind by builds that were killed
+/// (Ctrl-C skips destructors). Only old ones: a young one may belong to a
+/// build running right now.
+fn remove_stale_temp_dirs(dir: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+        if stale && e.file_name().to_string_lossy().starts_with(prefix) {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// The bytes of the files image.toml marks as generated.

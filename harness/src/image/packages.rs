@@ -95,6 +95,7 @@ fn download(
         "apt-get download",
         Duration::from_secs(600),
         log,
+        true,
         &|_| {},
     )?;
     if !out.success {
@@ -155,6 +156,7 @@ fn diagnose(missing: &[&Package], arch: &str, out: &proc::Output, log: &Path) ->
             "apt-cache madison",
             Duration::from_secs(60),
             log,
+            true,
             &|_| {},
         ) {
             Ok(o) => madison_versions(&String::from_utf8_lossy(&o.stdout)),
@@ -220,6 +222,7 @@ pub fn unpack(
             "dpkg -x",
             Duration::from_secs(120),
             log,
+            true,
             &|_| {},
         )?;
         if !out.success {

@@ -28,13 +28,15 @@ impl Output {
 
 /// Runs `cmd` to completion or until `timeout`, when it is killed and an
 /// infrastructure error names `what`. Each stderr line is also handed to
-/// `on_line` as it arrives (progress for long builds). The command line and
-/// both streams are appended to `log`.
+/// `on_line` as it arrives (progress for long builds). The command line,
+/// stderr and (if `log_stdout`: not for machine-readable output) stdout are
+/// appended to `log`.
 pub fn run(
     cmd: &mut Command,
     what: &str,
     timeout: Duration,
     log: &Path,
+    log_stdout: bool,
     on_line: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<Output> {
     let program = format!("{cmd:?}");
@@ -84,13 +86,15 @@ pub fn run(
         let stderr = err.join().unwrap_or_default();
         Ok((status, stdout, stderr))
     })?;
-    let mut text = format!(
-        "$ {program}\n[{} in {:.2}s]\n--- stdout ---\n{}\n--- stderr ---\n{stderr}\n",
-        status,
+    let shown = if log_stdout {
+        String::from_utf8_lossy(&stdout).into_owned()
+    } else {
+        format!("({} bytes, not logged)", stdout.len())
+    };
+    let text = format!(
+        "$ {program}\n[{status} in {:.2}s]\n--- stdout ---\n{shown}\n--- stderr ---\n{stderr}\n\n",
         started.elapsed().as_secs_f64(),
-        String::from_utf8_lossy(&stdout)
     );
-    text.push('\n');
     append(log, &text);
     Ok(Output {
         success: status.success(),

@@ -26,6 +26,7 @@ pub fn generate(dir: &Path, comment: &str, log: &Path) -> anyhow::Result<String>
         "ssh-keygen",
         Duration::from_secs(60),
         log,
+        true,
         &|_| {},
     )
     .map_err(|e| e.context("install openssh-client for ssh-keygen (`cargo xtask deps`)"))?;
