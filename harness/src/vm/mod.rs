@@ -30,6 +30,9 @@ pub mod qmp;
 pub mod ssh;
 pub mod trace;
 
+#[cfg(test)]
+mod tests;
+
 use std::fmt;
 use std::fs;
 use std::io::Write;
@@ -94,9 +97,9 @@ impl fmt::Display for BootTimings {
 pub enum BootError {
     #[error(transparent)]
     Unsupported(#[from] Unsupported),
-    #[error("{0}")]
+    #[error("invalid vm config: {0}")]
     InvalidConfig(String),
-    #[error("cannot start {qemu}: {source}")]
+    #[error("cannot start {qemu}")]
     Spawn {
         qemu: String,
         #[source]
@@ -123,14 +126,10 @@ pub enum VmFailure {
 
 /// The reason to skip, when `err` says this QEMU cannot run the config.
 pub fn skip_reason(err: &anyhow::Error) -> Option<String> {
-    err.chain().find_map(|e| {
-        e.downcast_ref::<Unsupported>()
-            .map(|u| u.reason.clone())
-            .or_else(|| match e.downcast_ref::<BootError>() {
-                Some(BootError::Unsupported(u)) => Some(u.reason.clone()),
-                _ => None,
-            })
-    })
+    match err.downcast_ref::<BootError>() {
+        Some(BootError::Unsupported(u)) => Some(u.reason.clone()),
+        _ => err.downcast_ref::<Unsupported>().map(|u| u.reason.clone()),
+    }
 }
 
 /// A running, ready guest. Dropping it kills QEMU.
@@ -225,35 +224,48 @@ impl Health {
         VmFailure::QemuExited { status, after, stderr, console_tail: self.console.tail(30) }
     }
 
-    /// `failure` as the error a user sees, for an operation `during`.
+    /// `failure` as the error a user sees, for an operation `during`: a
+    /// panic is a finding about the kernel, anything else infrastructure.
     fn error(&self, failure: VmFailure, during: &str) -> anyhow::Error {
         let dir = self.run_dir.display();
-        let msg = match &failure {
-            VmFailure::GuestPanic { after, excerpt } => {
-                return anyhow::Error::new(failure.clone()).context(Error::finding(format!(
-                    "guest kernel panicked {:.2} s after qemu start, during {during}:\n{excerpt}\n(console: {dir}/console.log)",
-                    after.as_secs_f64()
-                )))
-            }
-            VmFailure::QemuExited { status, after, stderr, console_tail } => format!(
-                "qemu exited ({status}) {:.2} s after start, during {during}\n--- qemu stderr ---\n{}\n--- last console lines ---\n{}\n(artifacts: {dir})",
-                after.as_secs_f64(),
-                stderr.trim_end(),
-                console_tail
+        let (kind, detail) = match &failure {
+            VmFailure::GuestPanic { excerpt, .. } => (
+                crate::ExitCode::Finding,
+                format!("during {during}:\n{excerpt}\n(console: {dir}/console.log)"),
+            ),
+            VmFailure::QemuExited { stderr, console_tail, .. } => (
+                crate::ExitCode::Infrastructure,
+                format!(
+                    "during {during}\n--- qemu stderr ---\n{}\n--- last console lines ---\n{console_tail}\n(artifacts: {dir})",
+                    stderr.trim_end()
+                ),
             ),
         };
-        anyhow::Error::new(failure).context(Error::infra(msg))
+        wrap_kind(failure, kind, detail)
     }
 
     /// Runs `fut`, failing at once if the guest goes away meanwhile.
+    ///
+    /// When `fut` fails on its own, the guest's end may be the cause and
+    /// simply not observed yet (a dead QEMU resets the SSH and QMP sockets a
+    /// moment before it is reaped, a panic reaches the console a moment
+    /// after the connection drops), so a failure waits briefly for that and
+    /// reports the guest's end instead.
     async fn guard<T>(
         &self,
         during: &str,
         fut: impl std::future::Future<Output = anyhow::Result<T>>,
     ) -> anyhow::Result<T> {
-        tokio::select! {
+        let r = tokio::select! {
             r = fut => r,
-            f = self.gone() => Err(self.error(f, during)),
+            f = self.gone() => return Err(self.error(f, during)),
+        };
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => match tokio::time::timeout(Duration::from_millis(500), self.gone()).await {
+                Ok(f) => Err(self.error(f, during)),
+                Err(_) => Err(e),
+            },
         }
     }
 }
@@ -277,8 +289,8 @@ impl Session {
         let r = health
             .guard(&during, async {
                 self.inner.request_line(line, timeout).await.map_err(|e| {
-                    let msg = format!("guest session `{command}` failed: {e}");
-                    anyhow::Error::new(e).context(Error::infra(msg))
+                    let msg = format!("in guest session `{command}`");
+                    wrap(e, msg)
                 })
             })
             .await;
@@ -295,7 +307,32 @@ impl Session {
     }
 }
 
-/// A file in the run directory with a short description, for messages.
+/// The error handed to callers: the root is a [`crate::Error`] (so that
+/// `exit_code_of` finds its kind) saying what failed and, after `: `, the
+/// typed error's causes; the typed error sits on top, so `{:#}` reads
+/// "<typed>: <what>: <causes>" and `err.downcast_ref::<SshError>()` (or
+/// `BootError`, `VmFailure`, `QmpError`, ...) still works through any
+/// context callers add.
+fn wrap<E: std::error::Error + Send + Sync + 'static>(typed: E, what: String) -> anyhow::Error {
+    wrap_kind(typed, crate::ExitCode::Infrastructure, what)
+}
+
+fn wrap_kind<E: std::error::Error + Send + Sync + 'static>(
+    typed: E,
+    kind: crate::ExitCode,
+    what: String,
+) -> anyhow::Error {
+    let mut message = what;
+    let mut cause = typed.source();
+    while let Some(c) = cause {
+        message.push_str(": ");
+        message.push_str(&c.to_string());
+        cause = c.source();
+    }
+    anyhow::Error::new(Error { kind, message }).context(typed)
+}
+
+/// A file in the run directory.
 fn artifact(run_dir: &Path, name: &str) -> PathBuf {
     run_dir.join(name)
 }
@@ -311,12 +348,12 @@ impl Vm {
         let plan = match qemu::plan(&cfg, &caps) {
             Ok(p) => p,
             Err(PlanError::Unsupported(u)) => {
-                let msg = format!("skipped: {u}");
-                return Err(anyhow::Error::new(BootError::Unsupported(u)).context(Error::infra(msg)));
+                let msg = "this qemu cannot run the vm config (skip it)".to_string();
+                return Err(wrap(BootError::Unsupported(u), msg));
             }
             Err(PlanError::Invalid(m)) => {
-                let msg = format!("invalid vm config: {m}");
-                return Err(anyhow::Error::new(BootError::InvalidConfig(m)).context(Error::infra(msg)));
+                let msg = "invalid vm config".to_string();
+                return Err(wrap(BootError::InvalidConfig(m), msg));
             }
         };
         for (what, p) in [("kernel", &cfg.kernel), ("initrd", &cfg.initrd)] {
@@ -363,8 +400,8 @@ impl Vm {
         let _ = fs::set_permissions(artifact(&run_dir, "qemu-cmdline.sh"), fs::Permissions::from_mode(0o755));
 
         let sp = QemuProcess::spawn(caps.path.clone().into_os_string(), argv).map_err(|e| {
-            let msg = format!("cannot start {}: {e}", caps.path.display());
-            anyhow::Error::new(BootError::Spawn { qemu: caps.path.display().to_string(), source: e }).context(Error::infra(msg))
+            let msg = "qemu did not start".to_string();
+            wrap(BootError::Spawn { qemu: caps.path.display().to_string(), source: e }, msg)
         })?;
         let started = sp.started;
         let process = sp.process;
@@ -374,12 +411,12 @@ impl Vm {
         let deadline = started + cfg.boot_timeout;
         let boot_err = |e: BootError, waited: &str| -> anyhow::Error {
             let msg = format!(
-                "boot failed while waiting for {waited} ({:.1} s after qemu start): {e}\n--- last console lines ---\n{}\n(artifacts: {})",
+                "boot, waiting for {waited} ({:.1} s after qemu start)\n--- last console lines ---\n{}\n(artifacts: {})",
                 started.elapsed().as_secs_f64(),
                 health.console.tail(20),
                 run_dir.display()
             );
-            anyhow::Error::new(e).context(Error::infra(msg))
+            wrap(e, msg)
         };
 
         let transcript = qmp::Transcript::create(&artifact(&run_dir, "qmp.log"), started)?;
@@ -517,8 +554,8 @@ impl Vm {
             .await
             .context("ssh task")?
             .map_err(|e| {
-                let msg = format!("guest command `{what_owned}` failed over ssh: {e}");
-                anyhow::Error::new(e).context(Error::infra(msg))
+                let msg = format!("guest command `{what_owned}` over ssh");
+                wrap(e, msg)
             })
         };
         self.health.guard(what, task).await
@@ -545,8 +582,8 @@ impl Vm {
                 .await
                 .context("ssh session task")?
                 .map_err(|e| {
-                    let msg = format!("cannot start guest session: {e}");
-                    anyhow::Error::new(e).context(Error::infra(msg))
+                    let msg = "starting a guest session".to_string();
+                    wrap(e, msg)
                 })
             })
             .await?;
@@ -564,8 +601,8 @@ impl Vm {
         self.health
             .guard(&during, async {
                 self.qmp.execute(cmd).await.map_err(|e| {
-                    let msg = format!("{e}");
-                    anyhow::Error::new(e).context(Error::infra(msg))
+                    let msg = format!("qmp `{}`", C::NAME);
+                    wrap(e, msg)
                 })
             })
             .await
@@ -599,8 +636,8 @@ impl Vm {
                 ("edu", id, extra)
             }
             Device::E1000e { id } => ("e1000e", id, serde_json::Map::new()),
-            Device::EduPairBehindBridge { .. } => {
-                return Err(Error::infra("an edu pair behind a bridge cannot be hotplugged").into())
+            Device::EduPairBehindBridge { .. } | Device::EduPairMultifunction { .. } => {
+                return Err(Error::infra("edu pairs cannot be hotplugged; plug single devices").into())
             }
         };
         self.qmp_execute(&qapi::qmp::device_add {
@@ -633,8 +670,8 @@ impl Vm {
                     .await
                     .map(|_| ())
                     .map_err(|e| {
-                        let msg = format!("unplug of {id}: {e}");
-                        anyhow::Error::new(e).context(Error::infra(msg))
+                        let msg = format!("unplug of {id}");
+                        wrap(e, msg)
                     })
             })
             .await
@@ -744,8 +781,8 @@ impl Vm {
             .await
             .context("cleanup task")?
             .map_err(|e| {
-                let msg = format!("qemu cleanup failed after {:.1} s: {e}", started.elapsed().as_secs_f64());
-                anyhow::Error::new(e).context(Error::infra(msg))
+                let msg = format!("qemu cleanup, {:.1} s after shutdown began", started.elapsed().as_secs_f64());
+                wrap(e, msg)
             })?;
         Ok(())
     }

@@ -61,8 +61,16 @@ pub enum Device {
     /// QEMU's `edu` (1234:11e8): one MSI vector, DMA engine. `dma_mask`
     /// widens its 28-bit default DMA mask.
     Edu { id: String, dma_mask: Option<u64> },
+    /// Two `edu` as functions 0 and 1 of one slot. Without ACS, Linux puts
+    /// the functions of a multifunction device in one iommu group, while
+    /// each keeps its own requester id: the shared-group case that works.
+    EduPairMultifunction { ids: [String; 2], dma_mask: Option<u64> },
     /// Two `edu` behind one `pcie-pci-bridge`: both DMA with the bridge's
-    /// requester id, so they share an iommu group.
+    /// alias requester id `(secondary bus, 0)`. Measured on Linux 6.18: the
+    /// first gets an iommu group (shared with the bridge), the second is
+    /// refused ("Aliasing StreamID 0x100 ... unsupported, expect DMA to be
+    /// broken") and has none. Use [`Device::EduPairMultifunction`] for a
+    /// shared group; this one is for the aliasing case itself.
     EduPairBehindBridge { bridge_id: String, ids: [String; 2], dma_mask: Option<u64> },
     /// Intel 82574L (`e1000e`): MSI-X with several vectors. No backend is
     /// attached; it is there to be bound to vfio-pci.
@@ -207,6 +215,7 @@ pub struct QemuPlan {
     pub machine: String,
     pub devices: Vec<PlacedDevice>,
     args: Vec<String>,
+    trace_events: Vec<String>,
 }
 
 /// Paths and ports only known at spawn time.
@@ -348,6 +357,28 @@ pub fn plan(cfg: &VmConfig, caps: &QemuCaps) -> Result<QemuPlan, PlanError> {
                     secondary_bus: None,
                 });
             }
+            Device::EduPairMultifunction { ids: pair, dma_mask } => {
+                let s = take_slot()?;
+                for (func, id) in pair.iter().enumerate() {
+                    claim(id)?;
+                    let func = func as u8;
+                    let mut a = edu_arg(id, "pcie.0", s, *dma_mask);
+                    a = a.replacen(&format!("addr={s:#x}"), &format!("addr={s:#x}.{func}"), 1);
+                    if func == 0 {
+                        a.push_str(",multifunction=on");
+                    }
+                    device_args.push(a);
+                    let bdf = Bdf { bus: 0, dev: s, func };
+                    placed.push(PlacedDevice {
+                        id: id.clone(),
+                        driver: "edu".into(),
+                        bdf,
+                        requester_id: bdf.rid(),
+                        infrastructure: false,
+                        secondary_bus: None,
+                    });
+                }
+            }
             Device::EduPairBehindBridge { bridge_id, ids: pair, dma_mask } => {
                 claim(bridge_id)?;
                 let s = take_slot()?;
@@ -411,11 +442,21 @@ pub fn plan(cfg: &VmConfig, caps: &QemuCaps) -> Result<QemuPlan, PlanError> {
     // The console is QEMU's stdout; nothing else may write there.
     push(&["-display", "none", "-monitor", "none", "-parallel", "none", "-no-reboot"]);
     push(&["-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console"]);
-    push(&["-msg", "timestamp=on"]);
-    for pattern in &cfg.trace_events {
-        push(&["-trace", &format!("enable={pattern}")]);
+    let mut trace_events = cfg.trace_events.clone();
+    if cfg.iommu != Iommu::None && !trace_events.iter().any(|p| glob_match(p, "smmuv3_record_event")) {
+        // Gives translation faults (below) their sid.
+        trace_events.push("smmuv3_record_event".into());
     }
-    Ok(QemuPlan { qemu: caps.path.clone(), machine, devices: placed, args })
+    // Guest errors go to the same log file as the traces: that is where the
+    // SMMU says which IOVA faulted (its trace event only names the sid).
+    push(&["-msg", "timestamp=on", "-d", "guest_errors"]);
+    Ok(QemuPlan {
+        qemu: caps.path.clone(),
+        machine,
+        devices: placed,
+        args,
+        trace_events,
+    })
 }
 
 /// Why [`plan`] refused a configuration.
@@ -454,8 +495,17 @@ impl QemuPlan {
                 argv.push("none".into());
             }
         }
-        argv.push("-trace".into());
-        argv.push(format!("file={}", escape_opt(&path_arg(rt.trace_file)?)));
+        // Every `-trace` option sets the file anew (to stderr when it has no
+        // `file=`), so each one names it.
+        let file = escape_opt(&path_arg(rt.trace_file)?);
+        if self.trace_events.is_empty() {
+            argv.push("-trace".into());
+            argv.push(format!("file={file}"));
+        }
+        for pattern in &self.trace_events {
+            argv.push("-trace".into());
+            argv.push(format!("enable={pattern},file={file}"));
+        }
         Ok(argv)
     }
 }
@@ -664,7 +714,7 @@ fn machine_version(machine: &str) -> Option<(u32, u32)> {
 
 fn drivers_of(d: &Device) -> Vec<&'static str> {
     match d {
-        Device::Edu { .. } => vec!["edu"],
+        Device::Edu { .. } | Device::EduPairMultifunction { .. } => vec!["edu"],
         Device::EduPairBehindBridge { .. } => vec!["edu", "pcie-pci-bridge"],
         Device::E1000e { .. } => vec!["e1000e"],
     }

@@ -48,7 +48,7 @@ pub enum QmpError {
     Timeout { command: String, after: Duration },
     #[error("qmp command `{command}` failed: {class}: {desc}")]
     Command { command: String, class: String, desc: String },
-    #[error("cannot decode the reply to `{command}`: {source}; reply: {reply}")]
+    #[error("cannot decode the reply to `{command}` (reply: {reply})")]
     Decode {
         command: String,
         reply: String,

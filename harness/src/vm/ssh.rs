@@ -41,9 +41,9 @@ pub enum SshError {
         #[source]
         last: Box<SshError>,
     },
-    #[error("tcp connect: {0}")]
+    #[error("tcp connect failed")]
     Tcp(#[source] std::io::Error),
-    #[error("ssh {step}: {source}")]
+    #[error("ssh {step} failed")]
     Protocol {
         step: &'static str,
         #[source]
@@ -51,7 +51,7 @@ pub enum SshError {
     },
     #[error("ssh public key authentication with {key} was refused")]
     Auth { key: String },
-    #[error("ssh i/o during {step}: {source}")]
+    #[error("ssh i/o failed during {step}")]
     Io {
         step: &'static str,
         #[source]

@@ -55,6 +55,12 @@ pub enum TraceKind {
     /// `smmuv3_record_event`: an event (fault) was queued for the driver;
     /// `event` is QEMU's name for it, e.g. `SMMU_EVT_F_TRANSLATION`.
     SmmuRecordEvent { event: String, sid: u32 },
+    /// A translation fault as QEMU logs it with `-d guest_errors` (not a
+    /// trace event, but written to the same file): the only record of the
+    /// faulting IOVA. QEMU does not print the sid with it; it is taken from
+    /// the `smmuv3_record_event` that follows on the same thread (the
+    /// harness always enables that event with an SMMU).
+    SmmuFault { mr: String, iova: u64, event: String, sid: Option<u32> },
     /// `smmuv3_cmdq_cfgi_ste`: the driver invalidated one STE (attach/detach).
     SmmuCfgiSte { sid: u32 },
     /// `smmuv3_cmdq_cfgi_cd`: the driver invalidated a context descriptor.
@@ -77,6 +83,7 @@ impl TraceEvent {
             TraceKind::SmmuTranslateBypass { .. } => "smmuv3_translate_bypass",
             TraceKind::SmmuTranslateDisable { .. } => "smmuv3_translate_disable",
             TraceKind::SmmuRecordEvent { .. } => "smmuv3_record_event",
+            TraceKind::SmmuFault { .. } => "smmuv3 translation failed",
             TraceKind::SmmuCfgiSte { .. } => "smmuv3_cmdq_cfgi_ste",
             TraceKind::SmmuCfgiCd { .. } => "smmuv3_cmdq_cfgi_cd",
             TraceKind::ItsTranslationWrite { .. } => "gicv3_its_translation_write",
@@ -96,6 +103,7 @@ impl TraceEvent {
             | TraceKind::SmmuRecordEvent { sid, .. }
             | TraceKind::SmmuCfgiSte { sid }
             | TraceKind::SmmuCfgiCd { sid } => Some(*sid),
+            TraceKind::SmmuFault { sid, .. } => *sid,
             TraceKind::ItsTranslationWrite { requester_id, .. } => Some(*requester_id),
             TraceKind::ItsCommand { device_id, .. } => Some(*device_id),
             TraceKind::Other { .. } => None,
@@ -108,6 +116,9 @@ impl TraceEvent {
 pub fn parse_line(line: &str) -> Option<TraceEvent> {
     let line = line.trim_end_matches(['\n', '\r']);
     let (tid, wall, rest) = split_prefix(line);
+    if let Some(kind) = parse_fault(rest) {
+        return Some(TraceEvent { tid, wall, kind });
+    }
     let (name, args) = match rest.split_once(' ') {
         Some((n, a)) => (n, a),
         None => (rest, ""),
@@ -122,9 +133,34 @@ pub fn parse_line(line: &str) -> Option<TraceEvent> {
     Some(TraceEvent { tid, wall, kind })
 }
 
-/// Parses every complete line of `text`.
+/// Parses every complete line of `text`, giving faults the sid of the
+/// `smmuv3_record_event` that follows them.
 pub fn parse_all(text: &str) -> Vec<TraceEvent> {
-    text.lines().filter_map(parse_line).collect()
+    let mut events: Vec<TraceEvent> = text.lines().filter_map(parse_line).collect();
+    for i in 0..events.len().saturating_sub(1) {
+        let (head, tail) = events.split_at_mut(i + 1);
+        if let TraceKind::SmmuFault { event, sid: sid @ None, .. } = &mut head[i].kind {
+            let next = tail.iter().find(|e| matches!(e.kind, TraceKind::SmmuRecordEvent { .. }));
+            if let Some(TraceKind::SmmuRecordEvent { event: ev, sid: s }) = next.map(|e| &e.kind) {
+                if ev == event {
+                    *sid = Some(*s);
+                }
+            }
+        }
+    }
+    events
+}
+
+/// `<mr> translation failed for iova=0x... (<EVENT>)`.
+fn parse_fault(rest: &str) -> Option<TraceKind> {
+    let (mr, tail) = rest.split_once(" translation failed for iova=")?;
+    if mr.contains(' ') {
+        return None;
+    }
+    let (iova, event) = tail.split_once(' ')?;
+    let iova = u64::from_str_radix(iova.strip_prefix("0x")?, 16).ok()?;
+    let event = event.trim().strip_prefix('(')?.strip_suffix(')')?;
+    Some(TraceKind::SmmuFault { mr: mr.to_string(), iova, event: event.to_string(), sid: None })
 }
 
 /// Reads the complete lines written since `cursor` and advances it past
