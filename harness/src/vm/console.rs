@@ -110,39 +110,41 @@ impl Console {
         let state = Arc::new(Mutex::new(ConsoleState::default()));
         let (tx, rx) = watch::channel(0u64);
         let st = Arc::clone(&state);
-        std::thread::Builder::new().name("qemu-console".into()).spawn(move || {
-            let mut buf = vec![0u8; 16 * 1024];
-            let mut partial: Vec<u8> = Vec::new();
-            let mut generation = 0u64;
-            loop {
-                let n = match input.read(&mut buf) {
-                    Ok(0) => 0,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => 0,
-                };
-                let t = started.elapsed();
-                if n == 0 {
-                    if !partial.is_empty() {
-                        let line = std::mem::take(&mut partial);
-                        push_line(&st, &mut log, t, &line);
+        std::thread::Builder::new()
+            .name("qemu-console".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut partial: Vec<u8> = Vec::new();
+                let mut generation = 0u64;
+                loop {
+                    let n = match input.read(&mut buf) {
+                        Ok(0) => 0,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(_) => 0,
+                    };
+                    let t = started.elapsed();
+                    if n == 0 {
+                        if !partial.is_empty() {
+                            let line = std::mem::take(&mut partial);
+                            push_line(&st, &mut log, t, &line);
+                        }
+                        let _ = log.flush();
+                        st.lock().unwrap_or_else(|p| p.into_inner()).eof = true;
+                        let _ = tx.send(generation + 1);
+                        return;
                     }
+                    partial.extend_from_slice(&buf[..n]);
+                    while let Some(i) = partial.iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = partial.drain(..=i).collect();
+                        push_line(&st, &mut log, t, &line[..line.len() - 1]);
+                    }
+                    // Flush per read so the file is current when a run fails.
                     let _ = log.flush();
-                    st.lock().unwrap_or_else(|p| p.into_inner()).eof = true;
-                    let _ = tx.send(generation + 1);
-                    return;
+                    generation += 1;
+                    let _ = tx.send(generation);
                 }
-                partial.extend_from_slice(&buf[..n]);
-                while let Some(i) = partial.iter().position(|&b| b == b'\n') {
-                    let line: Vec<u8> = partial.drain(..=i).collect();
-                    push_line(&st, &mut log, t, &line[..line.len() - 1]);
-                }
-                // Flush per read so the file is current when a run fails.
-                let _ = log.flush();
-                generation += 1;
-                let _ = tx.send(generation);
-            }
-        })?;
+            })?;
         Ok(Console { state, changed: rx })
     }
 
@@ -164,14 +166,23 @@ impl Console {
 
     /// Kernel reports on lines at or after `cursor` (not advancing it).
     pub fn reports_since(&self, cursor: ConsoleCursor) -> Vec<KernelReport> {
-        self.lock().reports.iter().filter(|r| r.line >= cursor.0).cloned().collect()
+        self.lock()
+            .reports
+            .iter()
+            .filter(|r| r.line >= cursor.0)
+            .cloned()
+            .collect()
     }
 
     /// The last `n` lines, joined.
     pub fn tail(&self, n: usize) -> String {
         let st = self.lock();
         let from = st.lines.len().saturating_sub(n);
-        st.lines[from..].iter().map(|l| l.text.as_str()).collect::<Vec<_>>().join("\n")
+        st.lines[from..]
+            .iter()
+            .map(|l| l.text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The text of a panic: from the report that led to it (oops, sysrq,
@@ -188,17 +199,28 @@ impl Console {
 fn excerpt(lines: &[ConsoleLine], reports: &[KernelReport], at: usize) -> String {
     let floor = at.saturating_sub(60);
     let mut start = at;
-    for r in reports.iter().rev().filter(|r| r.line < at && r.line >= floor) {
+    for r in reports
+        .iter()
+        .rev()
+        .filter(|r| r.line < at && r.line >= floor)
+    {
         start = start.min(r.line);
     }
-    if let Some(i) = (floor..at).rev().find(|&i| lines[i].text.contains("sysrq: Trigger a crash")) {
+    if let Some(i) = (floor..at)
+        .rev()
+        .find(|&i| lines[i].text.contains("sysrq: Trigger a crash"))
+    {
         start = start.min(i);
     }
     let end = (at..lines.len())
         .find(|&i| lines[i].text.contains("---[ end Kernel panic"))
         .map_or(lines.len(), |i| i + 1)
         .min(at + 80);
-    lines[start..end].iter().map(|l| l.text.as_str()).collect::<Vec<_>>().join("\n")
+    lines[start..end]
+        .iter()
+        .map(|l| l.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn push_line(st: &Mutex<ConsoleState>, log: &mut impl Write, t: Duration, raw: &[u8]) {
@@ -218,7 +240,12 @@ fn push_line(st: &Mutex<ConsoleState>, log: &mut impl Write, t: Duration, raw: &
         if kind == ReportKind::Panic && st.panic_line.is_none() {
             st.panic_line = Some(idx);
         }
-        st.reports.push(KernelReport { kind, line: idx, t, text: text.clone() });
+        st.reports.push(KernelReport {
+            kind,
+            line: idx,
+            t,
+            text: text.clone(),
+        });
     }
     if st.panic_line.is_some() && text.contains("---[ end Kernel panic") {
         st.panic_complete = true;
@@ -237,32 +264,38 @@ pub(crate) struct Stderr {
 const STDERR_KEEP: usize = 64 * 1024;
 
 impl Stderr {
-    pub fn spawn(mut input: impl Read + Send + 'static, log_path: &Path) -> std::io::Result<Stderr> {
+    pub fn spawn(
+        mut input: impl Read + Send + 'static,
+        log_path: &Path,
+    ) -> std::io::Result<Stderr> {
         let mut log = File::create(log_path)?;
         let text = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = watch::channel(false);
         let t2 = Arc::clone(&text);
-        std::thread::Builder::new().name("qemu-stderr".into()).spawn(move || {
-            let mut buf = vec![0u8; 8192];
-            loop {
-                match input.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        let _ = log.write_all(&buf[..n]);
-                        let mut t = t2.lock().unwrap_or_else(|p| p.into_inner());
-                        t.push_str(&String::from_utf8_lossy(&buf[..n]));
-                        if t.len() > STDERR_KEEP {
-                            let cut = t.len() - STDERR_KEEP;
-                            let cut = (cut..t.len()).find(|&i| t.is_char_boundary(i)).unwrap_or(0);
-                            t.drain(..cut);
+        std::thread::Builder::new()
+            .name("qemu-stderr".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    match input.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            let _ = log.write_all(&buf[..n]);
+                            let mut t = t2.lock().unwrap_or_else(|p| p.into_inner());
+                            t.push_str(&String::from_utf8_lossy(&buf[..n]));
+                            if t.len() > STDERR_KEEP {
+                                let cut = t.len() - STDERR_KEEP;
+                                let cut =
+                                    (cut..t.len()).find(|&i| t.is_char_boundary(i)).unwrap_or(0);
+                                t.drain(..cut);
+                            }
                         }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(_) => break,
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => break,
                 }
-            }
-            let _ = tx.send(true);
-        })?;
+                let _ = tx.send(true);
+            })?;
         Ok(Stderr { text, done: rx })
     }
 
@@ -309,7 +342,10 @@ mod tests {
         let log = dir.path().join("console.log");
         let c = Console::spawn(&input[..], &log, Instant::now()).unwrap();
         let mut rx = c.watch();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             tokio::time::timeout(Duration::from_secs(5), async {
                 while !c.lock().eof {
@@ -331,7 +367,13 @@ mod tests {
         assert_eq!(c.since(&mut cur).len(), 2);
         assert_eq!(cur, ConsoleCursor(5));
         let text = std::fs::read_to_string(&log).unwrap();
-        assert!(text.lines().nth(2).unwrap().ends_with("] MSI-HARNESS-READY"), "{text}");
+        assert!(
+            text.lines()
+                .nth(2)
+                .unwrap()
+                .ends_with("] MSI-HARNESS-READY"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -344,8 +386,13 @@ mod tests {
             "[ 2.0] ---[ end Kernel panic - not syncing: sysrq triggered crash ]---",
             "after",
         ];
-        let lines: Vec<ConsoleLine> =
-            texts.iter().map(|t| ConsoleLine { t: Duration::ZERO, text: t.to_string() }).collect();
+        let lines: Vec<ConsoleLine> = texts
+            .iter()
+            .map(|t| ConsoleLine {
+                t: Duration::ZERO,
+                text: t.to_string(),
+            })
+            .collect();
         let ex = excerpt(&lines, &[], 2);
         assert!(ex.starts_with("[ 2.0] sysrq: Trigger a crash"));
         assert!(ex.ends_with("crash ]---"));

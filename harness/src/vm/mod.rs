@@ -33,6 +33,63 @@ pub mod trace;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_their_exit_code_and_type_through_context() {
+        let failure = VmFailure::QemuExited {
+            status: "exit status: 1".into(),
+            after: Duration::from_millis(40),
+            stderr: "qemu-system-aarch64: -netdev user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:36039-:22: Could not set up host forwarding rule 'tcp:127.0.0.1:36039-:22'".into(),
+            console_tail: String::new(),
+        };
+        let err = wrap(failure, "during boot".into()).context("scenario x");
+        assert_eq!(
+            crate::error::exit_code_of(&err),
+            crate::ExitCode::Infrastructure
+        );
+        assert!(is_port_clash(&err));
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with("scenario x: qemu exited (exit status: 1)"),
+            "{text}"
+        );
+
+        let panic = VmFailure::GuestPanic {
+            after: Duration::from_secs(1),
+            excerpt: "Kernel panic".into(),
+        };
+        let err = wrap_kind(panic, crate::ExitCode::Finding, "during x".into()).context("step 3");
+        assert_eq!(crate::error::exit_code_of(&err), crate::ExitCode::Finding);
+        assert!(matches!(
+            err.downcast_ref::<VmFailure>(),
+            Some(VmFailure::GuestPanic { .. })
+        ));
+
+        let ssh = SshError::Io {
+            step: "read output",
+            source: std::io::Error::other("transport read"),
+        };
+        let err = wrap(ssh, "guest command `true` over ssh".into());
+        assert_eq!(
+            format!("{err:#}"),
+            "ssh i/o failed during read output: guest command `true` over ssh: transport read"
+        );
+
+        let skip = wrap(
+            BootError::Unsupported(Unsupported {
+                reason: "no edu".into(),
+            }),
+            "x".into(),
+        )
+        .context("y");
+        assert_eq!(skip_reason(&skip).as_deref(), Some("no edu"));
+        assert_eq!(skip_reason(&anyhow::anyhow!("other")), None);
+    }
+}
+
 use std::fmt;
 use std::fs;
 use std::io::Write;
@@ -81,14 +138,28 @@ impl BootTimings {
 
 impl fmt::Display for BootTimings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.3} s", d.as_secs_f64()));
-        writeln!(f, "qemu start → kernel first line  {}", s(self.kernel_first_line))?;
-        writeln!(f, "qemu start → /init              {}", s(self.init_started))?;
+        let s = |d: Option<Duration>| {
+            d.map_or("-".to_string(), |d| format!("{:.3} s", d.as_secs_f64()))
+        };
+        writeln!(
+            f,
+            "qemu start → kernel first line  {}",
+            s(self.kernel_first_line)
+        )?;
+        writeln!(
+            f,
+            "qemu start → /init              {}",
+            s(self.init_started)
+        )?;
         writeln!(f, "qemu start → {READY_MARKER}  {}", s(Some(self.ready)))?;
         if self.ssh_ready.is_some() {
             writeln!(f, "qemu start → ssh login          {}", s(self.ssh_ready))?;
         }
-        write!(f, "total                           {}", s(Some(self.total())))
+        write!(
+            f,
+            "total                           {}",
+            s(Some(self.total()))
+        )
     }
 }
 
@@ -106,7 +177,10 @@ pub enum BootError {
         source: std::io::Error,
     },
     #[error("no {waiting_for} within {after:?}")]
-    Timeout { waiting_for: &'static str, after: Duration },
+    Timeout {
+        waiting_for: &'static str,
+        after: Duration,
+    },
     #[error(transparent)]
     Failed(#[from] VmFailure),
     #[error(transparent)]
@@ -119,7 +193,12 @@ pub enum BootError {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum VmFailure {
     #[error("qemu exited ({status}) {after:.2?} after start")]
-    QemuExited { status: String, after: Duration, stderr: String, console_tail: String },
+    QemuExited {
+        status: String,
+        after: Duration,
+        stderr: String,
+        console_tail: String,
+    },
     #[error("guest kernel panicked {after:.2?} after start")]
     GuestPanic { after: Duration, excerpt: String },
 }
@@ -197,8 +276,7 @@ impl Health {
             loop {
                 {
                     let st = self.console.lock();
-                    let exited = self.exit.borrow().is_some();
-                    if st.eof || (st.panic_line.is_some() && st.panic_complete) || (exited && st.eof) {
+                    if st.eof || (st.panic_line.is_some() && st.panic_complete) {
                         return;
                     }
                 }
@@ -221,7 +299,12 @@ impl Health {
             Some(i) => (i.status.to_string(), i.at.duration_since(self.started)),
             None => ("still running".into(), self.started.elapsed()),
         };
-        VmFailure::QemuExited { status, after, stderr, console_tail: self.console.tail(30) }
+        VmFailure::QemuExited {
+            status,
+            after,
+            stderr,
+            console_tail: self.console.tail(30),
+        }
     }
 
     /// `failure` as the error a user sees, for an operation `during`: a
@@ -303,7 +386,12 @@ impl Session {
 
     fn log(&mut self, dir: &str, text: &str) {
         let t = self.started.elapsed();
-        let _ = writeln!(self.transcript, "[{:>5}.{:06}] {dir} {text}", t.as_secs(), t.subsec_micros());
+        let _ = writeln!(
+            self.transcript,
+            "[{:>5}.{:06}] {dir} {text}",
+            t.as_secs(),
+            t.subsec_micros()
+        );
     }
 }
 
@@ -363,10 +451,15 @@ impl Vm {
         }
         if let Some(s) = &cfg.ssh {
             if !s.private_key.is_file() {
-                return Err(Error::infra(format!("ssh key {} does not exist", s.private_key.display())).into());
+                return Err(Error::infra(format!(
+                    "ssh key {} does not exist",
+                    s.private_key.display()
+                ))
+                .into());
             }
         }
-        fs::create_dir_all(&cfg.run_dir).with_context(|| format!("create run dir {}", cfg.run_dir.display()))?;
+        fs::create_dir_all(&cfg.run_dir)
+            .with_context(|| format!("create run dir {}", cfg.run_dir.display()))?;
         // A fresh port can be taken between our probe and QEMU's bind; QEMU
         // then fails at once and we try another.
         let mut attempt = 0;
@@ -381,7 +474,10 @@ impl Vm {
 
     async fn boot_once(cfg: &VmConfig, plan: &QemuPlan, caps: &QemuCaps) -> anyhow::Result<Vm> {
         let run_dir = cfg.run_dir.clone();
-        let sock_dir = tempfile::Builder::new().prefix("msi-harness-qmp-").tempdir().context("create qmp socket dir")?;
+        let sock_dir = tempfile::Builder::new()
+            .prefix("msi-harness-qmp-")
+            .tempdir()
+            .context("create qmp socket dir")?;
         fs::set_permissions(sock_dir.path(), fs::Permissions::from_mode(0o700))?;
         let qmp_socket = sock_dir.path().join("qmp.sock");
         let trace_file = artifact(&run_dir, "trace.log");
@@ -389,7 +485,11 @@ impl Vm {
             Some(_) => Some(free_port().context("pick a local port for ssh")?),
             None => None,
         };
-        let argv = plan.argv(&Runtime { qmp_socket: &qmp_socket, trace_file: &trace_file, ssh_port })?;
+        let argv = plan.argv(&Runtime {
+            qmp_socket: &qmp_socket,
+            trace_file: &trace_file,
+            ssh_port,
+        })?;
         let mut full = vec![caps.path.display().to_string()];
         full.extend(argv.iter().cloned());
         let command_line = qemu::shell_quote(&full);
@@ -397,17 +497,32 @@ impl Vm {
             artifact(&run_dir, "qemu-cmdline.sh"),
             format!("#!/bin/sh\n# QEMU {}; the QMP socket dir is private to the run.\nexec {command_line}\n", caps.version_line),
         )?;
-        let _ = fs::set_permissions(artifact(&run_dir, "qemu-cmdline.sh"), fs::Permissions::from_mode(0o755));
+        let _ = fs::set_permissions(
+            artifact(&run_dir, "qemu-cmdline.sh"),
+            fs::Permissions::from_mode(0o755),
+        );
 
         let sp = QemuProcess::spawn(caps.path.clone().into_os_string(), argv).map_err(|e| {
             let msg = "qemu did not start".to_string();
-            wrap(BootError::Spawn { qemu: caps.path.display().to_string(), source: e }, msg)
+            wrap(
+                BootError::Spawn {
+                    qemu: caps.path.display().to_string(),
+                    source: e,
+                },
+                msg,
+            )
         })?;
         let started = sp.started;
         let process = sp.process;
         let console = Console::spawn(sp.stdout, &artifact(&run_dir, "console.log"), started)?;
         let stderr = Stderr::spawn(sp.stderr, &artifact(&run_dir, "qemu-stderr.log"))?;
-        let health = Health { console, stderr, exit: process.exit_watch(), started, run_dir: run_dir.clone() };
+        let health = Health {
+            console,
+            stderr,
+            exit: process.exit_watch(),
+            started,
+            run_dir: run_dir.clone(),
+        };
         let deadline = started + cfg.boot_timeout;
         let boot_err = |e: BootError, waited: &str| -> anyhow::Error {
             let msg = format!(
@@ -450,7 +565,10 @@ impl Vm {
                 match tokio::time::timeout_at(deadline.into(), waiting).await {
                     Ok(r) => r,
                     Err(_) => Err(boot_err(
-                        BootError::Timeout { waiting_for: "readiness marker on the console", after: cfg.boot_timeout },
+                        BootError::Timeout {
+                            waiting_for: "readiness marker on the console",
+                            after: cfg.boot_timeout,
+                        },
                         READY_MARKER,
                     )),
                 }
@@ -469,14 +587,19 @@ impl Vm {
             let h2 = health.clone();
             let conn = health
                 .guard("ssh login", async move {
-                    tokio::task::spawn_blocking(move || ssh::connect_until(&t2, deadline, &|| h2.gone_now()))
-                        .await
-                        .context("ssh connect task")?
-                        .map_err(|e| boot_err(e.into(), "ssh login"))
+                    tokio::task::spawn_blocking(move || {
+                        ssh::connect_until(&t2, deadline, &|| h2.gone_now())
+                    })
+                    .await
+                    .context("ssh connect task")?
+                    .map_err(|e| boot_err(e.into(), "ssh login"))
                 })
                 .await?;
             ssh_ready = Some(started.elapsed());
-            ssh_state = Some(SshState { target, conn: Arc::new(Mutex::new(Some(conn))) });
+            ssh_state = Some(SshState {
+                target,
+                conn: Arc::new(Mutex::new(Some(conn))),
+            });
         }
         let (kernel_first_line, init_started) = {
             let st = health.console.lock();
@@ -489,7 +612,12 @@ impl Vm {
             ssh: ssh_state,
             plan: plan.clone(),
             trace_file,
-            timings: BootTimings { kernel_first_line, init_started, ready, ssh_ready },
+            timings: BootTimings {
+                kernel_first_line,
+                init_started,
+                ready,
+                ssh_ready,
+            },
             ssh_port,
             command_line,
             sessions: Default::default(),
@@ -500,7 +628,10 @@ impl Vm {
     /// Runs a shell command in the guest. Build `cmd` from values with
     /// [`sh_quote`].
     pub async fn exec(&self, cmd: &str, timeout: Duration) -> anyhow::Result<ExecOutput> {
-        self.with_conn(cmd, timeout, move |conn, cmd| ssh::exec(conn, &cmd, &[], timeout)).await
+        self.with_conn(cmd, timeout, move |conn, cmd| {
+            ssh::exec(conn, &cmd, &[], timeout)
+        })
+        .await
     }
 
     /// Like [`Vm::exec`], but a non-zero exit status is an error carrying
@@ -519,10 +650,19 @@ impl Vm {
     }
 
     /// Writes `data` to `guest_path` with `mode`.
-    pub async fn upload(&self, data: Vec<u8>, guest_path: &str, mode: u32, timeout: Duration) -> anyhow::Result<()> {
+    pub async fn upload(
+        &self,
+        data: Vec<u8>,
+        guest_path: &str,
+        mode: u32,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let path = guest_path.to_string();
         let what = format!("upload to {guest_path}");
-        self.with_conn(&what, timeout, move |conn, _| ssh::upload(conn, &data, &path, mode, timeout)).await
+        self.with_conn(&what, timeout, move |conn, _| {
+            ssh::upload(conn, &data, &path, mode, timeout)
+        })
+        .await
     }
 
     async fn with_conn<T: Send + 'static>(
@@ -532,7 +672,10 @@ impl Vm {
         op: impl FnOnce(&ssh::Conn, String) -> Result<T, SshError> + Send + 'static,
     ) -> anyhow::Result<T> {
         let Some(ssh) = &self.ssh else {
-            return Err(Error::infra(format!("`{what}` needs ssh, but this vm was booted without it")).into());
+            return Err(Error::infra(format!(
+                "`{what}` needs ssh, but this vm was booted without it"
+            ))
+            .into());
         };
         let conn = Arc::clone(&ssh.conn);
         let target = ssh.target.clone();
@@ -542,10 +685,16 @@ impl Vm {
             tokio::task::spawn_blocking(move || {
                 let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
                 if guard.is_none() {
-                    *guard = Some(ssh::connect_once(&target, timeout.min(Duration::from_secs(5)))?);
+                    *guard = Some(ssh::connect_once(
+                        &target,
+                        timeout.min(Duration::from_secs(5)),
+                    )?);
                 }
                 let r = op(guard.as_ref().expect("just set"), arg);
-                if matches!(r, Err(SshError::Io { .. } | SshError::Protocol { .. } | SshError::Timeout { .. })) {
+                if matches!(
+                    r,
+                    Err(SshError::Io { .. } | SshError::Protocol { .. } | SshError::Timeout { .. })
+                ) {
                     // The transport may be wedged; start afresh next time.
                     *guard = None;
                 }
@@ -565,9 +714,14 @@ impl Vm {
     /// and keeps it running for line-by-line requests.
     pub async fn open_session(&self, cmd: &str) -> anyhow::Result<Session> {
         let Some(ssh) = &self.ssh else {
-            return Err(Error::infra(format!("session `{cmd}` needs ssh, but this vm was booted without it")).into());
+            return Err(Error::infra(format!(
+                "session `{cmd}` needs ssh, but this vm was booted without it"
+            ))
+            .into());
         };
-        let n = self.sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self
+            .sessions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stderr_log = artifact(self.run_dir(), &format!("session-{n}.stderr.log"));
         let transcript = fs::File::create(artifact(self.run_dir(), &format!("session-{n}.log")))?;
         let target = ssh.target.clone();
@@ -587,7 +741,12 @@ impl Vm {
                 })
             })
             .await?;
-        Ok(Session { inner, health: self.health.clone(), transcript, started: self.health.started })
+        Ok(Session {
+            inner,
+            health: self.health.clone(),
+            transcript,
+            started: self.health.started,
+        })
     }
 
     /// The QMP connection.
@@ -625,7 +784,10 @@ impl Vm {
     pub async fn hotplug(&self, device: &Device, port: u32) -> anyhow::Result<PlacedDevice> {
         let port_id = format!("hp{port}");
         let Some(bus) = self.device(&port_id).and_then(|p| p.secondary_bus) else {
-            return Err(Error::infra(format!("no hotplug port {port_id}: boot with hotplug_ports > {port}")).into());
+            return Err(Error::infra(format!(
+                "no hotplug port {port_id}: boot with hotplug_ports > {port}"
+            ))
+            .into());
         };
         let (driver, id, extra) = match device {
             Device::Edu { id, dma_mask } => {
@@ -637,7 +799,9 @@ impl Vm {
             }
             Device::E1000e { id } => ("e1000e", id, serde_json::Map::new()),
             Device::EduPairBehindBridge { .. } | Device::EduPairMultifunction { .. } => {
-                return Err(Error::infra("edu pairs cannot be hotplugged; plug single devices").into())
+                return Err(
+                    Error::infra("edu pairs cannot be hotplugged; plug single devices").into(),
+                )
             }
         };
         self.qmp_execute(&qapi::qmp::device_add {
@@ -647,7 +811,11 @@ impl Vm {
             arguments: extra.into_iter().collect(),
         })
         .await?;
-        let bdf = Bdf { bus, dev: 0, func: 0 };
+        let bdf = Bdf {
+            bus,
+            dev: 0,
+            func: 0,
+        };
         Ok(PlacedDevice {
             id: id.clone(),
             driver: driver.into(),
@@ -662,17 +830,23 @@ impl Vm {
     /// the guest to release it).
     pub async fn unplug(&self, id: &str, timeout: Duration) -> anyhow::Result<()> {
         let mut events = self.qmp.subscribe();
-        self.qmp_execute(&qapi::qmp::device_del { id: id.to_string() }).await?;
+        self.qmp_execute(&qapi::qmp::device_del { id: id.to_string() })
+            .await?;
         let id2 = id.to_string();
         self.health
             .guard("unplug", async {
-                Qmp::wait_event(&mut events, "DEVICE_DELETED", |ev| ev["data"]["device"] == id2.as_str(), timeout)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| {
-                        let msg = format!("unplug of {id}");
-                        wrap(e, msg)
-                    })
+                Qmp::wait_event(
+                    &mut events,
+                    "DEVICE_DELETED",
+                    |ev| ev["data"]["device"] == id2.as_str(),
+                    timeout,
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    let msg = format!("unplug of {id}");
+                    wrap(e, msg)
+                })
             })
             .await
     }
@@ -698,7 +872,11 @@ impl Vm {
 
     /// Trace records written since `cursor` (advanced past them), only
     /// those naming `requester_id` when given.
-    pub fn traces_since(&self, cursor: &mut TraceCursor, requester_id: Option<u16>) -> anyhow::Result<Vec<TraceEvent>> {
+    pub fn traces_since(
+        &self,
+        cursor: &mut TraceCursor,
+        requester_id: Option<u16>,
+    ) -> anyhow::Result<Vec<TraceEvent>> {
         let mut events = trace::read_since(&self.trace_file, cursor)?;
         if let Some(rid) = requester_id {
             events.retain(|e| e.requester_id() == Some(u32::from(rid)));
@@ -781,7 +959,10 @@ impl Vm {
             .await
             .context("cleanup task")?
             .map_err(|e| {
-                let msg = format!("qemu cleanup, {:.1} s after shutdown began", started.elapsed().as_secs_f64());
+                let msg = format!(
+                    "qemu cleanup, {:.1} s after shutdown began",
+                    started.elapsed().as_secs_f64()
+                );
                 wrap(e, msg)
             })?;
         Ok(())
@@ -789,10 +970,16 @@ impl Vm {
 }
 
 fn is_port_clash(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| match c.downcast_ref::<VmFailure>() {
-        Some(VmFailure::QemuExited { stderr, .. }) => stderr.contains("host forwarding rule"),
+    match e.downcast_ref::<VmFailure>() {
+        Some(VmFailure::QemuExited { stderr, .. }) => is_port_clash_text(stderr),
         _ => false,
-    })
+    }
+}
+
+/// QEMU 10.0 says: `-netdev user,...: Could not set up host forwarding rule
+/// 'tcp:127.0.0.1:36039-:22'`.
+fn is_port_clash_text(stderr: &str) -> bool {
+    stderr.contains("Could not set up host forwarding rule")
 }
 
 /// A free TCP port on 127.0.0.1 (released before QEMU binds it).

@@ -88,69 +88,90 @@ impl QemuProcess {
     pub fn spawn(program: OsString, args: Vec<String>) -> io::Result<Spawned> {
         let (spawned_tx, spawned_rx) = std::sync::mpsc::channel();
         let (exit_tx, exit_rx) = watch::channel(None);
-        let shared = Arc::new(Shared { state: Mutex::new(State::default()), cond: Condvar::new() });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            cond: Condvar::new(),
+        });
         let shared2 = Arc::clone(&shared);
         let parent = std::process::id() as i32;
-        std::thread::Builder::new().name("qemu-waiter".into()).spawn(move || {
-            let mut cmd = Command::new(&program);
-            cmd.args(&args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .process_group(0);
-            // SAFETY: the closure only makes async-signal-safe calls.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    // The harness may have died before prctl took effect.
-                    if libc::getppid() != parent {
-                        libc::_exit(1);
-                    }
-                    Ok(())
-                });
-            }
-            let mut child = match cmd.spawn() {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = spawned_tx.send(Err(e));
-                    return;
+        std::thread::Builder::new()
+            .name("qemu-waiter".into())
+            .spawn(move || {
+                let mut cmd = Command::new(&program);
+                cmd.args(&args)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .process_group(0);
+                // SAFETY: the closure only makes async-signal-safe calls.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        // The harness may have died before prctl took effect.
+                        if libc::getppid() != parent {
+                            libc::_exit(1);
+                        }
+                        Ok(())
+                    });
                 }
-            };
-            let started = Instant::now();
-            let pid = child.id() as i32;
-            LIVE.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
-            let stdout = child.stdout.take().expect("piped");
-            let stderr = child.stderr.take().expect("piped");
-            if spawned_tx.send(Ok((pid, stdout, stderr, started))).is_err() {
-                // The caller is gone; nobody will kill it for us.
-                // SAFETY: pid is our unreaped child.
-                unsafe { libc::killpg(pid, libc::SIGKILL) };
-            }
-            wait_exited_no_reap(pid);
-            let mut st = shared2.state.lock().unwrap_or_else(|p| p.into_inner());
-            st.exited = true;
-            // Reap while holding the lock: `kill` checks `exited` under it.
-            let status = loop {
-                match child.wait() {
-                    Ok(s) => break s,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    // Cannot happen for our own child; report a kill.
-                    Err(_) => break std::os::unix::process::ExitStatusExt::from_raw(libc::SIGKILL),
+                let mut child = match cmd.spawn() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = spawned_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let started = Instant::now();
+                let pid = child.id() as i32;
+                LIVE.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+                let stdout = child.stdout.take().expect("piped");
+                let stderr = child.stderr.take().expect("piped");
+                if spawned_tx.send(Ok((pid, stdout, stderr, started))).is_err() {
+                    // The caller is gone; nobody will kill it for us.
+                    // SAFETY: pid is our unreaped child.
+                    unsafe { libc::killpg(pid, libc::SIGKILL) };
                 }
-            };
-            let info = ExitInfo { status, at: Instant::now() };
-            st.exit = Some(info);
-            drop(st);
-            shared2.cond.notify_all();
-            LIVE.lock().unwrap_or_else(|p| p.into_inner()).retain(|&p| p != pid);
-            let _ = exit_tx.send(Some(info));
-        })?;
+                wait_exited_no_reap(pid);
+                let mut st = shared2.state.lock().unwrap_or_else(|p| p.into_inner());
+                st.exited = true;
+                // Reap while holding the lock: `kill` checks `exited` under it.
+                let status = loop {
+                    match child.wait() {
+                        Ok(s) => break s,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        // Cannot happen for our own child; report a kill.
+                        Err(_) => {
+                            break std::os::unix::process::ExitStatusExt::from_raw(libc::SIGKILL)
+                        }
+                    }
+                };
+                let info = ExitInfo {
+                    status,
+                    at: Instant::now(),
+                };
+                st.exit = Some(info);
+                drop(st);
+                shared2.cond.notify_all();
+                LIVE.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|&p| p != pid);
+                let _ = exit_tx.send(Some(info));
+            })?;
         let (pid, stdout, stderr, started) = spawned_rx
             .recv()
             .map_err(|_| io::Error::other("qemu waiter thread died before spawning"))??;
-        Ok(Spawned { process: QemuProcess { pid, shared, exit_rx }, stdout, stderr, started })
+        Ok(Spawned {
+            process: QemuProcess {
+                pid,
+                shared,
+                exit_rx,
+            },
+            stdout,
+            stderr,
+            started,
+        })
     }
 
     pub fn pid(&self) -> i32 {
@@ -186,7 +207,12 @@ impl QemuProcess {
             if left.is_zero() {
                 return None;
             }
-            st = self.shared.cond.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+            st = self
+                .shared
+                .cond
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
         st.exit
     }
@@ -204,7 +230,10 @@ impl QemuProcess {
         let started = Instant::now();
         self.kill();
         let Some(info) = self.wait_blocking(timeout) else {
-            return Err(CleanupError::Lingered { pid: self.pid, after: started.elapsed() });
+            return Err(CleanupError::Lingered {
+                pid: self.pid,
+                after: started.elapsed(),
+            });
         };
         self.reap_group(started, timeout)?;
         Ok(info)
@@ -225,7 +254,10 @@ impl QemuProcess {
         unsafe { libc::killpg(self.pid, libc::SIGKILL) };
         while alive() {
             if started.elapsed() > timeout {
-                return Err(CleanupError::GroupLingered { pgid: self.pid, after: started.elapsed() });
+                return Err(CleanupError::GroupLingered {
+                    pgid: self.pid,
+                    after: started.elapsed(),
+                });
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -248,7 +280,12 @@ fn wait_exited_no_reap(pid: i32) {
         // SAFETY: siginfo_t is plain data; waitid fills it in.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         let r = unsafe {
-            libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT)
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
         };
         if r == 0 {
             return;
@@ -282,6 +319,59 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
+    /// The child side of `a_killed_harness_takes_its_qemu_along`: spawns a
+    /// stand-in for QEMU, says its pid, and waits to be killed.
+    #[test]
+    fn pdeathsig_helper() {
+        if std::env::var_os("MSI_HARNESS_PDEATHSIG_HELPER").is_none() {
+            return;
+        }
+        let sp = QemuProcess::spawn("sleep".into(), vec!["60".into()]).unwrap();
+        println!("CHILD-PID {}", sp.process.pid());
+        std::thread::sleep(Duration::from_secs(60));
+    }
+
+    /// SIGKILL leaves no chance to run destructors: the kernel's parent-death
+    /// signal must take the child along.
+    #[test]
+    fn a_killed_harness_takes_its_qemu_along() {
+        use std::io::BufRead;
+        let mut helper = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "vm::process::tests::pdeathsig_helper",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env("MSI_HARNESS_PDEATHSIG_HELPER", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = helper.stdout.take().unwrap();
+        let pid: i32 = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.split_once("CHILD-PID ")
+                    .and_then(|(_, p)| p.trim().parse().ok())
+            })
+            .expect("helper printed its child's pid");
+        assert!(group_alive(pid));
+        helper.kill().unwrap();
+        helper.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // The orphan is reaped by init (or a subreaper) once it dies.
+        while group_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !group_alive(pid),
+            "child {pid} outlived its SIGKILLed parent"
+        );
+    }
+
     #[test]
     fn exit_is_observed_with_status() {
         let sp = QemuProcess::spawn("sh".into(), vec!["-c".into(), "exit 3".into()]).unwrap();
@@ -293,7 +383,9 @@ mod tests {
 
     #[test]
     fn a_missing_program_is_a_spawn_error() {
-        let err = QemuProcess::spawn("/nonexistent/qemu".into(), vec![]).err().unwrap();
+        let err = QemuProcess::spawn("/nonexistent/qemu".into(), vec![])
+            .err()
+            .unwrap();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 }

@@ -47,7 +47,11 @@ pub enum QmpError {
     #[error("qmp command `{command}` got no reply within {after:?}")]
     Timeout { command: String, after: Duration },
     #[error("qmp command `{command}` failed: {class}: {desc}")]
-    Command { command: String, class: String, desc: String },
+    Command {
+        command: String,
+        class: String,
+        desc: String,
+    },
     #[error("cannot decode the reply to `{command}` (reply: {reply})")]
     Decode {
         command: String,
@@ -87,13 +91,22 @@ pub(crate) struct Transcript {
 
 impl Transcript {
     pub fn create(path: &Path, started: Instant) -> std::io::Result<Transcript> {
-        Ok(Transcript { file: Mutex::new(File::create(path)?), started })
+        Ok(Transcript {
+            file: Mutex::new(File::create(path)?),
+            started,
+        })
     }
 
     fn log(&self, dir: &str, text: &str) {
         let t = self.started.elapsed();
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(f, "[{:>5}.{:06}] {dir} {}", t.as_secs(), t.subsec_micros(), text.trim_end());
+        let _ = writeln!(
+            f,
+            "[{:>5}.{:06}] {dir} {}",
+            t.as_secs(),
+            t.subsec_micros(),
+            text.trim_end()
+        );
     }
 }
 
@@ -125,19 +138,27 @@ impl Qmp {
         let (read, write) = stream.into_split();
         let mut lines = BufReader::new(read).lines();
         let transcript = Arc::new(transcript);
-        let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
+        let left = timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(1));
         let greeting = match tokio::time::timeout(left, lines.next_line()).await {
             Ok(Ok(Some(l))) => {
                 transcript.log("<-", &l);
                 serde_json::from_str::<Value>(&l)
                     .map_err(|e| QmpError::Handshake(format!("bad greeting {l:?}: {e}")))?
             }
-            Ok(Ok(None)) => return Err(QmpError::Handshake("socket closed before the greeting".into())),
+            Ok(Ok(None)) => {
+                return Err(QmpError::Handshake(
+                    "socket closed before the greeting".into(),
+                ))
+            }
             Ok(Err(e)) => return Err(QmpError::Handshake(format!("reading the greeting: {e}"))),
             Err(_) => return Err(QmpError::Handshake(format!("no greeting within {left:?}"))),
         };
         if greeting.get("QMP").is_none() {
-            return Err(QmpError::Handshake(format!("unexpected greeting {greeting}")));
+            return Err(QmpError::Handshake(format!(
+                "unexpected greeting {greeting}"
+            )));
         }
         let pending: Pending = Arc::default();
         let (events, _) = broadcast::channel(1024);
@@ -158,7 +179,8 @@ impl Qmp {
             closed,
             greeting,
         };
-        qmp.execute(&qapi::qmp::qmp_capabilities { enable: None }).await?;
+        qmp.execute(&qapi::qmp::qmp_capabilities { enable: None })
+            .await?;
         Ok(qmp)
     }
 
@@ -204,10 +226,15 @@ impl Qmp {
             msg["arguments"] = args;
         }
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
         if self.closed.load(Ordering::SeqCst) {
             self.forget(id);
-            return Err(QmpError::Disconnected { command: name.into() });
+            return Err(QmpError::Disconnected {
+                command: name.into(),
+            });
         }
         let line = format!("{msg}\n");
         self.transcript.log("->", &line);
@@ -216,23 +243,39 @@ impl Qmp {
             if let Err(e) = w.write_all(line.as_bytes()).await {
                 self.forget(id);
                 return Err(if is_disconnect(&e) {
-                    QmpError::Disconnected { command: name.into() }
+                    QmpError::Disconnected {
+                        command: name.into(),
+                    }
                 } else {
-                    QmpError::Io { command: name.into(), source: e }
+                    QmpError::Io {
+                        command: name.into(),
+                        source: e,
+                    }
                 });
             }
         }
         let reply = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(v)) => v,
-            Ok(Err(_)) => return Err(QmpError::Disconnected { command: name.into() }),
+            Ok(Err(_)) => {
+                return Err(QmpError::Disconnected {
+                    command: name.into(),
+                })
+            }
             Err(_) => {
                 self.forget(id);
-                return Err(QmpError::Timeout { command: name.into(), after: timeout });
+                return Err(QmpError::Timeout {
+                    command: name.into(),
+                    after: timeout,
+                });
             }
         };
         if let Some(err) = reply.get("error") {
             let s = |k: &str| err.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-            return Err(QmpError::Command { command: name.into(), class: s("class"), desc: s("desc") });
+            return Err(QmpError::Command {
+                command: name.into(),
+                class: s("class"),
+                desc: s("desc"),
+            });
         }
         Ok(reply.get("return").cloned().unwrap_or(Value::Null))
     }
@@ -253,19 +296,28 @@ impl Qmp {
         let fut = async {
             loop {
                 match rx.recv().await {
-                    Ok(ev) if ev.get("event").and_then(Value::as_str) == Some(name) && pred(&ev) => {
+                    Ok(ev)
+                        if ev.get("event").and_then(Value::as_str) == Some(name) && pred(&ev) =>
+                    {
                         return Ok(ev)
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => {
-                        return Err(QmpError::Disconnected { command: format!("event {name}") })
+                        return Err(QmpError::Disconnected {
+                            command: format!("event {name}"),
+                        })
                     }
                 }
             }
         };
         tokio::time::timeout(timeout, fut)
             .await
-            .unwrap_or_else(|_| Err(QmpError::EventTimeout { event: name.into(), after: timeout }))
+            .unwrap_or_else(|_| {
+                Err(QmpError::EventTimeout {
+                    event: name.into(),
+                    after: timeout,
+                })
+            })
     }
 
     /// Asks QEMU to exit. A reset connection is the normal outcome.
@@ -282,13 +334,19 @@ impl Qmp {
     }
 
     fn forget(&self, id: u64) {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 }
 
 fn is_disconnect(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
-    matches!(e.kind(), ConnectionReset | BrokenPipe | UnexpectedEof | NotConnected)
+    matches!(
+        e.kind(),
+        ConnectionReset | BrokenPipe | UnexpectedEof | NotConnected
+    )
 }
 
 async fn read_loop(
@@ -327,7 +385,10 @@ async fn read_loop(
             transcript.log("--", "skipped a message without id");
             continue;
         };
-        let waiter = pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        let waiter = pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
         if let Some(tx) = waiter {
             let _ = tx.send(msg);
         }
@@ -354,15 +415,21 @@ mod tests {
             let (s, _) = listener.accept().await.unwrap();
             let (r, mut w) = s.into_split();
             let mut r = BufReader::new(r).lines();
-            w.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n").await.unwrap();
-            let caps: Value = serde_json::from_str(&r.next_line().await.unwrap().unwrap()).unwrap();
-            assert_eq!(caps["execute"], "qmp_capabilities");
-            w.write_all(format!("{{\"return\": {{}}, \"id\": {}}}\n", caps["id"]).as_bytes()).await.unwrap();
-            let a: Value = serde_json::from_str(&r.next_line().await.unwrap().unwrap()).unwrap();
-            let b: Value = serde_json::from_str(&r.next_line().await.unwrap().unwrap()).unwrap();
-            w.write_all(b"{\"event\": \"NETDEV_VHOST_USER_CONNECTED\", \"data\": {\"x\": 1}}\nnot json\n")
+            w.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
                 .await
                 .unwrap();
+            let caps: Value = serde_json::from_str(&r.next_line().await.unwrap().unwrap()).unwrap();
+            assert_eq!(caps["execute"], "qmp_capabilities");
+            w.write_all(format!("{{\"return\": {{}}, \"id\": {}}}\n", caps["id"]).as_bytes())
+                .await
+                .unwrap();
+            let a: Value = serde_json::from_str(&r.next_line().await.unwrap().unwrap()).unwrap();
+            let b: Value = serde_json::from_str(&r.next_line().await.unwrap().unwrap()).unwrap();
+            w.write_all(
+                b"{\"event\": \"NETDEV_VHOST_USER_CONNECTED\", \"data\": {\"x\": 1}}\nnot json\n",
+            )
+            .await
+            .unwrap();
             // Replies in reverse order of arrival.
             for cmd in [b, a] {
                 let reply = if cmd["execute"] == "query-status" {
@@ -383,7 +450,9 @@ mod tests {
             let _ = r.get_mut().read_to_end(&mut rest).await;
         });
         let transcript = Transcript::create(&dir.path().join("qmp.log"), Instant::now()).unwrap();
-        let qmp = Qmp::connect(&sock, Duration::from_secs(5), transcript, || true).await.unwrap();
+        let qmp = Qmp::connect(&sock, Duration::from_secs(5), transcript, || true)
+            .await
+            .unwrap();
         let mut events = qmp.subscribe();
         let (status, bad) = tokio::join!(
             qmp.execute(&qapi::qmp::query_status {}),
@@ -391,9 +460,14 @@ mod tests {
         );
         assert!(status.unwrap().running);
         assert!(matches!(bad, Err(QmpError::Command { ref desc, .. }) if desc == "nope"));
-        let ev = Qmp::wait_event(&mut events, "NETDEV_VHOST_USER_CONNECTED", |_| true, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let ev = Qmp::wait_event(
+            &mut events,
+            "NETDEV_VHOST_USER_CONNECTED",
+            |_| true,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         assert_eq!(ev["data"]["x"], 1);
         server.abort();
         let log = std::fs::read_to_string(dir.path().join("qmp.log")).unwrap();

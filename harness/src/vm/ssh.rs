@@ -58,9 +58,18 @@ pub enum SshError {
         source: std::io::Error,
     },
     #[error("`{command}` did not finish within {after:?}; stdout so far: {stdout:?}; stderr so far: {stderr:?}")]
-    Timeout { command: String, after: Duration, stdout: String, stderr: String },
+    Timeout {
+        command: String,
+        after: Duration,
+        stdout: String,
+        stderr: String,
+    },
     #[error("`{command}` exited (status {status:?}) before answering; its stderr: {stderr}")]
-    SessionEnded { command: String, status: Option<i32>, stderr: String },
+    SessionEnded {
+        command: String,
+        status: Option<i32>,
+        stderr: String,
+    },
     #[error("session `{command}` is unusable after an earlier failure: {reason}")]
     SessionBroken { command: String, reason: String },
 }
@@ -101,7 +110,8 @@ const EAGAIN: ssh2::ErrorCode = ssh2::ErrorCode::Session(-37);
 /// through this.
 pub fn sh_quote(s: &str) -> String {
     let safe = !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@+%".contains(&b));
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@+%".contains(&b));
     if safe {
         s.to_string()
     } else {
@@ -114,14 +124,24 @@ pub fn connect_once(t: &SshTarget, timeout: Duration) -> Result<Conn, SshError> 
     let tcp = TcpStream::connect_timeout(&t.addr, timeout).map_err(SshError::Tcp)?;
     let _ = tcp.set_nodelay(true);
     let fd = tcp.as_raw_fd();
-    let mut sess = ssh2::Session::new().map_err(|e| SshError::Protocol { step: "init", source: e })?;
+    let mut sess = ssh2::Session::new().map_err(|e| SshError::Protocol {
+        step: "init",
+        source: e,
+    })?;
     sess.set_tcp_stream(tcp);
     sess.set_timeout(timeout.as_millis().clamp(1, u128::from(u32::MAX)) as u32);
-    sess.handshake().map_err(|e| SshError::Protocol { step: "handshake", source: e })?;
+    sess.handshake().map_err(|e| SshError::Protocol {
+        step: "handshake",
+        source: e,
+    })?;
     sess.userauth_pubkey_file(&t.user, None, &t.key, None)
-        .map_err(|_| SshError::Auth { key: t.key.display().to_string() })?;
+        .map_err(|_| SshError::Auth {
+            key: t.key.display().to_string(),
+        })?;
     if !sess.authenticated() {
-        return Err(SshError::Auth { key: t.key.display().to_string() });
+        return Err(SshError::Auth {
+            key: t.key.display().to_string(),
+        });
     }
     sess.set_timeout(0);
     Ok(Conn { sess, fd })
@@ -141,7 +161,9 @@ pub fn connect_until(
         let left = deadline.saturating_duration_since(Instant::now());
         // Short attempts: a connection the guest never answers stalls in the
         // handshake until this runs out.
-        let attempt = left.min(Duration::from_millis(700)).max(Duration::from_millis(50));
+        let attempt = left
+            .min(Duration::from_millis(700))
+            .max(Duration::from_millis(50));
         let err = match connect_once(t, attempt) {
             Ok(c) => return Ok(c),
             // Wrong key: retrying cannot help.
@@ -169,16 +191,26 @@ impl Conn {
     fn wait_io(&self, max: Duration) {
         let dirs = self.sess.block_directions();
         let mut events = 0;
-        if matches!(dirs, ssh2::BlockDirections::Inbound | ssh2::BlockDirections::Both) {
+        if matches!(
+            dirs,
+            ssh2::BlockDirections::Inbound | ssh2::BlockDirections::Both
+        ) {
             events |= libc::POLLIN;
         }
-        if matches!(dirs, ssh2::BlockDirections::Outbound | ssh2::BlockDirections::Both) {
+        if matches!(
+            dirs,
+            ssh2::BlockDirections::Outbound | ssh2::BlockDirections::Both
+        ) {
             events |= libc::POLLOUT;
         }
         if events == 0 {
             events = libc::POLLIN;
         }
-        let mut pfd = libc::pollfd { fd: self.fd, events, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.fd,
+            events,
+            revents: 0,
+        };
         let ms = max.as_millis().clamp(1, 100) as libc::c_int;
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -187,12 +219,19 @@ impl Conn {
     /// Opens a channel and starts `command` (blocking mode, bounded).
     fn start(&self, command: &str, timeout: Duration) -> Result<ssh2::Channel, SshError> {
         self.sess.set_blocking(true);
-        self.sess.set_timeout(timeout.as_millis().clamp(1, u128::from(u32::MAX)) as u32);
+        self.sess
+            .set_timeout(timeout.as_millis().clamp(1, u128::from(u32::MAX)) as u32);
         let mut ch = self
             .sess
             .channel_session()
-            .map_err(|e| SshError::Protocol { step: "open channel", source: e })?;
-        ch.exec(command).map_err(|e| SshError::Protocol { step: "exec", source: e })?;
+            .map_err(|e| SshError::Protocol {
+                step: "open channel",
+                source: e,
+            })?;
+        ch.exec(command).map_err(|e| SshError::Protocol {
+            step: "exec",
+            source: e,
+        })?;
         self.sess.set_timeout(0);
         self.sess.set_blocking(false);
         Ok(ch)
@@ -229,14 +268,24 @@ pub fn exec(
                     progress |= n > 0;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(SshError::Io { step: "write stdin", source: e }),
+                Err(e) => {
+                    return Err(SshError::Io {
+                        step: "write stdin",
+                        source: e,
+                    })
+                }
             }
         }
         if written == stdin.len() && !eof_sent {
             match ch.send_eof() {
                 Ok(()) => eof_sent = true,
                 Err(e) if e.code() == EAGAIN => {}
-                Err(e) => return Err(SshError::Protocol { step: "send eof", source: e }),
+                Err(e) => {
+                    return Err(SshError::Protocol {
+                        step: "send eof",
+                        source: e,
+                    })
+                }
             }
         }
         let (n_out, open_out) = drain(&mut ch.stream(0), &mut buf, &mut out)?;
@@ -262,12 +311,28 @@ pub fn exec(
                 }
                 conn.wait_io(deadline.saturating_duration_since(Instant::now()));
             }
-            Err(e) => return Err(SshError::Protocol { step: "close", source: e }),
+            Err(e) => {
+                return Err(SshError::Protocol {
+                    step: "close",
+                    source: e,
+                })
+            }
         }
     }
-    let status = ch.exit_status().map_err(|e| SshError::Protocol { step: "exit status", source: e })?;
-    let status = if ch.exit_signal().ok().and_then(|s| s.exit_signal).is_some() { -1 } else { status };
-    Ok(ExecOutput { stdout: out, stderr: err, status })
+    let status = ch.exit_status().map_err(|e| SshError::Protocol {
+        step: "exit status",
+        source: e,
+    })?;
+    let status = if ch.exit_signal().ok().and_then(|s| s.exit_signal).is_some() {
+        -1
+    } else {
+        status
+    };
+    Ok(ExecOutput {
+        stdout: out,
+        stderr: err,
+        status,
+    })
 }
 
 /// Reads what is available; returns (bytes read, stream still open).
@@ -281,7 +346,12 @@ fn drain(r: &mut impl Read, buf: &mut [u8], into: &mut Vec<u8>) -> Result<(usize
                 total += n;
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok((total, true)),
-            Err(e) => return Err(SshError::Io { step: "read output", source: e }),
+            Err(e) => {
+                return Err(SshError::Io {
+                    step: "read output",
+                    source: e,
+                })
+            }
         }
     }
 }
@@ -293,19 +363,33 @@ fn tail_str(b: &[u8]) -> String {
 
 /// Writes `data` to `path` in the guest (mode `mode`), through `cat`:
 /// dropbear has no SFTP or SCP server of its own.
-pub fn upload(conn: &Conn, data: &[u8], path: &str, mode: u32, timeout: Duration) -> Result<(), SshError> {
+pub fn upload(
+    conn: &Conn,
+    data: &[u8],
+    path: &str,
+    mode: u32,
+    timeout: Duration,
+) -> Result<(), SshError> {
     let q = sh_quote(path);
     let cmd = format!("cat > {q} && chmod {mode:o} {q}");
     let out = exec(conn, &cmd, data, timeout)?;
     if out.success() {
         Ok(())
     } else {
-        Err(SshError::SessionEnded { command: cmd, status: Some(out.status), stderr: out.stderr_str() })
+        Err(SshError::SessionEnded {
+            command: cmd,
+            status: Some(out.status),
+            stderr: out.stderr_str(),
+        })
     }
 }
 
 enum Request {
-    Line { line: String, timeout: Duration, reply: oneshot::Sender<Result<String, SshError>> },
+    Line {
+        line: String,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<String, SshError>>,
+    },
 }
 
 /// A long-lived command in the guest (the agent), spoken to in lines: one
@@ -320,25 +404,52 @@ pub struct AgentSession {
 
 impl AgentSession {
     /// Starts `command` on `conn` (which the session then owns).
-    pub fn start(conn: Conn, command: &str, stderr_log: &Path, timeout: Duration) -> Result<AgentSession, SshError> {
+    pub fn start(
+        conn: Conn,
+        command: &str,
+        stderr_log: &Path,
+        timeout: Duration,
+    ) -> Result<AgentSession, SshError> {
         let ch = conn.start(command, timeout)?;
-        let log = std::fs::File::create(stderr_log).map_err(|e| SshError::Io { step: "create session log", source: e })?;
+        let log = std::fs::File::create(stderr_log).map_err(|e| SshError::Io {
+            step: "create session log",
+            source: e,
+        })?;
         let (tx, rx) = mpsc::channel();
         let cmd = command.to_string();
         let thread = std::thread::Builder::new()
             .name("ssh-session".into())
             .spawn(move || session_thread(conn, ch, cmd, rx, log))
-            .map_err(|e| SshError::Io { step: "spawn session thread", source: e })?;
-        Ok(AgentSession { command: command.to_string(), tx: Some(tx), thread: Some(thread) })
+            .map_err(|e| SshError::Io {
+                step: "spawn session thread",
+                source: e,
+            })?;
+        Ok(AgentSession {
+            command: command.to_string(),
+            tx: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     /// Sends `line` (a newline is added) and waits for one line back
     /// (returned without its newline).
-    pub async fn request_line(&mut self, line: &str, timeout: Duration) -> Result<String, SshError> {
+    pub async fn request_line(
+        &mut self,
+        line: &str,
+        timeout: Duration,
+    ) -> Result<String, SshError> {
         let (reply, rx) = oneshot::channel();
-        let gone = || SshError::SessionBroken { command: self.command.clone(), reason: "session thread ended".into() };
+        let gone = || SshError::SessionBroken {
+            command: self.command.clone(),
+            reason: "session thread ended".into(),
+        };
         let tx = self.tx.as_ref().ok_or_else(gone)?;
-        tx.send(Request::Line { line: line.to_string(), timeout, reply }).map_err(|_| gone())?;
+        tx.send(Request::Line {
+            line: line.to_string(),
+            timeout,
+            reply,
+        })
+        .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
 
@@ -357,26 +468,33 @@ impl Drop for AgentSession {
     }
 }
 
-fn session_thread(conn: Conn, mut ch: ssh2::Channel, command: String, rx: mpsc::Receiver<Request>, mut log: std::fs::File) {
+fn session_thread(
+    conn: Conn,
+    mut ch: ssh2::Channel,
+    command: String,
+    rx: mpsc::Receiver<Request>,
+    mut log: std::fs::File,
+) {
     let mut out: Vec<u8> = Vec::new();
     let mut err: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut broken: Option<String> = None;
     // Drain both streams; stderr goes to the log. Returns false at EOF.
-    let mut pump = |ch: &mut ssh2::Channel, out: &mut Vec<u8>, err: &mut Vec<u8>| -> Result<bool, SshError> {
-        let (_, open_out) = drain(&mut ch.stream(0), &mut buf, out)?;
-        let before = err.len();
-        let (_, open_err) = drain(&mut ch.stderr(), &mut buf, err)?;
-        if err.len() > before {
-            let _ = log.write_all(&err[before..]);
-            // Keep only a tail for messages.
-            if err.len() > 16 * 1024 {
-                let cut = err.len() - 16 * 1024;
-                err.drain(..cut);
+    let mut pump =
+        |ch: &mut ssh2::Channel, out: &mut Vec<u8>, err: &mut Vec<u8>| -> Result<bool, SshError> {
+            let (_, open_out) = drain(&mut ch.stream(0), &mut buf, out)?;
+            let before = err.len();
+            let (_, open_err) = drain(&mut ch.stderr(), &mut buf, err)?;
+            if err.len() > before {
+                let _ = log.write_all(&err[before..]);
+                // Keep only a tail for messages.
+                if err.len() > 16 * 1024 {
+                    let cut = err.len() - 16 * 1024;
+                    err.drain(..cut);
+                }
             }
-        }
-        Ok(!(ch.eof() && !open_out && !open_err))
-    };
+            Ok(!(ch.eof() && !open_out && !open_err))
+        };
     loop {
         let req = match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(r) => r,
@@ -393,7 +511,11 @@ fn session_thread(conn: Conn, mut ch: ssh2::Channel, command: String, rx: mpsc::
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        let Request::Line { line, timeout, reply } = req;
+        let Request::Line {
+            line,
+            timeout,
+            reply,
+        } = req;
         if let Some(reason) = &broken {
             let _ = reply.send(Err(ended_or_broken(&ch, &command, reason, &err)));
             continue;
@@ -408,7 +530,12 @@ fn session_thread(conn: Conn, mut ch: ssh2::Channel, command: String, rx: mpsc::
                 match ch.write(&data[written..]) {
                     Ok(n) => written += n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => break Err(SshError::Io { step: "write request", source: e }),
+                    Err(e) => {
+                        break Err(SshError::Io {
+                            step: "write request",
+                            source: e,
+                        })
+                    }
                 }
             }
             let open = match pump(&mut ch, &mut out, &mut err) {
@@ -417,7 +544,9 @@ fn session_thread(conn: Conn, mut ch: ssh2::Channel, command: String, rx: mpsc::
             };
             if let Some(i) = out.iter().position(|&b| b == b'\n') {
                 let resp: Vec<u8> = out.drain(..=i).collect();
-                let resp = String::from_utf8_lossy(&resp[..resp.len() - 1]).trim_end_matches('\r').to_string();
+                let resp = String::from_utf8_lossy(&resp[..resp.len() - 1])
+                    .trim_end_matches('\r')
+                    .to_string();
                 break Ok(resp);
             }
             if !open {
@@ -463,7 +592,10 @@ fn ended_or_broken(ch: &ssh2::Channel, command: &str, reason: &str, err: &[u8]) 
             stderr: tail_str(err),
         }
     } else {
-        SshError::SessionBroken { command: command.to_string(), reason: reason.to_string() }
+        SshError::SessionBroken {
+            command: command.to_string(),
+            reason: reason.to_string(),
+        }
     }
 }
 

@@ -26,7 +26,10 @@ fn inputs(test: &str) -> Option<Inputs> {
         return None;
     }
     let var = |k: &str| {
-        PathBuf::from(std::env::var_os(k).unwrap_or_else(|| panic!("MSI_HARNESS_VM_TESTS=1 but {k} is not set")))
+        PathBuf::from(
+            std::env::var_os(k)
+                .unwrap_or_else(|| panic!("MSI_HARNESS_VM_TESTS=1 but {k} is not set")),
+        )
     };
     Some(Inputs {
         kernel: var("MSI_HARNESS_VM_KERNEL"),
@@ -36,8 +39,15 @@ fn inputs(test: &str) -> Option<Inputs> {
 }
 
 fn config(inp: &Inputs, label: &str) -> VmConfig {
-    let mut cfg = VmConfig::new(inp.kernel.clone(), inp.initrd.clone(), crate::cache::new_run_dir(label).unwrap());
-    cfg.ssh = Some(SshConfig { private_key: inp.key.clone(), user: "root".into() });
+    let mut cfg = VmConfig::new(
+        inp.kernel.clone(),
+        inp.initrd.clone(),
+        crate::cache::new_run_dir(label).unwrap(),
+    );
+    cfg.ssh = Some(SshConfig {
+        private_key: inp.key.clone(),
+        user: "root".into(),
+    });
     cfg.boot_timeout = Duration::from_secs(30);
     cfg
 }
@@ -46,7 +56,11 @@ fn config(inp: &Inputs, label: &str) -> VmConfig {
 fn vm_test<F: std::future::Future<Output = ()>>(name: &str, f: impl FnOnce(Inputs) -> F) {
     let Some(inp) = inputs(name) else { return };
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(f(inp));
 }
 
@@ -60,14 +74,20 @@ fn boots_to_ssh_and_everything_works() {
     vm_test("boots_to_ssh_and_everything_works", |inp| async move {
         let mut cfg = config(&inp, "vm-everything");
         cfg.devices = vec![
-            Device::Edu { id: "edu0".into(), dma_mask: Some(u64::MAX) },
+            Device::Edu {
+                id: "edu0".into(),
+                dma_mask: Some(u64::MAX),
+            },
             Device::EduPairBehindBridge {
                 bridge_id: "br0".into(),
                 ids: ["edua".into(), "edub".into()],
                 dma_mask: None,
             },
             Device::E1000e { id: "nic1".into() },
-            Device::EduPairMultifunction { ids: ["eduf0".into(), "eduf1".into()], dma_mask: None },
+            Device::EduPairMultifunction {
+                ids: ["eduf0".into(), "eduf1".into()],
+                dma_mask: None,
+            },
         ];
         cfg.hotplug_ports = 1;
         cfg.trace_events = vec![
@@ -84,16 +104,30 @@ fn boots_to_ssh_and_everything_works() {
         // Layout: every placed device is where the plan said.
         for d in vm.devices() {
             let out = vm
-                .exec_ok(&format!("cat /sys/bus/pci/devices/{}/vendor", sh_quote(&d.bdf.to_string())), Duration::from_secs(10))
+                .exec_ok(
+                    &format!(
+                        "cat /sys/bus/pci/devices/{}/vendor",
+                        sh_quote(&d.bdf.to_string())
+                    ),
+                    Duration::from_secs(10),
+                )
                 .await
                 .unwrap_or_else(|e| panic!("{} at {}: {e:#}", d.id, d.bdf));
             assert!(out.stdout_str().starts_with("0x"), "{}", d.id);
             if let Some(bus) = d.secondary_bus {
                 let sec = vm
-                    .exec_ok(&format!("cat /sys/bus/pci/devices/{}/secondary_bus_number", d.bdf), Duration::from_secs(10))
+                    .exec_ok(
+                        &format!("cat /sys/bus/pci/devices/{}/secondary_bus_number", d.bdf),
+                        Duration::from_secs(10),
+                    )
                     .await
                     .unwrap();
-                assert_eq!(sec.stdout_str().trim(), bus.to_string(), "bus behind {}", d.id);
+                assert_eq!(
+                    sec.stdout_str().trim(),
+                    bus.to_string(),
+                    "bus behind {}",
+                    d.id
+                );
             }
         }
         // The multifunction pair shares an iommu group, edu0 does not; behind
@@ -104,7 +138,11 @@ fn boots_to_ssh_and_everything_works() {
         };
         let mut groups = std::collections::HashMap::new();
         for id in ["edu0", "eduf0", "eduf1", "edua", "edub"] {
-            let out = vm.exec_ok(&group(id), Duration::from_secs(5)).await.unwrap().stdout_str();
+            let out = vm
+                .exec_ok(&group(id), Duration::from_secs(5))
+                .await
+                .unwrap()
+                .stdout_str();
             groups.insert(id, out.trim().rsplit('/').next().unwrap().to_string());
         }
         eprintln!("iommu groups: {groups:?}");
@@ -114,42 +152,87 @@ fn boots_to_ssh_and_everything_works() {
         assert_eq!(groups["edub"], "none");
 
         // stdout, stderr and status, and 2 MB of output without deadlock.
-        let out = vm.exec("echo out; echo err >&2; exit 7", Duration::from_secs(5)).await.unwrap();
-        assert_eq!((out.stdout_str().as_str(), out.stderr_str().as_str(), out.status), ("out\n", "err\n", 7));
+        let out = vm
+            .exec("echo out; echo err >&2; exit 7", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                out.stdout_str().as_str(),
+                out.stderr_str().as_str(),
+                out.status
+            ),
+            ("out\n", "err\n", 7)
+        );
         let t = Instant::now();
         let big = vm
-            .exec("head -c 2097152 /dev/zero | tr '\\0' x; head -c 1048576 /dev/zero >&2", Duration::from_secs(30))
+            .exec(
+                "head -c 2097152 /dev/zero | tr '\\0' x; head -c 1048576 /dev/zero >&2",
+                Duration::from_secs(30),
+            )
             .await
             .unwrap();
         assert_eq!((big.stdout.len(), big.stderr.len()), (2 << 20, 1 << 20));
         eprintln!("3 MB of output in {:.2} s", t.elapsed().as_secs_f64());
         let t = Instant::now();
         vm.exec_ok("true", Duration::from_secs(5)).await.unwrap();
-        eprintln!("one command on the open connection: {:.3} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "one command on the open connection: {:.3} s",
+            t.elapsed().as_secs_f64()
+        );
 
         // Upload.
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        vm.upload(data.clone(), "/tmp/it's here", 0o755, Duration::from_secs(20)).await.unwrap();
-        let sum = vm.exec_ok("md5sum < \"/tmp/it's here\"; stat -c %a \"/tmp/it's here\"", Duration::from_secs(5)).await.unwrap();
+        vm.upload(
+            data.clone(),
+            "/tmp/it's here",
+            0o755,
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+        let sum = vm
+            .exec_ok(
+                "md5sum < \"/tmp/it's here\"; stat -c %a \"/tmp/it's here\"",
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
         assert!(sum.stdout_str().ends_with("755\n"), "{}", sum.stdout_str());
 
         // A long-lived line session (a shell loop stands in for the agent).
-        let mut s = vm.open_session("while read -r l; do echo \"echo:$l\"; done").await.unwrap();
+        let mut s = vm
+            .open_session("while read -r l; do echo \"echo:$l\"; done")
+            .await
+            .unwrap();
         let t = Instant::now();
         for i in 0..20 {
-            let r = s.request_line(&format!("{{\"n\":{i}}}"), Duration::from_secs(5)).await.unwrap();
+            let r = s
+                .request_line(&format!("{{\"n\":{i}}}"), Duration::from_secs(5))
+                .await
+                .unwrap();
             assert_eq!(r, format!("echo:{{\"n\":{i}}}"));
         }
         eprintln!("20 session round trips: {:.3} s", t.elapsed().as_secs_f64());
         drop(s);
-        let mut s = vm.open_session("read x; echo bye >&2; exit 3").await.unwrap();
-        let e = s.request_line("hi", Duration::from_secs(5)).await.unwrap_err();
+        let mut s = vm
+            .open_session("read x; echo bye >&2; exit 3")
+            .await
+            .unwrap();
+        let e = s
+            .request_line("hi", Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert!(format!("{e:#}").contains("exited"), "{e:#}");
 
         // QMP.
         let status = vm.qmp_execute(&qapi::qmp::query_status {}).await.unwrap();
         assert!(status.running);
-        let pci = vm.qmp().execute_raw("query-pci", serde_json::Value::Null).await.unwrap();
+        let pci = vm
+            .qmp()
+            .execute_raw("query-pci", serde_json::Value::Null)
+            .await
+            .unwrap();
         let ids: Vec<String> = pci[0]["devices"]
             .as_array()
             .unwrap()
@@ -163,7 +246,11 @@ fn boots_to_ssh_and_everything_works() {
         let mut cur = vm.trace_cursor();
         vm.exec_ok("true", Duration::from_secs(5)).await.unwrap();
         let evs = vm.traces_since(&mut cur, Some(nic)).unwrap();
-        assert!(evs.iter().any(|e| matches!(e.kind, TraceKind::ItsTranslationWrite { .. })), "{evs:?}");
+        assert!(
+            evs.iter()
+                .any(|e| matches!(e.kind, TraceKind::ItsTranslationWrite { .. })),
+            "{evs:?}"
+        );
         assert!(evs.iter().all(|e| e.requester_id() == Some(u32::from(nic))));
 
         // An edu MSI aimed at the doorbell's physical address, which its DMA
@@ -171,32 +258,66 @@ fn boots_to_ssh_and_everything_works() {
         match build_mmio_tool() {
             None => eprintln!("edu MSI check skipped: aarch64-linux-gnu-gcc is not on PATH"),
             Some(tool) => {
-                vm.upload(tool, "/tmp/mmio-write", 0o755, Duration::from_secs(10)).await.unwrap();
+                vm.upload(tool, "/tmp/mmio-write", 0o755, Duration::from_secs(10))
+                    .await
+                    .unwrap();
                 let edu0 = vm.device("edu0").unwrap().clone();
                 let mut cur = vm.trace_cursor();
-                let out = vm.exec(&edu_msi_script(&edu0.bdf.to_string()), Duration::from_secs(10)).await.unwrap();
+                let out = vm
+                    .exec(
+                        &edu_msi_script(&edu0.bdf.to_string()),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .unwrap();
                 assert!(out.success(), "{}{}", out.stdout_str(), out.stderr_str());
                 let evs = vm.traces_since(&mut cur, Some(edu0.requester_id)).unwrap();
                 eprintln!("edu0 events: {evs:#?}");
                 assert!(
-                    evs.iter().any(|e| matches!(e.kind, TraceKind::SmmuFault { iova: 0x8090040, .. })),
+                    evs.iter().any(|e| matches!(
+                        e.kind,
+                        TraceKind::SmmuFault {
+                            iova: 0x8090040,
+                            ..
+                        }
+                    )),
                     "{evs:?}"
                 );
-                assert!(evs.iter().any(|e| matches!(e.kind, TraceKind::SmmuRecordEvent { .. })), "{evs:?}");
+                assert!(
+                    evs.iter()
+                        .any(|e| matches!(e.kind, TraceKind::SmmuRecordEvent { .. })),
+                    "{evs:?}"
+                );
             }
         }
 
         // Hotplug into the spare root port (the guest has no pciehp: rescan).
-        let placed = vm.hotplug(&Device::Edu { id: "hot0".into(), dma_mask: None }, 0).await.unwrap();
+        let placed = vm
+            .hotplug(
+                &Device::Edu {
+                    id: "hot0".into(),
+                    dma_mask: None,
+                },
+                0,
+            )
+            .await
+            .unwrap();
         // QEMU keeps an empty slot powered off and shows a plugged device
         // only once the OS powers the slot on: this guest has no pciehp, so
         // clear Power Controller Control (SLTCTL bit 10) by hand.
         let port = vm.device("hp0").unwrap().bdf.to_string();
-        vm.exec_ok(&slot_power_on_script(&port), Duration::from_secs(10)).await.unwrap();
-        vm.exec_ok("echo 1 > /sys/bus/pci/rescan", Duration::from_secs(10)).await.unwrap();
-        vm.exec_ok(&format!("test -e /sys/bus/pci/devices/{}", placed.bdf), Duration::from_secs(5))
+        vm.exec_ok(&slot_power_on_script(&port), Duration::from_secs(10))
             .await
             .unwrap();
+        vm.exec_ok("echo 1 > /sys/bus/pci/rescan", Duration::from_secs(10))
+            .await
+            .unwrap();
+        vm.exec_ok(
+            &format!("test -e /sys/bus/pci/devices/{}", placed.bdf),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
 
         vm.shutdown().await.unwrap();
         assert!(gone(pid), "qemu {pid} outlived shutdown");
@@ -271,91 +392,140 @@ fn build_mmio_tool() -> Option<Vec<u8>> {
     std::fs::write(&src, MMIO_WRITE_C).ok()?;
     let out = dir.path().join("mmio-write");
     let st = std::process::Command::new("aarch64-linux-gnu-gcc")
-        .args(["-static", "-nostdlib", "-ffreestanding", "-fno-stack-protector", "-O2", "-o"])
+        .args([
+            "-static",
+            "-nostdlib",
+            "-ffreestanding",
+            "-fno-stack-protector",
+            "-O2",
+            "-o",
+        ])
         .arg(&out)
         .arg(&src)
         .status()
         .ok()?;
-    assert!(st.success(), "aarch64-linux-gnu-gcc failed on the mmio tool");
+    assert!(
+        st.success(),
+        "aarch64-linux-gnu-gcc failed on the mmio tool"
+    );
     std::fs::read(out).ok()
 }
 
 #[test]
 fn a_dropped_vm_leaves_no_qemu_even_when_the_test_panics() {
-    vm_test("a_dropped_vm_leaves_no_qemu_even_when_the_test_panics", |inp| async move {
-        let vm = Vm::boot(config(&inp, "vm-drop")).await.expect("boot");
-        let pid = vm.pid();
-        assert!(!gone(pid));
-        drop(vm);
-        assert!(gone(pid), "qemu {pid} outlived its handle");
+    vm_test(
+        "a_dropped_vm_leaves_no_qemu_even_when_the_test_panics",
+        |inp| async move {
+            let vm = Vm::boot(config(&inp, "vm-drop")).await.expect("boot");
+            let pid = vm.pid();
+            assert!(!gone(pid));
+            drop(vm);
+            assert!(gone(pid), "qemu {pid} outlived its handle");
 
-        // A panicking task that owns a VM: unwinding drops the handle.
-        let cfg = config(&inp, "vm-panic");
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let vm = Vm::boot(cfg).await.expect("boot");
-            tx.send(vm.pid()).unwrap();
-            panic!("a failing test holding a vm");
-        });
-        let pid = rx.await.unwrap();
-        assert!(task.await.unwrap_err().is_panic());
-        assert!(gone(pid), "qemu {pid} outlived a panicking test");
-    });
+            // A panicking task that owns a VM: unwinding drops the handle.
+            let cfg = config(&inp, "vm-panic");
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(async move {
+                let vm = Vm::boot(cfg).await.expect("boot");
+                tx.send(vm.pid()).unwrap();
+                panic!("a failing test holding a vm");
+            });
+            let pid = rx.await.unwrap();
+            assert!(task.await.unwrap_err().is_panic());
+            assert!(gone(pid), "qemu {pid} outlived a panicking test");
+        },
+    );
 }
 
 #[test]
 fn killing_qemu_mid_command_is_an_infrastructure_error_within_5s() {
-    vm_test("killing_qemu_mid_command_is_an_infrastructure_error_within_5s", |inp| async move {
-        let vm = Vm::boot(config(&inp, "vm-kill")).await.expect("boot");
-        let pid = vm.pid();
-        let mut session = vm.open_session("cat").await.unwrap();
-        let killer = async {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            Instant::now()
-        };
-        let (exec, killed_at) = tokio::join!(vm.exec("sleep 60", Duration::from_secs(60)), killer);
-        let err = exec.unwrap_err();
-        let waited = killed_at.elapsed();
-        eprintln!("reported {:.2} s after the kill: {err:#}", waited.as_secs_f64());
-        assert!(waited < Duration::from_secs(5));
-        assert_eq!(crate::error::exit_code_of(&err), crate::ExitCode::Infrastructure);
-        assert!(format!("{err:#}").contains("qemu exited"), "{err:#}");
-        // Later operations fail at once too.
-        let t = Instant::now();
-        assert!(session.request_line("x", Duration::from_secs(30)).await.is_err());
-        assert!(vm.exec("true", Duration::from_secs(30)).await.is_err());
-        assert!(t.elapsed() < Duration::from_secs(2));
-    });
+    vm_test(
+        "killing_qemu_mid_command_is_an_infrastructure_error_within_5s",
+        |inp| async move {
+            let vm = Vm::boot(config(&inp, "vm-kill")).await.expect("boot");
+            let pid = vm.pid();
+            let mut session = vm.open_session("cat").await.unwrap();
+            let killer = async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                Instant::now()
+            };
+            let (exec, killed_at) =
+                tokio::join!(vm.exec("sleep 60", Duration::from_secs(60)), killer);
+            let err = exec.unwrap_err();
+            let waited = killed_at.elapsed();
+            eprintln!(
+                "reported {:.2} s after the kill: {err:#}",
+                waited.as_secs_f64()
+            );
+            assert!(waited < Duration::from_secs(5));
+            assert_eq!(
+                crate::error::exit_code_of(&err),
+                crate::ExitCode::Infrastructure
+            );
+            assert!(format!("{err:#}").contains("qemu exited"), "{err:#}");
+            // Later operations fail at once too.
+            let t = Instant::now();
+            assert!(session
+                .request_line("x", Duration::from_secs(30))
+                .await
+                .is_err());
+            assert!(vm.exec("true", Duration::from_secs(30)).await.is_err());
+            assert!(t.elapsed() < Duration::from_secs(2));
+        },
+    );
 }
 
 #[test]
 fn a_guest_panic_is_a_finding_with_the_panic_text() {
-    vm_test("a_guest_panic_is_a_finding_with_the_panic_text", |inp| async move {
-        let vm = Vm::boot(config(&inp, "vm-panic")).await.expect("boot");
-        let t = Instant::now();
-        let err = vm.exec("echo c > /proc/sysrq-trigger; sleep 30", Duration::from_secs(60)).await.unwrap_err();
-        eprintln!("reported after {:.2} s: {err:#}", t.elapsed().as_secs_f64());
-        assert!(t.elapsed() < Duration::from_secs(5));
-        assert_eq!(crate::error::exit_code_of(&err), crate::ExitCode::Finding);
-        let text = format!("{err:#}");
-        assert!(text.contains("sysrq triggered crash"), "{text}");
-        assert!(text.contains("Call trace"), "{text}");
-    });
+    vm_test(
+        "a_guest_panic_is_a_finding_with_the_panic_text",
+        |inp| async move {
+            let vm = Vm::boot(config(&inp, "vm-panic")).await.expect("boot");
+            let t = Instant::now();
+            let err = vm
+                .exec(
+                    "echo c > /proc/sysrq-trigger; sleep 30",
+                    Duration::from_secs(60),
+                )
+                .await
+                .unwrap_err();
+            eprintln!("reported after {:.2} s: {err:#}", t.elapsed().as_secs_f64());
+            assert!(t.elapsed() < Duration::from_secs(5));
+            assert_eq!(crate::error::exit_code_of(&err), crate::ExitCode::Finding);
+            let text = format!("{err:#}");
+            assert!(text.contains("sysrq triggered crash"), "{text}");
+            assert!(text.contains("Call trace"), "{text}");
+        },
+    );
 }
 
 #[test]
 fn qemu_failing_at_startup_is_reported_at_once_with_its_stderr() {
-    vm_test("qemu_failing_at_startup_is_reported_at_once_with_its_stderr", |inp| async move {
-        let mut cfg = config(&inp, "vm-early-exit");
-        // More RAM than TCG's 32-bit-safe virt can hold without highmem: QEMU refuses at once.
-        cfg.memory_mb = 16 * 1024 * 1024;
-        cfg.boot_timeout = Duration::from_secs(60);
-        let t = Instant::now();
-        let err = Vm::boot(cfg).await.err().expect("boot must fail");
-        eprintln!("reported after {:.2} s: {err:#}", t.elapsed().as_secs_f64());
-        assert!(t.elapsed() < Duration::from_secs(5));
-        let text = format!("{err:#}");
-        assert!(text.contains("qemu exited") && text.contains("--- qemu stderr ---"), "{text}");
-    });
+    vm_test(
+        "qemu_failing_at_startup_is_reported_at_once_with_its_stderr",
+        |inp| async move {
+            let mut cfg = config(&inp, "vm-early-exit");
+            // More RAM than TCG's 32-bit-safe virt can hold without highmem: QEMU refuses at once.
+            cfg.memory_mb = 16 * 1024 * 1024;
+            cfg.boot_timeout = Duration::from_secs(60);
+            let t = Instant::now();
+            let err = Vm::boot(cfg).await.err().expect("boot must fail");
+            eprintln!("reported after {:.2} s: {err:#}", t.elapsed().as_secs_f64());
+            assert!(t.elapsed() < Duration::from_secs(5));
+            let text = format!("{err:#}");
+            assert!(
+                text.contains("qemu exited") && text.contains("--- qemu stderr ---"),
+                "{text}"
+            );
+        },
+    );
+}
+
+#[test]
+fn handles_can_cross_tasks() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Vm>();
+    send::<Session>();
 }

@@ -45,13 +45,35 @@ pub struct TraceEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TraceKind {
     /// `smmuv3_translate_success`: a DMA (or MSI write) was translated.
-    SmmuTranslateSuccess { mr: String, sid: u32, iova: u64, translated: u64, perm: u32, stage: u32 },
+    SmmuTranslateSuccess {
+        mr: String,
+        sid: u32,
+        iova: u64,
+        translated: u64,
+        perm: u32,
+        stage: u32,
+    },
     /// `smmuv3_translate_abort`: a translation faulted.
-    SmmuTranslateAbort { mr: String, sid: u32, iova: u64, is_write: bool },
+    SmmuTranslateAbort {
+        mr: String,
+        sid: u32,
+        iova: u64,
+        is_write: bool,
+    },
     /// `smmuv3_translate_bypass`: the STE says bypass.
-    SmmuTranslateBypass { mr: String, sid: u32, iova: u64, is_write: bool },
+    SmmuTranslateBypass {
+        mr: String,
+        sid: u32,
+        iova: u64,
+        is_write: bool,
+    },
     /// `smmuv3_translate_disable`: the SMMU is disabled, everything bypasses.
-    SmmuTranslateDisable { mr: String, sid: u32, iova: u64, is_write: bool },
+    SmmuTranslateDisable {
+        mr: String,
+        sid: u32,
+        iova: u64,
+        is_write: bool,
+    },
     /// `smmuv3_record_event`: an event (fault) was queued for the driver;
     /// `event` is QEMU's name for it, e.g. `SMMU_EVT_F_TRANSLATION`.
     SmmuRecordEvent { event: String, sid: u32 },
@@ -60,16 +82,30 @@ pub enum TraceKind {
     /// faulting IOVA. QEMU does not print the sid with it; it is taken from
     /// the `smmuv3_record_event` that follows on the same thread (the
     /// harness always enables that event with an SMMU).
-    SmmuFault { mr: String, iova: u64, event: String, sid: Option<u32> },
+    SmmuFault {
+        mr: String,
+        iova: u64,
+        event: String,
+        sid: Option<u32>,
+    },
     /// `smmuv3_cmdq_cfgi_ste`: the driver invalidated one STE (attach/detach).
     SmmuCfgiSte { sid: u32 },
     /// `smmuv3_cmdq_cfgi_cd`: the driver invalidated a context descriptor.
     SmmuCfgiCd { sid: u32 },
     /// `gicv3_its_translation_write`: a write reached GITS_TRANSLATER, i.e.
     /// an MSI was delivered; `data` is the event id.
-    ItsTranslationWrite { offset: u64, data: u64, size: u32, requester_id: u32 },
+    ItsTranslationWrite {
+        offset: u64,
+        data: u64,
+        size: u32,
+        requester_id: u32,
+    },
     /// `gicv3_its_cmd_*` naming a DeviceID (MAPD, MAPTI, INT, DISCARD...).
-    ItsCommand { command: String, device_id: u32, event_id: Option<u32> },
+    ItsCommand {
+        command: String,
+        device_id: u32,
+        event_id: Option<u32>,
+    },
     /// Anything else, verbatim.
     Other { name: String, args: String },
 }
@@ -139,8 +175,15 @@ pub fn parse_all(text: &str) -> Vec<TraceEvent> {
     let mut events: Vec<TraceEvent> = text.lines().filter_map(parse_line).collect();
     for i in 0..events.len().saturating_sub(1) {
         let (head, tail) = events.split_at_mut(i + 1);
-        if let TraceKind::SmmuFault { event, sid: sid @ None, .. } = &mut head[i].kind {
-            let next = tail.iter().find(|e| matches!(e.kind, TraceKind::SmmuRecordEvent { .. }));
+        if let TraceKind::SmmuFault {
+            event,
+            sid: sid @ None,
+            ..
+        } = &mut head[i].kind
+        {
+            let next = tail
+                .iter()
+                .find(|e| matches!(e.kind, TraceKind::SmmuRecordEvent { .. }));
             if let Some(TraceKind::SmmuRecordEvent { event: ev, sid: s }) = next.map(|e| &e.kind) {
                 if ev == event {
                     *sid = Some(*s);
@@ -160,7 +203,12 @@ fn parse_fault(rest: &str) -> Option<TraceKind> {
     let (iova, event) = tail.split_once(' ')?;
     let iova = u64::from_str_radix(iova.strip_prefix("0x")?, 16).ok()?;
     let event = event.trim().strip_prefix('(')?.strip_suffix(')')?;
-    Some(TraceKind::SmmuFault { mr: mr.to_string(), iova, event: event.to_string(), sid: None })
+    Some(TraceKind::SmmuFault {
+        mr: mr.to_string(),
+        iova,
+        event: event.to_string(),
+        sid: None,
+    })
 }
 
 /// Reads the complete lines written since `cursor` and advances it past
@@ -231,16 +279,36 @@ fn parse_kind(name: &str, args: &str) -> Option<TraceKind> {
             let iova = hex(args, "iova:")?;
             let is_write = dec(args, "is_write=")? != 0;
             match name {
-                "smmuv3_translate_abort" => TraceKind::SmmuTranslateAbort { mr, sid, iova, is_write },
-                "smmuv3_translate_bypass" => TraceKind::SmmuTranslateBypass { mr, sid, iova, is_write },
-                _ => TraceKind::SmmuTranslateDisable { mr, sid, iova, is_write },
+                "smmuv3_translate_abort" => TraceKind::SmmuTranslateAbort {
+                    mr,
+                    sid,
+                    iova,
+                    is_write,
+                },
+                "smmuv3_translate_bypass" => TraceKind::SmmuTranslateBypass {
+                    mr,
+                    sid,
+                    iova,
+                    is_write,
+                },
+                _ => TraceKind::SmmuTranslateDisable {
+                    mr,
+                    sid,
+                    iova,
+                    is_write,
+                },
             }
         }
-        "smmuv3_record_event" => {
-            TraceKind::SmmuRecordEvent { event: first_word()?, sid: hex(args, "sid=")? as u32 }
-        }
-        "smmuv3_cmdq_cfgi_ste" => TraceKind::SmmuCfgiSte { sid: hex(args, "streamid=")? as u32 },
-        "smmuv3_cmdq_cfgi_cd" => TraceKind::SmmuCfgiCd { sid: hex(args, "sid=")? as u32 },
+        "smmuv3_record_event" => TraceKind::SmmuRecordEvent {
+            event: first_word()?,
+            sid: hex(args, "sid=")? as u32,
+        },
+        "smmuv3_cmdq_cfgi_ste" => TraceKind::SmmuCfgiSte {
+            sid: hex(args, "streamid=")? as u32,
+        },
+        "smmuv3_cmdq_cfgi_cd" => TraceKind::SmmuCfgiCd {
+            sid: hex(args, "sid=")? as u32,
+        },
         "gicv3_its_translation_write" => TraceKind::ItsTranslationWrite {
             offset: hex(args, "offset ")?,
             data: hex(args, "data ")?,
@@ -260,7 +328,9 @@ fn parse_kind(name: &str, args: &str) -> Option<TraceKind> {
 fn value_after<'a>(args: &'a str, key: &str) -> Option<&'a str> {
     let start = find_key(args, key)? + key.len();
     let rest = args[start..].trim_start();
-    let end = rest.find(|c: char| c.is_whitespace() || c == ',' || c == ')').unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == ',' || c == ')')
+        .unwrap_or(rest.len());
     Some(&rest[..end])
 }
 
@@ -283,7 +353,10 @@ fn find_key(args: &str, key: &str) -> Option<usize> {
 
 fn hex(args: &str, key: &str) -> Option<u64> {
     let v = value_after(args, key)?;
-    let digits = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")).unwrap_or(v);
+    let digits = v
+        .strip_prefix("0x")
+        .or_else(|| v.strip_prefix("0X"))
+        .unwrap_or(v);
     u64::from_str_radix(digits, 16).ok()
 }
 
@@ -294,6 +367,82 @@ fn dec(args: &str, key: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lines captured from QEMU 10.0.2 (virtio-net MSI-X through the SMMU,
+    /// an edu MSI to an unmapped IOVA, boot-time ITS commands, noise).
+    #[test]
+    fn real_qemu_10_lines_parse() {
+        let evs = parse_all(include_str!("testdata/trace-qemu-10.0.2.log"));
+        let kinds: Vec<&TraceKind> = evs.iter().map(|e| &e.kind).collect();
+        let mr = |s: &str| s.to_string();
+        assert_eq!(
+            kinds,
+            [
+                &TraceKind::Other {
+                    name: "smmuv3_cmdq_cfgi_ste_range".into(),
+                    args: "start=0x0 - end=0xffffffff".into()
+                },
+                &TraceKind::SmmuCfgiSte { sid: 0x10 },
+                &TraceKind::ItsCommand {
+                    command: "gicv3_its_cmd_mapd".into(),
+                    device_id: 8,
+                    event_id: None
+                },
+                &TraceKind::ItsCommand {
+                    command: "gicv3_its_cmd_mapti".into(),
+                    device_id: 8,
+                    event_id: Some(0)
+                },
+                &TraceKind::Other {
+                    name: "gicv3_its_cmd_sync".into(),
+                    args: "GICv3 ITS: command SYNC".into()
+                },
+                &TraceKind::SmmuTranslateSuccess {
+                    mr: mr("smmuv3-iommu-memory-region-8-1"),
+                    sid: 8,
+                    iova: 0xfffff040,
+                    translated: 0x8090040,
+                    perm: 3,
+                    stage: 1
+                },
+                &TraceKind::ItsTranslationWrite {
+                    offset: 0x40,
+                    data: 2,
+                    size: 4,
+                    requester_id: 8
+                },
+                &TraceKind::SmmuFault {
+                    mr: mr("smmuv3-iommu-memory-region-16-2"),
+                    iova: 0x8090040,
+                    event: "SMMU_EVT_F_TRANSLATION".into(),
+                    sid: Some(0x10)
+                },
+                &TraceKind::SmmuRecordEvent {
+                    event: "SMMU_EVT_F_TRANSLATION".into(),
+                    sid: 0x10
+                },
+                &TraceKind::Other {
+                    name: "smmuv3_config_cache_hit".into(),
+                    args: "Config cache HIT for sid=0x8 (hits=1, misses=1, hit rate=50)".into()
+                },
+            ]
+        );
+        assert_eq!(evs[0].tid, Some(4607));
+        assert_eq!(evs[0].wall, Some(Duration::new(1795481228, 531_980_000)));
+        let for_edu: Vec<&str> = evs
+            .iter()
+            .filter(|e| e.requester_id() == Some(0x10))
+            .map(|e| e.name())
+            .collect();
+        assert_eq!(
+            for_edu,
+            [
+                "smmuv3_cmdq_cfgi_ste",
+                "smmuv3 translation failed",
+                "smmuv3_record_event"
+            ]
+        );
+    }
 
     #[test]
     fn untimestamped_lines_parse_too() {
@@ -308,11 +457,17 @@ mod tests {
         let e = parse_line("123@1700000000.000001:smmuv3_cmdq_tlbi_nh_asid asid=3").unwrap();
         assert_eq!(
             e.kind,
-            TraceKind::Other { name: "smmuv3_cmdq_tlbi_nh_asid".into(), args: "asid=3".into() }
+            TraceKind::Other {
+                name: "smmuv3_cmdq_tlbi_nh_asid".into(),
+                args: "asid=3".into()
+            }
         );
         assert_eq!(e.requester_id(), None);
         assert_eq!(parse_line(""), None);
-        assert_eq!(parse_line("qemu-system-aarch64: warning: something odd"), None);
+        assert_eq!(
+            parse_line("qemu-system-aarch64: warning: something odd"),
+            None
+        );
     }
 
     #[test]
@@ -323,7 +478,12 @@ mod tests {
         .unwrap();
         assert_eq!(
             e.kind,
-            TraceKind::ItsTranslationWrite { offset: 0x40, data: 1, size: 4, requester_id: 0x10 }
+            TraceKind::ItsTranslationWrite {
+                offset: 0x40,
+                data: 1,
+                size: 4,
+                requester_id: 0x10
+            }
         );
         assert_eq!(e.wall, Some(Duration::new(2, 3000)));
     }
@@ -340,13 +500,24 @@ mod tests {
         let path = dir.path().join("trace.log");
         let mut cur = TraceCursor::default();
         assert!(read_since(&path, &mut cur).unwrap().is_empty());
-        std::fs::write(&path, "smmuv3_cmdq_cfgi_ste streamid= 0x8\nsmmuv3_cmdq_cfgi_").unwrap();
+        std::fs::write(
+            &path,
+            "smmuv3_cmdq_cfgi_ste streamid= 0x8\nsmmuv3_cmdq_cfgi_",
+        )
+        .unwrap();
         let got = read_since(&path, &mut cur).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(cur.0, 35);
-        std::fs::write(&path, "smmuv3_cmdq_cfgi_ste streamid= 0x8\nsmmuv3_cmdq_cfgi_cd sid=0x9\n").unwrap();
+        std::fs::write(
+            &path,
+            "smmuv3_cmdq_cfgi_ste streamid= 0x8\nsmmuv3_cmdq_cfgi_cd sid=0x9\n",
+        )
+        .unwrap();
         let got = read_since(&path, &mut cur).unwrap();
-        assert_eq!(got.iter().map(|e| e.kind.clone()).collect::<Vec<_>>(), vec![TraceKind::SmmuCfgiCd { sid: 9 }]);
+        assert_eq!(
+            got.iter().map(|e| e.kind.clone()).collect::<Vec<_>>(),
+            vec![TraceKind::SmmuCfgiCd { sid: 9 }]
+        );
         assert_eq!(cursor_at_end(&path), cur);
     }
 }
