@@ -182,8 +182,6 @@ pub enum BootError {
         after: Duration,
     },
     #[error(transparent)]
-    Failed(#[from] VmFailure),
-    #[error(transparent)]
     Qmp(#[from] QmpError),
     #[error(transparent)]
     Ssh(#[from] SshError),
@@ -493,9 +491,16 @@ impl Vm {
         let mut full = vec![caps.path.display().to_string()];
         full.extend(argv.iter().cloned());
         let command_line = qemu::shell_quote(&full);
+        // Runnable as is: it recreates the private socket dir (gone after
+        // the run). The console is on stdout with signals off, so Ctrl-C
+        // goes to the guest; stop QEMU with `kill` or QMP `quit`.
         fs::write(
             artifact(&run_dir, "qemu-cmdline.sh"),
-            format!("#!/bin/sh\n# QEMU {}; the QMP socket dir is private to the run.\nexec {command_line}\n", caps.version_line),
+            format!(
+                "#!/bin/sh\n# {} as msi-harness ran it; console on stdout, Ctrl-C goes to the guest.\nmkdir -p -m 0700 {}\nexec {command_line}\n",
+                caps.version_line,
+                qemu::shell_quote(&[sock_dir.path().display().to_string()])
+            ),
         )?;
         let _ = fs::set_permissions(
             artifact(&run_dir, "qemu-cmdline.sh"),

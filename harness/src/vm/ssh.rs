@@ -156,14 +156,15 @@ pub fn connect_until(
 ) -> Result<Conn, SshError> {
     let started = Instant::now();
     let mut attempts = 0;
+    // Short first attempts: a connection the guest never answers stalls in
+    // the handshake until this runs out. Longer later ones: a loaded host
+    // may need them for the key exchange under TCG.
+    let mut per_attempt = Duration::from_millis(700);
     loop {
         attempts += 1;
         let left = deadline.saturating_duration_since(Instant::now());
-        // Short attempts: a connection the guest never answers stalls in the
-        // handshake until this runs out.
-        let attempt = left
-            .min(Duration::from_millis(700))
-            .max(Duration::from_millis(50));
+        let attempt = left.min(per_attempt).max(Duration::from_millis(50));
+        per_attempt = (per_attempt * 2).min(Duration::from_secs(5));
         let err = match connect_once(t, attempt) {
             Ok(c) => return Ok(c),
             // Wrong key: retrying cannot help.
