@@ -95,7 +95,9 @@ impl Default for KeyBuilder {
 
 impl KeyBuilder {
     pub fn new() -> KeyBuilder {
-        KeyBuilder { hasher: Sha256::new() }
+        KeyBuilder {
+            hasher: Sha256::new(),
+        }
     }
 
     pub fn bytes(&mut self, label: &str, data: &[u8]) -> &mut Self {
@@ -137,7 +139,8 @@ impl KeyBuilder {
                 self.str(&format!("link:{name}"), &target.to_string_lossy());
             } else {
                 self.str("path", &name);
-                let mut f = fs::File::open(&path).with_context(|| format!("read {}", path.display()))?;
+                let mut f =
+                    fs::File::open(&path).with_context(|| format!("read {}", path.display()))?;
                 let mut buf = Vec::with_capacity(meta.len() as usize);
                 f.read_to_end(&mut buf)?;
                 self.bytes("content", &buf);
@@ -196,7 +199,8 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     std::io::Write::write_all(&mut tmp, data)?;
-    tmp.persist(path).with_context(|| format!("write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("write {}", path.display()))?;
     Ok(())
 }
 
@@ -220,17 +224,32 @@ mod tests {
         fs::write(dir.path().join("sub/a"), "one").unwrap();
         fs::write(dir.path().join("b"), "two").unwrap();
         let none = |_: &Path| false;
-        let k1 = KeyBuilder::new().tree("t", dir.path(), &none).unwrap().finish();
+        let k1 = KeyBuilder::new()
+            .tree("t", dir.path(), &none)
+            .unwrap()
+            .finish();
         fs::write(dir.path().join("b"), "two").unwrap();
-        let k2 = KeyBuilder::new().tree("t", dir.path(), &none).unwrap().finish();
+        let k2 = KeyBuilder::new()
+            .tree("t", dir.path(), &none)
+            .unwrap()
+            .finish();
         assert_eq!(k1, k2);
         fs::write(dir.path().join("sub/a"), "One").unwrap();
-        let k3 = KeyBuilder::new().tree("t", dir.path(), &none).unwrap().finish();
+        let k3 = KeyBuilder::new()
+            .tree("t", dir.path(), &none)
+            .unwrap()
+            .finish();
         assert_ne!(k1, k3);
         let skip_b = |p: &Path| p == Path::new("b");
-        let k4 = KeyBuilder::new().tree("t", dir.path(), &skip_b).unwrap().finish();
+        let k4 = KeyBuilder::new()
+            .tree("t", dir.path(), &skip_b)
+            .unwrap()
+            .finish();
         fs::write(dir.path().join("b"), "changed").unwrap();
-        let k5 = KeyBuilder::new().tree("t", dir.path(), &skip_b).unwrap().finish();
+        let k5 = KeyBuilder::new()
+            .tree("t", dir.path(), &skip_b)
+            .unwrap()
+            .finish();
         assert_eq!(k4, k5);
     }
 }

@@ -16,7 +16,10 @@ use crate::event::{Reporter, Stage};
 
 /// Debian packages the harness needs, with what each is for.
 pub const PACKAGES: &[(&str, &str)] = &[
-    ("qemu-system-arm", "QEMU for the arm64 guest (qemu-system-aarch64)"),
+    (
+        "qemu-system-arm",
+        "QEMU for the arm64 guest (qemu-system-aarch64)",
+    ),
     ("gcc-aarch64-linux-gnu", "cross compiler for the kernel"),
     ("make", "kernel build"),
     ("flex", "kernel build (kconfig)"),
@@ -29,7 +32,10 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("cpio", "kernel build (kheaders) and initramfs inspection"),
     ("ccache", "fast kernel rebuilds"),
     ("rsync", "preparing kernel trees incrementally"),
-    ("openssh-client", "ssh-keygen for per-image keys, and `ssh` for `xtask shell`"),
+    (
+        "openssh-client",
+        "ssh-keygen for per-image keys, and `ssh` for `xtask shell`",
+    ),
 ];
 
 /// The one package that should come from bookworm-backports (QEMU 10.0).
@@ -66,15 +72,24 @@ impl Missing {
         if self.foreign_arch {
             cmds.push(format!("dpkg --add-architecture {GUEST_ARCH}"));
         }
-        if self.backports_source || self.foreign_arch || self.arch_lists || !self.packages.is_empty()
+        if self.backports_source
+            || self.foreign_arch
+            || self.arch_lists
+            || !self.packages.is_empty()
         {
             cmds.push("apt-get update".to_string());
         }
         if self.packages.contains(&BACKPORTS_PACKAGE) {
-            cmds.push(format!("apt-get install -y -t {BACKPORTS_SUITE} {BACKPORTS_PACKAGE}"));
+            cmds.push(format!(
+                "apt-get install -y -t {BACKPORTS_SUITE} {BACKPORTS_PACKAGE}"
+            ));
         }
-        let rest: Vec<&str> =
-            self.packages.iter().copied().filter(|p| *p != BACKPORTS_PACKAGE).collect();
+        let rest: Vec<&str> = self
+            .packages
+            .iter()
+            .copied()
+            .filter(|p| *p != BACKPORTS_PACKAGE)
+            .collect();
         if !rest.is_empty() {
             cmds.push(format!("apt-get install -y {}", rest.join(" ")));
         }
@@ -97,7 +112,9 @@ pub fn check() -> anyhow::Result<Missing> {
         )
         .into());
     }
-    let foreign = Command::new("dpkg").arg("--print-foreign-architectures").output()?;
+    let foreign = Command::new("dpkg")
+        .arg("--print-foreign-architectures")
+        .output()?;
     missing.foreign_arch = !String::from_utf8_lossy(&foreign.stdout)
         .split_whitespace()
         .any(|a| a == GUEST_ARCH);
@@ -116,7 +133,10 @@ pub fn ensure(reporter: &dyn Reporter) -> anyhow::Result<()> {
     }
     let started = std::time::Instant::now();
     reporter.start(Stage::Deps, "installing missing host tools");
-    for (pkg, why) in PACKAGES.iter().filter(|(p, _)| missing.packages.contains(p)) {
+    for (pkg, why) in PACKAGES
+        .iter()
+        .filter(|(p, _)| missing.packages.contains(p))
+    {
         reporter.line(Stage::Deps, format!("missing package {pkg}: {why}"));
     }
     if !is_root() {
@@ -152,7 +172,10 @@ fn install(missing: &Missing, reporter: &dyn Reporter) -> anyhow::Result<()> {
     if missing.foreign_arch {
         run(reporter, "dpkg", &["--add-architecture", GUEST_ARCH])?;
     }
-    if missing.backports_source || missing.foreign_arch || missing.arch_lists || !missing.packages.is_empty()
+    if missing.backports_source
+        || missing.foreign_arch
+        || missing.arch_lists
+        || !missing.packages.is_empty()
     {
         run(reporter, "apt-get", &["update", "-q"])?;
     }
@@ -165,8 +188,12 @@ fn install(missing: &Missing, reporter: &dyn Reporter) -> anyhow::Result<()> {
     if missing.packages.contains(&BACKPORTS_PACKAGE) {
         apt_install(&["-t", BACKPORTS_SUITE], &[BACKPORTS_PACKAGE])?;
     }
-    let rest: Vec<&str> =
-        missing.packages.iter().copied().filter(|p| *p != BACKPORTS_PACKAGE).collect();
+    let rest: Vec<&str> = missing
+        .packages
+        .iter()
+        .copied()
+        .filter(|p| *p != BACKPORTS_PACKAGE)
+        .collect();
     if !rest.is_empty() {
         apt_install(&[], &rest)?;
     }
@@ -218,7 +245,10 @@ fn missing_packages(names: &[&'static str]) -> anyhow::Result<Vec<&'static str>>
         .context("run dpkg-query")?;
     // dpkg-query exits 1 when some package is unknown; its stdout still lists
     // the known ones.
-    Ok(parse_installed(&String::from_utf8_lossy(&out.stdout), names))
+    Ok(parse_installed(
+        &String::from_utf8_lossy(&out.stdout),
+        names,
+    ))
 }
 
 /// Which of `names` the `dpkg-query` output does not show as installed.
@@ -229,17 +259,26 @@ fn parse_installed(output: &str, names: &[&'static str]) -> Vec<&'static str> {
         .filter(|(_, status)| status.trim() == "installed")
         .map(|(name, _)| name.split(':').next().unwrap_or(name))
         .collect();
-    names.iter().copied().filter(|n| !installed.contains(n)).collect()
+    names
+        .iter()
+        .copied()
+        .filter(|n| !installed.contains(n))
+        .collect()
 }
 
 fn rust_target_installed() -> anyhow::Result<bool> {
-    let Ok(out) = Command::new("rustup").args(["target", "list", "--installed"]).output() else {
+    let Ok(out) = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+    else {
         return Err(Error::infra(
             "rustup is not on PATH: the guest agent is cross-built with `rustup target add aarch64-unknown-linux-musl`",
         )
         .into());
     };
-    Ok(String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == RUST_TARGET))
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == RUST_TARGET))
 }
 
 /// Every apt source file's text: `sources.list` and `sources.list.d/*`.
@@ -286,13 +325,19 @@ pub fn debian_mirror(etc_apt: &Path) -> Option<(String, Option<String>)> {
             };
             let suites = field("Suites").unwrap_or_default();
             if suites.split_whitespace().any(|s| s == "bookworm") {
-                if let Some(uri) = field("URIs").and_then(|u| u.split_whitespace().next().map(String::from)) {
+                if let Some(uri) =
+                    field("URIs").and_then(|u| u.split_whitespace().next().map(String::from))
+                {
                     return Some((uri, field("Signed-By")));
                 }
             }
         }
         // One-line format: deb [opts] uri suite components.
-        for line in text.lines().map(str::trim).filter(|l| l.starts_with("deb ")) {
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("deb "))
+        {
             let words: Vec<&str> = line.split_whitespace().collect();
             let mut i = 1;
             if words.get(1).is_some_and(|w| w.starts_with('[')) {
@@ -378,7 +423,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             debian_mirror(dir.path()),
-            Some(("http://mirror.example/debian".into(), Some("/usr/share/keyrings/k.gpg".into())))
+            Some((
+                "http://mirror.example/debian".into(),
+                Some("/usr/share/keyrings/k.gpg".into())
+            ))
         );
         assert!(!apt_has_suite(dir.path(), "bookworm-backports"));
         let text = backports_source_text(dir.path()).unwrap();
@@ -392,9 +440,15 @@ mod tests {
         )
         .unwrap();
         assert!(!apt_has_suite(other.path(), "bookworm-backports"));
-        assert_eq!(debian_mirror(other.path()), Some(("http://m.example/debian".into(), None)));
-        fs::write(other.path().join("sources.list"), "deb http://m.example/debian bookworm-backports main\n")
-            .unwrap();
+        assert_eq!(
+            debian_mirror(other.path()),
+            Some(("http://m.example/debian".into(), None))
+        );
+        fs::write(
+            other.path().join("sources.list"),
+            "deb http://m.example/debian bookworm-backports main\n",
+        )
+        .unwrap();
         assert!(apt_has_suite(other.path(), "bookworm-backports"));
     }
 }

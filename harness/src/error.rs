@@ -37,12 +37,18 @@ pub struct Error {
 impl Error {
     /// A failure of the harness or its inputs (exit 2).
     pub fn infra(message: impl Into<String>) -> Error {
-        Error { kind: ExitCode::Infrastructure, message: message.into() }
+        Error {
+            kind: ExitCode::Infrastructure,
+            message: message.into(),
+        }
     }
 
     /// A finding about the system under test (exit 1).
     pub fn finding(message: impl Into<String>) -> Error {
-        Error { kind: ExitCode::Finding, message: message.into() }
+        Error {
+            kind: ExitCode::Finding,
+            message: message.into(),
+        }
     }
 }
 

@@ -42,9 +42,18 @@ pub enum Event {
     Line { stage: Stage, text: String },
     /// `done` of `total` units (objects compiled, files fetched); `total` is
     /// an estimate where the stage cannot know it.
-    Progress { stage: Stage, done: u64, total: Option<u64> },
+    Progress {
+        stage: Stage,
+        done: u64,
+        total: Option<u64>,
+    },
     /// A stage finished `what`; `ok` is false when it failed.
-    End { stage: Stage, what: String, ok: bool, elapsed: Duration },
+    End {
+        stage: Stage,
+        what: String,
+        ok: bool,
+        elapsed: Duration,
+    },
 }
 
 /// A consumer of [`Event`]s.
@@ -54,11 +63,17 @@ pub trait Reporter: Send + Sync {
 
 impl dyn Reporter + '_ {
     pub fn start(&self, stage: Stage, what: impl Into<String>) {
-        self.event(Event::Start { stage, what: what.into() });
+        self.event(Event::Start {
+            stage,
+            what: what.into(),
+        });
     }
 
     pub fn line(&self, stage: Stage, text: impl Into<String>) {
-        self.event(Event::Line { stage, text: text.into() });
+        self.event(Event::Line {
+            stage,
+            text: text.into(),
+        });
     }
 
     pub fn progress(&self, stage: Stage, done: u64, total: Option<u64>) {
@@ -66,7 +81,12 @@ impl dyn Reporter + '_ {
     }
 
     pub fn end(&self, stage: Stage, what: impl Into<String>, ok: bool, elapsed: Duration) {
-        self.event(Event::End { stage, what: what.into(), ok, elapsed });
+        self.event(Event::End {
+            stage,
+            what: what.into(),
+            ok,
+            elapsed,
+        });
     }
 }
 
@@ -86,7 +106,10 @@ impl TermReporter {
     pub fn new() -> TermReporter {
         use std::io::IsTerminal;
         TermReporter {
-            state: Mutex::new(TermState { last_percent: None, progress_shown: false }),
+            state: Mutex::new(TermState {
+                last_percent: None,
+                progress_shown: false,
+            }),
             is_tty: std::io::stderr().is_terminal(),
         }
     }
@@ -135,7 +158,12 @@ impl Reporter for TermReporter {
                     let _ = writeln!(err, "   {:<8} {text}", stage.name());
                 }
             }
-            Event::End { stage, what, ok, elapsed } => {
+            Event::End {
+                stage,
+                what,
+                ok,
+                elapsed,
+            } => {
                 let verdict = if ok { "done" } else { "FAILED" };
                 let _ = writeln!(
                     err,

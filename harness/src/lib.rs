@@ -11,8 +11,8 @@ pub mod cache;
 pub mod deps;
 pub mod error;
 pub mod event;
-pub mod kernel;
 pub mod image;
+pub mod kernel;
 pub mod vm;
 
 pub use error::{Error, ExitCode};
