@@ -13,6 +13,7 @@ pub mod error;
 pub mod event;
 pub mod image;
 pub mod kernel;
+pub mod pipeline;
 pub mod vm;
 
 pub use error::{Error, ExitCode};

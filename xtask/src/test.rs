@@ -1,0 +1,139 @@
+//! `test` and `bless`: the whole pipeline, then the tests through nextest.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::Context;
+use harness::event::Reporter;
+use harness::pipeline::{self, KernelRequest};
+use harness::ExitCode;
+
+use crate::flags;
+
+/// The variants `cargo xtask test` runs when none is named.
+const DEFAULT_VARIANTS: &[&str] = &["upstream-6.18", "sw-msi-rfcv2"];
+
+impl flags::Test {
+    pub fn run(self, reporter: &dyn Reporter) -> anyhow::Result<ExitCode> {
+        run(self, false, reporter)
+    }
+}
+
+fn run(flags: flags::Test, bless: bool, reporter: &dyn Reporter) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let mut variants = flags.variants.clone();
+    if variants.is_empty() && flags.kernel_tree.is_none() {
+        variants = DEFAULT_VARIANTS.iter().map(|v| v.to_string()).collect();
+    }
+    let mut requests: Vec<KernelRequest> = variants
+        .iter()
+        .filter(|v| Some(*v) != flags.as_variant.as_ref())
+        .cloned()
+        .map(KernelRequest::Variant)
+        .collect();
+    if let (Some(path), Some(as_variant)) = (&flags.kernel_tree, &flags.as_variant) {
+        let path = std::fs::canonicalize(path)
+            .map_err(|e| harness::Error::infra(format!("--kernel-tree {}: {e}", path.display())))?;
+        requests.push(KernelRequest::Tree {
+            path,
+            as_variant: as_variant.clone(),
+        });
+    }
+    let run_dir = harness::cache::new_run_dir(if bless { "bless" } else { "test" })?;
+    let inputs = pipeline::prepare(&requests, reporter, &run_dir)?;
+    let inputs_file = run_dir.join("inputs.json");
+    inputs.write(&inputs_file)?;
+
+    let nextest = nextest_command(&flags, bless, &inputs, &inputs_file)?;
+    eprintln!("=> tests    {}", describe(&nextest));
+    let status = { nextest }.status().context("run cargo nextest")?;
+
+    let junit = harness::cache::project_root().join("target/nextest/ci/junit.xml");
+    if junit.exists() {
+        std::fs::copy(&junit, run_dir.join("junit.xml")).context("copy junit.xml")?;
+    }
+    let code = if status.success() { ExitCode::Pass } else { ExitCode::Finding };
+    println!("suite wall time {:.1} s; artifacts {}", started.elapsed().as_secs_f64(), run_dir.display());
+    if bless {
+        let out = Command::new("git")
+            .args(["status", "--short", "--", "scenarios/snapshots"])
+            .current_dir(harness::cache::project_root())
+            .output();
+        if let Ok(out) = out {
+            let changed = String::from_utf8_lossy(&out.stdout);
+            if changed.trim().is_empty() {
+                println!("no snapshot changed");
+            } else {
+                println!(
+                    "snapshots written (review with `git diff scenarios/snapshots`):\n{changed}"
+                );
+            }
+        }
+    }
+    Ok(code)
+}
+
+impl flags::Test {
+    pub fn bless(self, reporter: &dyn Reporter) -> anyhow::Result<ExitCode> {
+        run(self, true, reporter)
+    }
+}
+
+/// `cargo nextest run` over the whole workspace with the inputs in its
+/// environment; the VM-gated tests see the first kernel.
+fn nextest_command(
+    flags: &flags::Test,
+    bless: bool,
+    inputs: &pipeline::Inputs,
+    inputs_file: &Path,
+) -> anyhow::Result<Command> {
+    if harness::deps::which("cargo-nextest").is_none() {
+        return Err(harness::Error::infra(
+            "cargo-nextest is not installed: run `cargo install --locked cargo-nextest`",
+        )
+        .into());
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(harness::cache::project_root());
+    cmd.args([
+        "nextest",
+        "run",
+        "--workspace",
+        "--profile",
+        "ci",
+        "--no-fail-fast",
+    ]);
+    if let Some(filter) = &flags.filter {
+        cmd.arg(filter);
+    }
+    cmd.env(pipeline::INPUTS_ENV, inputs_file);
+    cmd.env("MSI_HARNESS_VM_TESTS", "1");
+    if let Some(k) = inputs
+        .kernels
+        .values()
+        .find(|k| k.has_sw_msi)
+        .or_else(|| inputs.kernels.values().next())
+    {
+        cmd.env("MSI_HARNESS_VM_KERNEL", &k.image);
+    }
+    cmd.env("MSI_HARNESS_VM_INITRD", &inputs.initramfs);
+    cmd.env("MSI_HARNESS_VM_SSH_KEY", &inputs.ssh_private_key);
+    cmd.env_remove("INSTA_FORCE_PASS");
+    if bless {
+        cmd.env("INSTA_UPDATE", "always");
+        cmd.env_remove("CI");
+    } else {
+        cmd.env("INSTA_UPDATE", "no");
+    }
+    Ok(cmd)
+}
+
+fn describe(cmd: &Command) -> String {
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    format!("cargo {}", args.join(" "))
+}
