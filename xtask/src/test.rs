@@ -53,8 +53,16 @@ fn run(flags: flags::Test, bless: bool, reporter: &dyn Reporter) -> anyhow::Resu
     if junit.exists() {
         std::fs::copy(&junit, run_dir.join("junit.xml")).context("copy junit.xml")?;
     }
-    let code = if status.success() { ExitCode::Pass } else { ExitCode::Finding };
-    println!("suite wall time {:.1} s; artifacts {}", started.elapsed().as_secs_f64(), run_dir.display());
+    let code = if status.success() {
+        ExitCode::Pass
+    } else {
+        ExitCode::Finding
+    };
+    println!(
+        "suite wall time {:.1} s; artifacts {}",
+        started.elapsed().as_secs_f64(),
+        run_dir.display()
+    );
     if bless {
         let out = Command::new("git")
             .args(["status", "--short", "--", "scenarios/snapshots"])
