@@ -606,20 +606,9 @@ impl QemuPlan {
 /// pasted and run as is.
 pub fn shell_quote(argv: &[String]) -> String {
     argv.iter()
-        .map(|a| quote_one(a))
+        .map(|a| super::ssh::sh_quote(a))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn quote_one(a: &str) -> String {
-    let safe = !a.is_empty()
-        && a.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@+%".contains(&b));
-    if safe {
-        a.to_string()
-    } else {
-        format!("'{}'", a.replace('\'', r"'\''"))
-    }
 }
 
 /// Probes `qemu` (cached per binary path, size and mtime).
