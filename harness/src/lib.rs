@@ -13,6 +13,8 @@ pub mod error;
 pub mod event;
 pub mod image;
 pub mod kernel;
+pub mod scenario;
+// pub mod snapshot;
 pub mod vm;
 
 pub use error::{Error, ExitCode};
