@@ -14,7 +14,7 @@ pub mod event;
 pub mod image;
 pub mod kernel;
 pub mod scenario;
-// pub mod snapshot;
+pub mod snapshot;
 pub mod vm;
 
 pub use error::{Error, ExitCode};

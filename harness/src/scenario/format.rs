@@ -87,7 +87,8 @@ pub struct MachineSpec {
     pub memory_mb: u32,
     #[serde(default)]
     pub hugepages: u32,
-    #[serde(default)]
+    /// Default: one edu, `edu0` (the spec's example values are the defaults).
+    #[serde(default = "default_devices")]
     pub devices: Vec<DeviceSpec>,
     /// Ids bound to vfio-pci by `/init`; `None`: every edu device.
     #[serde(default)]
@@ -110,7 +111,7 @@ impl Default for MachineSpec {
             smp: default_smp(),
             memory_mb: default_memory(),
             hugepages: 0,
-            devices: Vec::new(),
+            devices: default_devices(),
             vfio: None,
             trace: true,
             positions: Vec::new(),
@@ -143,6 +144,12 @@ impl MachineSpec {
 
 fn default_machine() -> String {
     "virt".into()
+}
+fn default_devices() -> Vec<DeviceSpec> {
+    vec![DeviceSpec::Edu {
+        id: "edu0".into(),
+        dma_mask: None,
+    }]
 }
 fn default_smp() -> u32 {
     2

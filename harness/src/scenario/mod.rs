@@ -5,7 +5,7 @@
 //! runs the steps through one agent session and collects per-step
 //! observations; [`inputs`] is the contract with `cargo xtask test`.
 
-// pub mod exec;
+pub mod exec;
 pub mod format;
 pub mod inputs;
 
