@@ -52,12 +52,10 @@ fn main() {
             for file in &files {
                 for variant in inputs.kernels.keys() {
                     let (f, v, i) = (file.clone(), variant.clone(), Arc::clone(inputs));
-                    trials.push(
-                        Trial::test(format!("{}@{variant}", stem(file)), move || {
-                            vm_trial(&f, &v, &i)
-                        })
-                        .with_kind("vm"),
-                    );
+                    trials.push(Trial::test(
+                        format!("{}@{variant}", stem(file)),
+                        move || vm_trial(&f, &v, &i),
+                    ));
                 }
             }
         }
@@ -75,7 +73,6 @@ fn main() {
                 for variant in &variants {
                     trials.push(
                         Trial::test(format!("{}@{variant}", stem(file)), || Ok(()))
-                            .with_kind("vm")
                             .with_ignored_flag(true),
                     );
                 }

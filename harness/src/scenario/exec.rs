@@ -79,13 +79,35 @@ pub struct Execution {
 pub struct StepRecord {
     pub step: usize,
     /// The step as sent (defaults filled in), `op` first.
-    pub request: serde_json::Value,
+    pub request: OpFirst,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expect: Option<serde_json::Value>,
     /// The agent's result (or the host step's).
     pub result: serde_json::Value,
     #[serde(flatten)]
     pub observed: Observations,
+}
+
+/// A step's JSON object, serialized with `op` first and the other keys in
+/// name order, so a snapshot reads "what, then with what".
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpFirst(pub serde_json::Value);
+
+impl Serialize for OpFirst {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Some(obj) = self.0.as_object() else {
+            return self.0.serialize(serializer);
+        };
+        let mut map = serializer.serialize_map(Some(obj.len()))?;
+        if let Some(op) = obj.get("op") {
+            map.serialize_entry("op", op)?;
+        }
+        for (k, v) in obj.iter().filter(|(k, _)| k.as_str() != "op") {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
 }
 
 /// Runs `scenario` on `variant`, artifacts in `run_dir`.
@@ -427,7 +449,7 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
         }
         exec.steps.push(StepRecord {
             step: step.index,
-            request,
+            request: OpFirst(request),
             expect: step.expect.as_ref().map(serde_json::to_value).transpose()?,
             result,
             observed,
