@@ -334,6 +334,21 @@ pub struct ScenarioStep {
     pub bdf_from_placement: bool,
 }
 
+/// The keys of an `expect` table.
+pub const EXPECT_KEYS: [&str; 11] = [
+    "ok",
+    "errno",
+    "value",
+    "iova",
+    "interrupts",
+    "msi_address",
+    "msi_enabled",
+    "dma_completed",
+    "dma_data_matches",
+    "with_sw_msi",
+    "without_sw_msi",
+];
+
 /// Requirements the harness knows (see SCENARIO-SPEC.md).
 pub const KNOWN_REQUIREMENTS: [&str; 5] = [
     "sw_msi_option",
@@ -771,7 +786,7 @@ fn parse_step(
     };
     let ctx = format!("step {index} ({op})");
     let ops = all_ops();
-    if !ops.iter().any(|o| *o == op) {
+    if !ops.contains(&op) {
         return Err(src.err(
             op_value.span(),
             format!("{ctx}: unknown op `{op}`, expected one of {}", list(&ops)),
@@ -790,7 +805,16 @@ fn parse_step(
         .collect();
     let (expect, expect_pos) = match &expect_entry {
         Some((k, v)) => (
-            Some(deserialize::<Expect>(src, v, &format!("{ctx}: expect"))?),
+            Some(
+                deserialize::<Expect>(src, v, &format!("{ctx}: expect")).map_err(|mut e| {
+                    // `flatten` keeps serde from listing the known keys.
+                    if e.message.contains("unknown field") && !e.message.contains("expected") {
+                        e.message
+                            .push_str(&format!(", expected one of {}", list(&EXPECT_KEYS)));
+                    }
+                    e
+                })?,
+            ),
             src.pos(k.span().start),
         ),
         None => (None, Pos::default()),
@@ -1039,6 +1063,28 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.message.contains("unknown errno name"), "{e}");
+    }
+
+    /// Each malformed fixture yields exactly the error its first line
+    /// names (`# expect-error: LINE:COL: message prefix`).
+    #[test]
+    fn malformed_fixtures_give_one_positioned_error() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/scenarios");
+        let files = crate::scenario::discover(&dir).unwrap();
+        assert!(files.len() >= 5, "fixtures missing in {}", dir.display());
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let want = text
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# expect-error: "))
+                .unwrap_or_else(|| panic!("{} lacks its expect-error line", f.display()));
+            let shown = format!("fixtures/{}", f.file_name().unwrap().to_str().unwrap());
+            let err = Scenario::parse(&f, &shown, &text).unwrap_err().to_string();
+            let want = format!("{shown}:{want}");
+            assert!(err.starts_with(&want), "\n got: {err}\nwant: {want}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
     }
 
     #[test]

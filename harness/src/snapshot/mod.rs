@@ -72,16 +72,11 @@ pub fn compare(scenario: &Scenario, doc: &SnapshotDoc) -> Result<(), String> {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         settings.bind(|| insta::assert_yaml_snapshot!(name.as_str(), doc));
     }));
-    r.map_err(|p| {
-        let msg = p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
+    // insta printed the diff; its panic message only repeats the line.
+    r.map_err(|_| {
         format!(
-            "snapshot {name} does not match {} (diff above; accept with `cargo xtask bless` or INSTA_UPDATE=always): {}",
+            "snapshot {name} does not match {} (diff above; accept with `cargo xtask bless` or INSTA_UPDATE=always)",
             crate::scenario::format::display_path(&snapshot_dir().join(format!("{name}.snap"))),
-            msg.trim()
         )
     })
 }

@@ -223,14 +223,21 @@ mod tests {
         );
         let table = s.table();
         assert!(
-            table.starts_with("scenario  sw-msi-rfcv2                 upstream-6.18\n"),
+            table.starts_with("scenario  sw-msi-rfcv2              upstream-6.18\n"),
             "{table}"
         );
         assert!(
             table.contains("a         pass irq=2 msi=0x8000040  skip"),
             "{table}"
         );
-        assert!(table.contains("b FAILED (finding)\n  because\n"), "{table}");
+        assert!(
+            table.contains("b         -                         FAIL irq=2 msi=0x8000040\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("b@upstream-6.18 FAILED (finding)\n  because\n"),
+            "{table}"
+        );
         s.write_json(&dir.path().join("results.json")).unwrap();
         let mut s2 = s.clone();
         s2.trials[0].failure = Some(FailureKind::Infrastructure);
