@@ -323,6 +323,13 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
         .into());
     }
 
+    // A `dmesg` step shows what the kernel said during the scenario, not
+    // the whole boot log: read (and drop) what is there before step 1.
+    let baseline = serde_json::to_string(&Request::Step(Step::Dmesg {}))?;
+    session
+        .request_line(&baseline, Duration::from_secs(20))
+        .await?;
+
     let mut exec = Execution {
         kernel_release,
         machine: vm.machine().to_string(),
@@ -355,7 +362,7 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
                         )
                     })?;
                 match serde_json::from_str::<Response>(&answer) {
-                    Ok(Response::Step(r)) => (request, serde_json::to_value(&r)?, Some(r)),
+                    Ok(Response::Step(r)) => (request, snapshot_result(&r)?, Some(r)),
                     Ok(Response::Error { message }) => {
                         exec.aborted = Some(format!(
                             "step {} ({}): the agent refused the request: {message}",
@@ -524,6 +531,23 @@ impl Runner<'_> {
                 )
             }
         }
+    }
+}
+
+/// A step result as the snapshot shows it: kernel log lines lose their
+/// timestamps and PIDs (the transcript keeps them raw).
+fn snapshot_result(r: &StepResult) -> anyhow::Result<serde_json::Value> {
+    match r {
+        StepResult::Ok(StepValue::Dmesg(lines)) => {
+            let lines = lines
+                .iter()
+                .map(|l| observe::normalise_kernel_line(l))
+                .collect();
+            Ok(serde_json::to_value(StepResult::Ok(StepValue::Dmesg(
+                lines,
+            )))?)
+        }
+        other => Ok(serde_json::to_value(other)?),
     }
 }
 

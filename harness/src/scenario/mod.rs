@@ -35,7 +35,13 @@ pub fn discover(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// `<project>/scenarios`.
+/// Overrides where scenarios (and their `snapshots/`) are read from.
+pub const SCENARIOS_DIR_ENV: &str = "MSI_HARNESS_SCENARIOS_DIR";
+
+/// `<project>/scenarios`, or `$MSI_HARNESS_SCENARIOS_DIR`.
 pub fn scenarios_dir() -> PathBuf {
-    crate::cache::project_root().join("scenarios")
+    match std::env::var_os(SCENARIOS_DIR_ENV) {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => crate::cache::project_root().join("scenarios"),
+    }
 }

@@ -168,7 +168,9 @@ impl Summary {
                 }
             }
             if t.status == Status::Fail {
-                let _ = writeln!(out, "  artifacts: {}", t.artifacts.display());
+                if !t.artifacts.as_os_str().is_empty() {
+                    let _ = writeln!(out, "  artifacts: {}", t.artifacts.display());
+                }
                 let _ = writeln!(out, "  reproduce: {}", t.reproducer);
             }
         }
