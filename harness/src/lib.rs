@@ -14,6 +14,8 @@ pub mod event;
 pub mod image;
 pub mod kernel;
 pub mod pipeline;
+pub mod scenario;
+pub mod snapshot;
 pub mod vm;
 
 pub use error::{Error, ExitCode};

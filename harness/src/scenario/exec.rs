@@ -1,0 +1,680 @@
+//! Runs one scenario on one kernel variant: a fresh VM, one agent session,
+//! every step in order with its observations, then shutdown.
+//!
+//! Placement is worked out before boot (the vm stage's `plan` is a pure
+//! function of the config and the QEMU's capabilities), so `/init` is told
+//! the BDFs of exactly the scenario's vfio devices and never the SSH NIC.
+//! Every wait has a deadline: the agent's answer to each step (the step's
+//! own timeout plus a margin), boot, hotplug, shutdown.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use msi_protocol::{Request, Response, Step, StepResult, StepValue, PROTOCOL_VERSION};
+use serde::Serialize;
+
+use super::format::{Action, DeviceSpec, ExpectFields, HostStep, Scenario, ScenarioStep};
+use super::inputs::{Inputs, KernelInput};
+use crate::image::{kernel_cmdline, CmdlineOptions};
+use crate::snapshot::observe::{self, Observations};
+use crate::vm::{self, Machine, SmmuStage, SshConfig, TraceCursor, Vm, VmConfig};
+use crate::Error;
+
+/// The agent command in the guest.
+pub const AGENT_COMMAND: &str = "/bin/msi-agent serve";
+
+/// QEMU trace events a scenario with `trace = true` captures.
+pub const TRACE_EVENTS: [&str; 4] = [
+    "smmuv3_translate_success",
+    "smmuv3_translate_abort",
+    "smmuv3_record_event",
+    "gicv3_its_translation_write",
+];
+
+/// Extra time on top of a step's own timeout for the agent's answer to
+/// cross SSH on a loaded TCG guest.
+const ANSWER_MARGIN: Duration = Duration::from_secs(20);
+
+/// How the run ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The scenario ran to the end (expectations may still have failed).
+    Ran(Box<Execution>),
+    /// Not applicable on this variant or QEMU.
+    Skipped { reason: String },
+}
+
+/// Device placement as the snapshot shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlacedSummary {
+    pub id: String,
+    pub bdf: String,
+    pub requester_id: String,
+}
+
+/// A scenario that ran.
+#[derive(Debug, Clone)]
+pub struct Execution {
+    /// `uname -r` as the agent reported it.
+    pub kernel_release: String,
+    /// The QEMU machine actually used.
+    pub machine: String,
+    pub devices: Vec<PlacedSummary>,
+    /// Kernel reports printed before the first step (normalised).
+    pub boot_reports: Vec<String>,
+    pub steps: Vec<StepRecord>,
+    /// One sentence per expectation that did not hold.
+    pub expectation_failures: Vec<String>,
+    /// A step the agent could not perform, or a protocol error: the scenario
+    /// stopped there (the trial fails as infrastructure).
+    pub aborted: Option<String>,
+    pub interrupts_delivered: u64,
+    pub msi_addresses: Vec<String>,
+}
+
+/// One step as the snapshot records it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    pub step: usize,
+    /// The step as sent (defaults filled in), `op` first.
+    pub request: OpFirst,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect: Option<serde_json::Value>,
+    /// The agent's result (or the host step's).
+    pub result: serde_json::Value,
+    #[serde(flatten)]
+    pub observed: Observations,
+}
+
+/// A step's JSON object, serialized with `op` first and the other keys in
+/// name order, so a snapshot reads "what, then with what".
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpFirst(pub serde_json::Value);
+
+impl Serialize for OpFirst {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Some(obj) = self.0.as_object() else {
+            return self.0.serialize(serializer);
+        };
+        let mut map = serializer.serialize_map(Some(obj.len()))?;
+        if let Some(op) = obj.get("op") {
+            map.serialize_entry("op", op)?;
+        }
+        for (k, v) in obj.iter().filter(|(k, _)| k.as_str() != "op") {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+/// Runs `scenario` on `variant`, artifacts in `run_dir`.
+pub async fn run(
+    scenario: &Scenario,
+    variant: &str,
+    kernel: &KernelInput,
+    inputs: &Inputs,
+    run_dir: &Path,
+) -> anyhow::Result<Outcome> {
+    if let Some(reason) = missing_requirement(scenario, kernel)? {
+        return Ok(Outcome::Skipped { reason });
+    }
+    let mut cfg = vm_config(scenario, kernel, inputs, run_dir);
+    let qemu = cfg.qemu.clone();
+    let caps = tokio::task::spawn_blocking(move || vm::probe(&qemu))
+        .await
+        .context("qemu probe task")??;
+    for req in &scenario.requires {
+        if matches!(req.as_str(), "edu" | "e1000e" | "pcie-pci-bridge")
+            && !caps.devices.contains(req)
+        {
+            return Ok(Outcome::Skipped {
+                reason: format!(
+                    "requires QEMU device `{req}`, which {} lacks",
+                    caps.version_line
+                ),
+            });
+        }
+    }
+    let plan = match vm::qemu::plan(&cfg, &caps) {
+        Ok(p) => p,
+        Err(vm::qemu::PlanError::Unsupported(u)) => {
+            return Ok(Outcome::Skipped { reason: u.reason })
+        }
+        Err(e) => {
+            return Err(Error::infra(format!("scenario {}: vm config: {e}", scenario.name)).into())
+        }
+    };
+    let vfio_ids = scenario.machine.vfio_ids();
+    let mut vfio = Vec::new();
+    for id in &vfio_ids {
+        let Some(d) = plan
+            .devices
+            .iter()
+            .find(|d| &d.id == id && !d.infrastructure)
+        else {
+            return Err(Error::infra(format!(
+                "scenario {}: vfio device `{id}` was not placed",
+                scenario.name
+            ))
+            .into());
+        };
+        vfio.push(d.bdf.to_string());
+    }
+    cfg.append = kernel_cmdline(&CmdlineOptions {
+        vfio,
+        hugepages: (scenario.machine.hugepages > 0).then_some(scenario.machine.hugepages),
+        extra: Vec::new(),
+    });
+
+    let vm = match Vm::boot(cfg).await {
+        Ok(vm) => vm,
+        Err(e) => {
+            if let Some(reason) = vm::skip_reason(&e) {
+                return Ok(Outcome::Skipped { reason });
+            }
+            return Err(e.context(format!("scenario {} on {variant}: boot", scenario.name)));
+        }
+    };
+    let result = drive(scenario, kernel, &vm).await;
+    let down = vm.shutdown().await;
+    let exec = result?;
+    down.context("vm shutdown")?;
+    Ok(Outcome::Ran(Box::new(exec)))
+}
+
+fn missing_requirement(
+    scenario: &Scenario,
+    kernel: &KernelInput,
+) -> anyhow::Result<Option<String>> {
+    for req in &scenario.requires {
+        match req.as_str() {
+            "sw_msi_option" if !kernel.has_sw_msi => {
+                return Ok(Some(format!(
+                    "requires sw_msi_option: {} has no IOMMU_OPTION_SW_MSI_*",
+                    kernel.label
+                )))
+            }
+            "nest_parent" => {
+                let config = std::fs::read_to_string(&kernel.config)
+                    .with_context(|| format!("read kernel config {}", kernel.config.display()))?;
+                if !config.lines().any(|l| l == "CONFIG_ARM_SMMU_V3_IOMMUFD=y") {
+                    return Ok(Some(format!(
+                        "requires nest_parent: {} lacks CONFIG_ARM_SMMU_V3_IOMMUFD",
+                        kernel.label
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// The VM for `scenario` (the command line's vfio list is filled in later).
+pub fn vm_config(
+    scenario: &Scenario,
+    kernel: &KernelInput,
+    inputs: &Inputs,
+    run_dir: &Path,
+) -> VmConfig {
+    let m = &scenario.machine;
+    let mut cfg = VmConfig::new(
+        kernel.image.clone(),
+        inputs.initramfs.clone(),
+        run_dir.to_path_buf(),
+    );
+    cfg.machine = match m.machine.as_str() {
+        "virt" => Machine::Virt,
+        other => Machine::Versioned(other.to_string()),
+    };
+    cfg.iommu = vm::Iommu::SmmuV3(match m.smmu_stage.as_deref() {
+        Some("nested") => SmmuStage::Nested,
+        Some("1") => SmmuStage::Stage1,
+        Some("2") => SmmuStage::Stage2,
+        _ => SmmuStage::MachineDefault,
+    });
+    cfg.smp = m.smp;
+    cfg.memory_mb = m.memory_mb;
+    cfg.devices = m.devices.iter().map(DeviceSpec::to_vm).collect();
+    cfg.hotplug_ports = scenario
+        .steps
+        .iter()
+        .filter(|s| matches!(s.action, Action::Host(HostStep::Hotplug { .. })))
+        .count() as u32;
+    cfg.ssh = Some(SshConfig {
+        private_key: inputs.ssh_private_key.clone(),
+        user: "root".into(),
+    });
+    if m.trace {
+        cfg.trace_events = TRACE_EVENTS.iter().map(|s| s.to_string()).collect();
+    }
+    cfg.boot_timeout = Duration::from_secs(90);
+    cfg
+}
+
+/// Per-run state while the steps go.
+struct Runner<'a> {
+    vm: &'a Vm,
+    trace: TraceCursor,
+    console: vm::ConsoleCursor,
+    /// Requester id → device id, of the scenario's devices.
+    rids: BTreeMap<u16, String>,
+    bdfs: BTreeMap<String, String>,
+    hotplugged: u32,
+}
+
+async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Result<Execution> {
+    let mut runner = Runner {
+        vm,
+        trace: TraceCursor::default(),
+        console: vm::ConsoleCursor::default(),
+        rids: BTreeMap::new(),
+        bdfs: BTreeMap::new(),
+        hotplugged: 0,
+    };
+    let mut devices = Vec::new();
+    for d in vm.devices().iter().filter(|d| !d.infrastructure) {
+        runner.rids.insert(d.requester_id, d.id.clone());
+        runner.bdfs.insert(d.id.clone(), d.bdf.to_string());
+        devices.push(PlacedSummary {
+            id: d.id.clone(),
+            bdf: d.bdf.to_string(),
+            requester_id: format!("{:#x}", d.requester_id),
+        });
+    }
+    let boot_lines = vm.console_since(&mut runner.console);
+    let boot_reports = observe::console_reports(boot_lines.iter().map(|l| l.text.as_str()));
+    // Boot traffic (the NIC's, the kernel's own DMA) is not the scenario's.
+    let _ = vm.traces_since(&mut runner.trace, None)?;
+
+    let mut session = vm.open_session(AGENT_COMMAND).await?;
+    let hello = serde_json::to_string(&Request::Hello {
+        version: PROTOCOL_VERSION,
+    })?;
+    let line = session
+        .request_line(&hello, Duration::from_secs(20))
+        .await?;
+    let kernel_release = match serde_json::from_str::<Response>(&line) {
+        Ok(Response::Hello {
+            version,
+            kernel_release,
+            ..
+        }) if version == PROTOCOL_VERSION => kernel_release,
+        Ok(other) => {
+            return Err(Error::infra(format!(
+                "agent handshake: expected hello version {PROTOCOL_VERSION}, got {other:?}"
+            ))
+            .into())
+        }
+        Err(e) => {
+            return Err(
+                Error::infra(format!("agent handshake: unreadable answer {line:?}: {e}")).into(),
+            )
+        }
+    };
+    if kernel_release != kernel.release {
+        return Err(Error::infra(format!(
+            "the guest runs kernel {kernel_release}, but {} should be {}",
+            kernel.label, kernel.release
+        ))
+        .into());
+    }
+
+    // A `dmesg` step shows what the kernel said during the scenario, not
+    // the whole boot log: read (and drop) what is there before step 1.
+    let baseline = serde_json::to_string(&Request::Step(Step::Dmesg {}))?;
+    session
+        .request_line(&baseline, Duration::from_secs(20))
+        .await?;
+
+    let mut exec = Execution {
+        kernel_release,
+        machine: vm.machine().to_string(),
+        devices,
+        boot_reports,
+        steps: Vec::new(),
+        expectation_failures: Vec::new(),
+        aborted: None,
+        interrupts_delivered: 0,
+        msi_addresses: Vec::new(),
+    };
+    let mut addresses = BTreeSet::new();
+    for step in &scenario.steps {
+        let (request, result, agent_result) = match &step.action {
+            Action::Agent(s) => {
+                let s = runner.fill(step, s)?;
+                let request = serde_json::to_value(&s)?;
+                let line = serde_json::to_string(&Request::Step(s.clone()))?;
+                let answer = session
+                    .request_line(&line, step_timeout(&s))
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "{}:{}:{}: step {} ({})",
+                            scenario.display_path,
+                            step.pos.line,
+                            step.pos.col,
+                            step.index,
+                            s.op()
+                        )
+                    })?;
+                match serde_json::from_str::<Response>(&answer) {
+                    Ok(Response::Step(r)) => (request, snapshot_result(&r)?, Some(r)),
+                    Ok(Response::Error { message }) => {
+                        exec.aborted = Some(format!(
+                            "step {} ({}): the agent refused the request: {message}",
+                            step.index,
+                            s.op()
+                        ));
+                        (
+                            request,
+                            serde_json::json!({ "protocol_error": message }),
+                            None,
+                        )
+                    }
+                    Ok(other) => {
+                        exec.aborted = Some(format!(
+                            "step {} ({}): unexpected answer {other:?}",
+                            step.index,
+                            s.op()
+                        ));
+                        (
+                            request,
+                            serde_json::json!({ "protocol_error": format!("{other:?}") }),
+                            None,
+                        )
+                    }
+                    Err(e) => {
+                        exec.aborted = Some(format!(
+                            "step {} ({}): unreadable answer {answer:?}: {e}",
+                            step.index,
+                            s.op()
+                        ));
+                        (
+                            request,
+                            serde_json::json!({ "protocol_error": e.to_string() }),
+                            None,
+                        )
+                    }
+                }
+            }
+            Action::Host(h) => {
+                let request = serde_json::to_value(h)?;
+                let result = runner.host_step(h).await.with_context(|| {
+                    format!(
+                        "{}:{}:{}: step {} ({})",
+                        scenario.display_path,
+                        step.pos.line,
+                        step.pos.col,
+                        step.index,
+                        step.action.op()
+                    )
+                })?;
+                (request, result, None)
+            }
+        };
+        let last = step.index == scenario.steps.len();
+        if last {
+            // Kernel messages can trail the answer that caused them.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let observed = runner.observe()?;
+        if let Some(r) = &agent_result {
+            if let StepResult::AgentError { message } = r {
+                exec.aborted.get_or_insert_with(|| {
+                    format!(
+                        "step {} ({}): the agent could not perform it: {message}",
+                        step.index,
+                        step.action.op()
+                    )
+                });
+            }
+            match r {
+                StepResult::Ok(StepValue::Interrupts(n)) => exec.interrupts_delivered += n,
+                StepResult::Ok(StepValue::MsiConfig(c)) if c.enabled => {
+                    addresses.insert(c.address.to_string());
+                }
+                _ => {}
+            }
+            if let Some(expect) = &step.expect {
+                for fields in expect.for_variant(kernel.has_sw_msi) {
+                    for failure in check(fields, r) {
+                        exec.expectation_failures.push(format!(
+                            "{}:{}:{}: step {} ({}): {failure}",
+                            scenario.display_path,
+                            step.expect_pos.line,
+                            step.expect_pos.col,
+                            step.index,
+                            step.action.op()
+                        ));
+                    }
+                }
+            }
+        }
+        exec.steps.push(StepRecord {
+            step: step.index,
+            request: OpFirst(request),
+            expect: step.expect.as_ref().map(serde_json::to_value).transpose()?,
+            result,
+            observed,
+        });
+        if exec.aborted.is_some() {
+            break;
+        }
+    }
+    exec.msi_addresses = addresses.into_iter().collect();
+    let bye = serde_json::to_string(&Request::Shutdown {})?;
+    let _ = session.request_line(&bye, Duration::from_secs(5)).await;
+    Ok(exec)
+}
+
+impl Runner<'_> {
+    /// The step with defaults only the executor knows (the device's BDF).
+    fn fill(&self, step: &ScenarioStep, s: &Step) -> anyhow::Result<Step> {
+        let mut s = s.clone();
+        if step.bdf_from_placement {
+            if let Step::OpenDevice { device, bdf } = &mut s {
+                *bdf = self.bdfs.get(device.as_str()).cloned().ok_or_else(|| {
+                    Error::infra(format!(
+                        "step {}: device `{device}` has no placement",
+                        step.index
+                    ))
+                })?;
+            }
+        }
+        Ok(s)
+    }
+
+    fn observe(&mut self) -> anyhow::Result<Observations> {
+        let events = self.vm.traces_since(&mut self.trace, None)?;
+        let lines = self.vm.console_since(&mut self.console);
+        Ok(observe::aggregate(
+            &events,
+            &self.rids,
+            lines.iter().map(|l| l.text.as_str()),
+        ))
+    }
+
+    async fn host_step(&mut self, h: &HostStep) -> anyhow::Result<serde_json::Value> {
+        match h {
+            HostStep::HostSleep { ms } => {
+                tokio::time::sleep(Duration::from_millis(*ms)).await;
+                Ok(serde_json::json!({ "ok": "done" }))
+            }
+            HostStep::Unplug { device } => {
+                self.vm.unplug(device, Duration::from_secs(20)).await?;
+                Ok(serde_json::json!({ "ok": "done" }))
+            }
+            HostStep::Hotplug { device } => {
+                let placed = self.vm.hotplug(&device.to_vm(), self.hotplugged).await?;
+                self.hotplugged += 1;
+                let bdf = placed.bdf.to_string();
+                self.rids.insert(placed.requester_id, placed.id.clone());
+                self.bdfs.insert(placed.id.clone(), bdf.clone());
+                let q = vm::sh_quote(&bdf);
+                // The guest may not notice by itself (pciehp); bind edu to
+                // vfio-pci as /init does for boot-time devices.
+                let mut script = format!(
+                    "echo 1 > /sys/bus/pci/rescan; i=0; while [ ! -e /sys/bus/pci/devices/{q} ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; [ -e /sys/bus/pci/devices/{q} ] || {{ echo 'device did not appear' >&2; exit 1; }}"
+                );
+                if matches!(device, DeviceSpec::Edu { .. }) {
+                    script.push_str(&format!(
+                        "; echo vfio-pci > /sys/bus/pci/devices/{q}/driver_override; echo {q} > /sys/bus/pci/drivers_probe; i=0; while [ ! -d /sys/bus/pci/devices/{q}/vfio-dev ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; ls /sys/bus/pci/devices/{q}/vfio-dev"
+                    ));
+                }
+                let out = self.vm.exec_ok(&script, Duration::from_secs(30)).await?;
+                Ok(
+                    serde_json::json!({ "ok": { "bdf": bdf, "requester_id": format!("{:#x}", placed.requester_id), "vfio_dev": out.stdout_str().trim() } }),
+                )
+            }
+        }
+    }
+}
+
+/// A step result as the snapshot shows it: kernel log lines lose their
+/// timestamps and PIDs (the transcript keeps them raw).
+fn snapshot_result(r: &StepResult) -> anyhow::Result<serde_json::Value> {
+    match r {
+        StepResult::Ok(StepValue::Dmesg(lines)) => {
+            let lines = lines
+                .iter()
+                .map(|l| observe::normalise_kernel_line(l))
+                .collect();
+            Ok(serde_json::to_value(StepResult::Ok(StepValue::Dmesg(
+                lines,
+            )))?)
+        }
+        other => Ok(serde_json::to_value(other)?),
+    }
+}
+
+/// How long the agent may take to answer `step`.
+fn step_timeout(step: &Step) -> Duration {
+    let own = match step {
+        Step::WaitInterrupts { timeout_ms, .. } | Step::EduDma { timeout_ms, .. } => {
+            Duration::from_millis(*timeout_ms)
+        }
+        Step::Sleep { ms } => Duration::from_millis(*ms),
+        _ => Duration::from_secs(10),
+    };
+    own + ANSWER_MARGIN
+}
+
+/// The expectations of `fields` that `result` breaks, one sentence each.
+pub fn check(fields: &ExpectFields, result: &StepResult) -> Vec<String> {
+    let got = serde_json::to_string(result).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut fail = |what: String| out.push(format!("expected {what}, got {got}"));
+    if let Some(ok) = fields.ok {
+        if ok != matches!(result, StepResult::Ok(_)) {
+            fail(if ok {
+                "success".into()
+            } else {
+                "a failure".into()
+            });
+        }
+    }
+    if let Some(name) = &fields.errno {
+        if !matches!(result, StepResult::Err(e) if &e.name == name) {
+            fail(format!("errno {name}"));
+        }
+    }
+    let value = match result {
+        StepResult::Ok(v) => Some(v),
+        _ => None,
+    };
+    if let Some(want) = fields.value {
+        if !matches!(value, Some(StepValue::Value(v)) if *v == want) {
+            fail(format!("value {want}"));
+        }
+    }
+    if let Some(want) = fields.iova {
+        if !matches!(value, Some(StepValue::Iova(v)) if *v == want) {
+            fail(format!("iova {want}"));
+        }
+    }
+    if let Some(want) = fields.interrupts {
+        if !matches!(value, Some(StepValue::Interrupts(n)) if *n == want) {
+            fail(format!("{want} interrupts"));
+        }
+    }
+    if let Some(want) = fields.msi_address {
+        if !matches!(value, Some(StepValue::MsiConfig(c)) if c.address == want) {
+            fail(format!("msi address {want}"));
+        }
+    }
+    if let Some(want) = fields.msi_enabled {
+        if !matches!(value, Some(StepValue::MsiConfig(c)) if c.enabled == want) {
+            fail(format!("msi enabled = {want}"));
+        }
+    }
+    if let Some(want) = fields.dma_completed {
+        if !matches!(value, Some(StepValue::Dma(d)) if d.completed == want) {
+            fail(format!("dma completed = {want}"));
+        }
+    }
+    if let Some(want) = fields.dma_data_matches {
+        if !matches!(value, Some(StepValue::Dma(d)) if d.data_matches == Some(want)) {
+            fail(format!("dma data matches = {want}"));
+        }
+    }
+    out
+}
+
+/// `artifacts_dir/<scenario>@<variant>` (emptied first: one trial, one run).
+pub fn trial_dir(inputs: &Inputs, scenario: &str, variant: &str) -> anyhow::Result<PathBuf> {
+    let dir = inputs.artifacts_dir.join(format!("{scenario}@{variant}"));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clear {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Wall time helper for results.
+pub fn seconds_since(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 10.0).round() / 10.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msi_protocol::{ErrnoError, HexU64, MsiConfig};
+
+    #[test]
+    fn expectations_are_checked() {
+        let eop = StepResult::Err(ErrnoError::new(95, "IOMMU_OPTION"));
+        let f = ExpectFields {
+            errno: Some("EOPNOTSUPP".into()),
+            ..Default::default()
+        };
+        assert!(check(&f, &eop).is_empty());
+        let f = ExpectFields {
+            ok: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(check(&f, &eop).len(), 1);
+        let cfg = StepResult::Ok(StepValue::MsiConfig(MsiConfig {
+            enabled: true,
+            address: HexU64(0x1000_0040),
+            data: HexU64(0),
+            vectors: 1,
+            max_vectors: 1,
+        }));
+        let f = ExpectFields {
+            msi_address: Some(HexU64(0x0800_0040)),
+            msi_enabled: Some(true),
+            ..Default::default()
+        };
+        let fails = check(&f, &cfg);
+        assert_eq!(fails.len(), 1);
+        assert!(
+            fails[0].starts_with("expected msi address 0x8000040, got {\"ok\""),
+            "{}",
+            fails[0]
+        );
+    }
+}

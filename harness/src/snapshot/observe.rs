@@ -1,0 +1,212 @@
+//! Host observations of one step, normalised for snapshots: trace events
+//! aggregated per distinct key (counts instead of timestamps), kernel
+//! console reports with timestamps and PIDs stripped.
+
+use std::collections::BTreeMap;
+
+use regex::Regex;
+use serde::Serialize;
+
+use crate::vm::console::classify;
+use crate::vm::{TraceEvent, TraceKind};
+
+/// What the host saw between the previous step's answer and this one's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Observations {
+    /// SMMU translations, one entry per distinct (sid, iova, translated, perm, stage).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub smmu_translations: Vec<Translation>,
+    /// SMMU aborts, faults and queued events.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub smmu_faults: Vec<Counted>,
+    /// Writes that reached GITS_TRANSLATER (delivered MSIs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub its_writes: Vec<ItsWrite>,
+    /// Kernel WARNING/BUG/Oops/panic and `arm-smmu-v3 ... event` lines.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernel: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Translation {
+    pub device: String,
+    pub sid: String,
+    pub iova: String,
+    pub translated: String,
+    pub perm: String,
+    pub stage: u32,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ItsWrite {
+    pub device: String,
+    pub requester_id: String,
+    pub offset: String,
+    pub data: String,
+    pub count: u64,
+}
+
+/// A fault or event, in words, and how often it happened.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Counted {
+    pub device: String,
+    pub event: String,
+    pub count: u64,
+}
+
+/// Aggregates `events` of the devices in `rids` (requester id → device id)
+/// and picks the kernel reports out of console `lines`.
+pub fn aggregate<'a>(
+    events: &[TraceEvent],
+    rids: &BTreeMap<u16, String>,
+    lines: impl Iterator<Item = &'a str>,
+) -> Observations {
+    let name = |rid: u32| -> Option<String> {
+        u16::try_from(rid).ok().and_then(|r| rids.get(&r)).cloned()
+    };
+    // BTreeMaps keep the output sorted, so order of arrival does not matter.
+    let mut tr: BTreeMap<(String, u32, u64, u64, u32, u32), u64> = BTreeMap::new();
+    let mut faults: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut its: BTreeMap<(String, u32, u64, u64), u64> = BTreeMap::new();
+    for e in events {
+        let Some(device) = e.requester_id().and_then(name) else {
+            continue;
+        };
+        match &e.kind {
+            TraceKind::SmmuTranslateSuccess {
+                sid,
+                iova,
+                translated,
+                perm,
+                stage,
+                ..
+            } => {
+                *tr.entry((device, *sid, *iova, *translated, *perm, *stage))
+                    .or_default() += 1;
+            }
+            TraceKind::SmmuTranslateAbort {
+                sid,
+                iova,
+                is_write,
+                ..
+            } => {
+                let rw = if *is_write { "write" } else { "read" };
+                *faults
+                    .entry((
+                        device,
+                        format!("translate_abort sid={sid:#x} iova={iova:#x} {rw}"),
+                    ))
+                    .or_default() += 1;
+            }
+            TraceKind::SmmuRecordEvent { event, sid } => {
+                *faults
+                    .entry((device, format!("record_event {event} sid={sid:#x}")))
+                    .or_default() += 1;
+            }
+            TraceKind::SmmuFault { iova, event, .. } => {
+                *faults
+                    .entry((device, format!("fault {event} iova={iova:#x}")))
+                    .or_default() += 1;
+            }
+            TraceKind::ItsTranslationWrite {
+                offset,
+                data,
+                requester_id,
+                ..
+            } => {
+                *its.entry((device, *requester_id, *offset, *data))
+                    .or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+    Observations {
+        smmu_translations: tr
+            .into_iter()
+            .map(
+                |((device, sid, iova, translated, perm, stage), count)| Translation {
+                    device,
+                    sid: format!("{sid:#x}"),
+                    iova: format!("{iova:#x}"),
+                    translated: format!("{translated:#x}"),
+                    perm: format!("{perm:#x}"),
+                    stage,
+                    count,
+                },
+            )
+            .collect(),
+        smmu_faults: faults
+            .into_iter()
+            .map(|((device, event), count)| Counted {
+                device,
+                event,
+                count,
+            })
+            .collect(),
+        its_writes: its
+            .into_iter()
+            .map(|((device, rid, offset, data), count)| ItsWrite {
+                device,
+                requester_id: format!("{rid:#x}"),
+                offset: format!("{offset:#x}"),
+                data: format!("{data:#x}"),
+                count,
+            })
+            .collect(),
+        kernel: console_reports(lines),
+    }
+}
+
+/// The console lines worth a snapshot, normalised.
+pub fn console_reports<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<String> {
+    lines
+        .filter(|l| classify(l).is_some() || is_smmu_event(l))
+        .map(normalise_kernel_line)
+        .collect()
+}
+
+fn is_smmu_event(line: &str) -> bool {
+    line.contains("arm-smmu-v3") && line.contains("event")
+}
+
+/// Strips the printk timestamp and the numbers that change from run to
+/// run (PID, CPU) from a kernel line.
+pub fn normalise_kernel_line(line: &str) -> String {
+    static RES: std::sync::OnceLock<[Regex; 2]> = std::sync::OnceLock::new();
+    let [stamp, pid] = RES.get_or_init(|| {
+        [
+            Regex::new(r"^\s*\[\s*\d+\.\d+\]\s?").expect("valid regex"),
+            Regex::new(r"CPU: \d+ (UID: \d+ )?PID: \d+").expect("valid regex"),
+        ]
+    });
+    let line = line.trim_end_matches(['\r', '\n']);
+    let line = stamp.replace(line, "");
+    pid.replace_all(&line, "CPU: N PID: N").into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::trace::parse_all;
+
+    #[test]
+    fn traces_are_aggregated_per_device_and_sorted() {
+        let text = "\
+1@1.000001:smmuv3_translate_success smmuv3-iommu-memory-region-0-0 sid=0x8 iova=0x8000040 translated=0x8090040 perm=0x3 stage=1
+1@1.000002:gicv3_its_translation_write GICv3 ITS TRANSLATER write: offset 0x40 data 0x0 size 4 requester_id 0x8
+1@1.000003:smmuv3_translate_success smmuv3-iommu-memory-region-0-0 sid=0x8 iova=0x8000040 translated=0x8090040 perm=0x3 stage=1
+1@1.000004:gicv3_its_translation_write GICv3 ITS TRANSLATER write: offset 0x40 data 0x0 size 4 requester_id 0x8
+1@1.000005:smmuv3_translate_success smmuv3-iommu-memory-region-0-0 sid=0x10 iova=0xfffff040 translated=0x8090040 perm=0x3 stage=1
+";
+        let events = parse_all(text);
+        let rids = BTreeMap::from([(8u16, "edu0".to_string())]);
+        let lines = ["[    3.123456] WARNING: CPU: 1 PID: 231 at drivers/iommu/io-pgtable-arm.c:395 __arm_lpae_map+0x1/0x2", "[    3.2] hello"];
+        let o = aggregate(&events, &rids, lines.into_iter());
+        assert_eq!(o.smmu_translations.len(), 1, "{o:?}");
+        assert_eq!(o.smmu_translations[0].count, 2);
+        assert_eq!(o.smmu_translations[0].iova, "0x8000040");
+        assert_eq!(o.its_writes[0].count, 2);
+        assert_eq!(o.kernel, vec!["WARNING: CPU: N PID: N at drivers/iommu/io-pgtable-arm.c:395 __arm_lpae_map+0x1/0x2".to_string()]);
+    }
+}
