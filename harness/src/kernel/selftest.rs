@@ -349,16 +349,15 @@ fn ensure_libcap(base: &Path, reporter: &dyn Reporter, log: &Log) -> anyhow::Res
         .with_context(|| format!("apt-get download {LIBCAP_DEB} left no .deb behind"))?;
     let sha = cache::sha256_file(&deb)?;
     run::output(
-        Command::new("dpkg").arg("-x").arg(&deb).arg(tmp.join("root")),
+        Command::new("dpkg")
+            .arg("-x")
+            .arg(&deb)
+            .arg(tmp.join("root")),
         log,
         FETCH_TIMEOUT,
     )?;
     if !tmp.join("root").join(LIBCAP_ARCHIVE).is_file() {
-        return Err(Error::infra(format!(
-            "{} has no {LIBCAP_ARCHIVE}",
-            deb.display()
-        ))
-        .into());
+        return Err(Error::infra(format!("{} has no {LIBCAP_ARCHIVE}", deb.display())).into());
     }
     std::fs::remove_file(&deb)?;
     cache::write_atomic(&tmp.join("deb.sha256"), sha.as_bytes())?;
@@ -522,6 +521,90 @@ pub fn failed_tests(output: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
+    fn fixture(name: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/ktap")
+            .join(name);
+        std::fs::read_to_string(&path).unwrap()
+    }
+
+    #[test]
+    fn totals_line_of_a_passing_run() {
+        let out = fixture("pass-sw-msi-rfcv2.ktap");
+        let t = parse_ktap(&out);
+        // The fixture keeps only a few result lines: the totals line, not
+        // a count of them, is what is reported.
+        assert_eq!(
+            t,
+            KtapTotals {
+                pass: 224,
+                fail: 0,
+                skip: 5,
+                xfail: 0,
+                xpass: 0,
+                error: 0,
+                planned: Some(229),
+            }
+        );
+        assert!(t.all_passed());
+        assert!(failed_tests(&out).is_empty());
+        assert_eq!(
+            t.to_string(),
+            "pass:224 fail:0 xfail:0 xpass:0 skip:5 error:0 (planned 229)"
+        );
+    }
+
+    #[test]
+    fn failing_run_names_its_failures() {
+        let out = fixture("fail-no-hugepages.ktap");
+        let t = parse_ktap(&out);
+        assert_eq!((t.pass, t.fail, t.skip, t.planned), (202, 22, 5, Some(229)));
+        assert!(!t.all_passed());
+        assert_eq!(
+            failed_tests(&out),
+            [
+                "iommufd_ioas.no_domain.access_domain_destory",
+                "iommufd_mock_domain.one_domain_hugepage.basic",
+                "iommufd_mock_domain.one_domain_hugepage.all_aligns",
+                "iommufd_mock_domain.one_domain_hugepage.all_aligns_copy",
+                "iommufd_mock_domain.two_domains_hugepage.basic",
+                "iommufd_mock_domain.two_domains_hugepage.all_aligns",
+                "iommufd_mock_domain.two_domains_hugepage.all_aligns_copy",
+            ]
+        );
+    }
+
+    #[test]
+    fn run_cut_short_is_counted_line_by_line() {
+        let out = fixture("cut-short.ktap");
+        let t = parse_ktap(&out);
+        assert_eq!((t.pass, t.fail, t.skip, t.error), (4, 3, 0, 0));
+        assert_eq!(t.planned, Some(229));
+        assert_eq!(t.missing(), 222);
+        assert!(!t.all_passed());
+        assert_eq!(failed_tests(&out).len(), 3);
+    }
+
+    #[test]
+    fn skips_and_expected_failures_are_told_apart_when_counting() {
+        let out = fixture("pass-sw-msi-rfcv2.ktap");
+        let without_totals: String = out
+            .lines()
+            .filter(|l| !l.starts_with("# Totals:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let t = parse_ktap(&without_totals);
+        assert_eq!((t.pass, t.skip, t.fail), (6, 5, 0));
+        assert_eq!(t.missing(), 218);
+        // A fixture cannot show these: the iommufd selftest has no XFAIL.
+        let t = parse_ktap("1..3\nok 1 a # XFAIL known\nnot ok 2 b # SKIP no\nok 3 c # xpass\n");
+        assert_eq!((t.xfail, t.skip, t.xpass, t.fail), (1, 1, 1, 0));
+        assert!(failed_tests("not ok 2 b # SKIP no\n").is_empty());
+        // Not results: commentary, subtests, the harness's OK lines.
+        let t = parse_ktap("#            OK  x\n    ok 1 nested\nokay 1\nok x y\n");
+        assert_eq!(t, KtapTotals::default());
+    }
+
     #[test]
     fn dependency_files_outside_the_key_are_found() {
         let tree = Path::new("/k/src");
@@ -589,9 +672,12 @@ mod tests {
                 eprintln!("{variant}: skipped ({})", input.label);
                 continue;
             }
-            let kernel =
-                super::super::build(super::super::KernelSource::Variant(variant), &quiet, &run_dir)
-                    .unwrap();
+            let kernel = super::super::build(
+                super::super::KernelSource::Variant(variant),
+                &quiet,
+                &run_dir,
+            )
+            .unwrap();
             let started = Instant::now();
             let binary = build_iommufd_selftest(&kernel, &quiet, &run_dir).unwrap();
             let build_time = started.elapsed();
@@ -643,6 +729,8 @@ mod tests {
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             let saved = run_dir.join(format!("iommufd-{variant}.ktap"));
             std::fs::write(&saved, &text).unwrap();
+            // The harness's assertion messages go to stderr.
+            std::fs::write(saved.with_extension("stderr"), &out.stderr).unwrap();
             let totals = parse_ktap(&text);
             eprintln!(
                 "{variant}: {totals} in {:.1} s, exit status {}, {} kernel reports; output {}",
@@ -651,14 +739,22 @@ mod tests {
                 reports.len(),
                 saved.display()
             );
-            assert!(totals.planned.is_some_and(|p| p > 0), "no plan in {}", saved.display());
+            assert!(
+                totals.planned.is_some_and(|p| p > 0),
+                "no plan in {}",
+                saved.display()
+            );
             assert!(
                 totals.all_passed(),
                 "{variant}: {totals}; failed: {:?} (output {})",
                 failed_tests(&text),
                 saved.display()
             );
-            assert_eq!(out.status, 0, "{variant}: the selftest exited with {}", out.status);
+            assert_eq!(
+                out.status, 0,
+                "{variant}: the selftest exited with {}",
+                out.status
+            );
             checked += 1;
         }
         assert!(checked > 0, "the inputs hold no variant kernel");
