@@ -149,6 +149,8 @@ fn build_inner(
             libcap.root.join("usr/lib/aarch64-linux-gnu").display()
         ))
         .arg("-lcap")
+        // Plain ASCII quotes in diagnostics, whatever the user's locale.
+        .env("LC_ALL", "C")
         // Object files and temporaries stay out of the source tree.
         .current_dir(&tmp);
     let done = run::run(
@@ -634,6 +636,56 @@ mod tests {
         let lines = compiler_errors(&stderr);
         assert_eq!(lines.len(), 3, "{lines:?}");
         assert!(lines[0].contains("error: 'x' undeclared"));
+    }
+
+    /// A tree whose selftest does not compile: the error names the line
+    /// and the log. Needs the cross toolchain and a built kernel's headers.
+    #[test]
+    fn compile_failure_names_the_line_and_the_log() {
+        if std::env::var_os("MSI_HARNESS_VM_TESTS").is_none() {
+            eprintln!("skipped: set MSI_HARNESS_VM_TESTS=1 to cross-compile the selftest");
+            return;
+        }
+        let run_dir = tempfile::tempdir().unwrap();
+        let quiet = crate::event::Quiet;
+        let kernel = super::super::build(
+            super::super::KernelSource::Variant("sw-msi-rfcv2"),
+            &quiet,
+            run_dir.path(),
+        )
+        .unwrap();
+        // A copy of the files the compiler reads, one of them broken.
+        let tree = tempfile::tempdir().unwrap();
+        for rel in SOURCES {
+            let to = tree.path().join(rel);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(kernel.source_tree.join(rel), &to).unwrap();
+        }
+        let main = tree.path().join(MAIN);
+        let text = std::fs::read_to_string(&main).unwrap();
+        // A unique marker keeps this from ever hitting a cached build.
+        let marker = format!("{}", std::process::id());
+        std::fs::write(
+            &main,
+            format!("{text}\nint broken_{marker}(void) {{ return undeclared_{marker}; }}\n"),
+        )
+        .unwrap();
+        let broken = KernelBuild {
+            source_tree: tree.path().to_path_buf(),
+            ..kernel
+        };
+        let err = build_iommufd_selftest(&broken, &quiet, run_dir.path()).unwrap_err();
+        let msg = format!("{err:#}");
+        assert_eq!(
+            crate::error::exit_code_of(&err),
+            crate::error::ExitCode::Infrastructure
+        );
+        assert!(
+            msg.contains(&format!("error: 'undeclared_{marker}' undeclared")),
+            "{msg}"
+        );
+        assert!(msg.contains("selftest-iommufd.log"), "{msg}");
+        eprintln!("{msg}");
     }
 
     /// The promise end to end: build the selftest for each variant kernel
