@@ -23,6 +23,7 @@ pub mod apply;
 pub mod kconfig;
 pub mod patch;
 mod run;
+pub mod selftest;
 pub mod source;
 pub mod tree;
 pub mod variants;
@@ -78,6 +79,9 @@ pub struct KernelBuild {
     pub config: PathBuf,
     /// The exported uapi headers' `include` directory.
     pub headers: PathBuf,
+    /// The source tree the kernel was built from: a variant's
+    /// `kernel/work/<variant>/src` or the local tree itself (read only).
+    pub source_tree: PathBuf,
     pub key: ContentKey,
     /// True when nothing was built: the cache had it.
     pub cached: bool,
@@ -444,15 +448,16 @@ fn build_inner(
     let source_key = plan.inputs.source_key();
     let out_dir = cache_root.join("kernel/out").join(key.short());
     let headers_dir = cache_root.join("kernel/headers").join(source_key.short());
-    if let Some(found) = cached(&plan, &key, &out_dir, &headers_dir) {
+    let work = cache_root.join("kernel/work").join(&plan.name);
+    let source_tree = plan.tree.clone().unwrap_or_else(|| work.join("src"));
+    if let Some(found) = cached(&plan, &key, &out_dir, &headers_dir, &source_tree) {
         return Ok(found);
     }
 
-    let work = cache_root.join("kernel/work").join(&plan.name);
     std::fs::create_dir_all(&work)?;
     let _lock = lock(&work.join("lock"), reporter)?;
     // Another process may have finished the same build while we waited.
-    if let Some(found) = cached(&plan, &key, &out_dir, &headers_dir) {
+    if let Some(found) = cached(&plan, &key, &out_dir, &headers_dir, &source_tree) {
         return Ok(found);
     }
     let src = match (&plan.spec, &plan.tree) {
@@ -619,6 +624,7 @@ fn build_inner(
         image: out_dir.join(TARGET),
         config: out_dir.join("config"),
         headers: headers_dir.join("include"),
+        source_tree: src,
         key,
         cached: false,
         release,
@@ -645,6 +651,7 @@ fn cached(
     key: &ContentKey,
     out_dir: &Path,
     headers_dir: &Path,
+    source_tree: &Path,
 ) -> Option<KernelBuild> {
     let meta: Metadata =
         serde_json::from_slice(&std::fs::read(out_dir.join("metadata.json")).ok()?).ok()?;
@@ -657,6 +664,7 @@ fn cached(
         image: out_dir.join(TARGET),
         config: out_dir.join("config"),
         headers: headers_dir.join("include"),
+        source_tree: source_tree.to_path_buf(),
         key: key.clone(),
         cached: true,
         release: meta.release,

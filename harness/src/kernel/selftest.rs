@@ -1,0 +1,814 @@
+//! The kernel's own iommufd kselftest (`tools/testing/selftests/iommu`),
+//! cross-built for the guest, and the reading of its KTAP output.
+//!
+//! The test binary is built from the same source tree as the kernel it
+//! runs on (its mock-domain ioctls come from the kernel's private
+//! `iommufd_test.h`, which changes with the kernel) against that kernel's
+//! exported uapi headers. It is compiled with one `gcc` call rather than
+//! the selftest Makefile: the Makefile would write into the source tree,
+//! which may be a user's own, and one static binary is all the guest needs.
+//! The output goes to `kernel/selftest/<key16>/iommufd` under the cache
+//! root, keyed by everything the compiler reads, so an unchanged input runs
+//! no compiler at all.
+//!
+//! The test links libcap (it drops `CAP_IPC_LOCK`); the arm64 static
+//! library is fetched once with `apt-get download libcap-dev:arm64` and
+//! unpacked in the cache (no root, no host package changes), and its
+//! `.deb`'s sha256 is part of the key.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::run::{self, Log};
+use super::{require_tool, toolchain_version, KernelBuild, COMPILER};
+use crate::cache::{self, KeyBuilder};
+use crate::error::Error;
+use crate::event::{Reporter, Stage};
+
+/// Bumped whenever this module changes how the selftest is built.
+pub const SELFTEST_STEP_VERSION: u32 = 1;
+
+/// The files of the source tree the compiler reads (checked against its
+/// dependency output after each build).
+const SOURCES: &[&str] = &[
+    "tools/testing/selftests/iommu/iommufd.c",
+    "tools/testing/selftests/iommu/iommufd_utils.h",
+    "tools/testing/selftests/kselftest_harness.h",
+    "tools/testing/selftests/kselftest.h",
+    "drivers/iommu/iommufd/iommufd_test.h",
+];
+const MAIN: &str = "tools/testing/selftests/iommu/iommufd.c";
+
+/// The selftest Makefile's flags (`lib.mk` adds `-D_GNU_SOURCE=`), plus
+/// `-static`: the guest has no arm64 glibc.
+const CFLAGS: &[&str] = &[
+    "-static",
+    "-Wall",
+    "-O2",
+    "-Wno-unused-function",
+    "-D_GNU_SOURCE=",
+];
+
+/// Where the cross glibc's static archive lives on Debian.
+const STATIC_LIBC: &str = "/usr/aarch64-linux-gnu/lib/libc.a";
+const LIBCAP_DEB: &str = "libcap-dev:arm64";
+const LIBCAP_ARCHIVE: &str = "usr/lib/aarch64-linux-gnu/libcap.a";
+const COMPILE_TIMEOUT: Duration = Duration::from_secs(600);
+const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Builds (or finds in the cache) the `iommufd` selftest binary for the
+/// kernel `build`, statically linked for arm64. The compiler's output goes
+/// to `run_dir/selftest-iommufd.log`.
+pub fn build_iommufd_selftest(
+    build: &KernelBuild,
+    reporter: &dyn Reporter,
+    run_dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let started = Instant::now();
+    let what = format!("iommufd selftest for {}", build.name);
+    reporter.start(Stage::Kernel, &what);
+    let result = build_inner(build, reporter, run_dir);
+    if let Ok((path, cached)) = &result {
+        let how = if *cached { "cached" } else { "built" };
+        reporter.line(Stage::Kernel, format!("{how}: {}", path.display()));
+    }
+    reporter.end(Stage::Kernel, &what, result.is_ok(), started.elapsed());
+    result.map(|(path, _)| path)
+}
+
+fn build_inner(
+    build: &KernelBuild,
+    reporter: &dyn Reporter,
+    run_dir: &Path,
+) -> anyhow::Result<(PathBuf, bool)> {
+    require_tool(COMPILER, "gcc-aarch64-linux-gnu")?;
+    if !Path::new(STATIC_LIBC).is_file() {
+        return Err(Error::infra(format!(
+            "{STATIC_LIBC} is missing: install the Debian package `libc6-dev-arm64-cross` \
+             (the selftest is linked statically)"
+        ))
+        .into());
+    }
+    check_source_tree(build)?;
+    let cache_root = cache::cache_root()?;
+    let base = cache_root.join("kernel/selftest");
+    std::fs::create_dir_all(&base)?;
+    let log = Log::create(&run_dir.join("selftest-iommufd.log"))?;
+    let toolchain = toolchain_version(&log)?;
+    let libcap = ensure_libcap(&base, reporter, &log)?;
+
+    let mut key = KeyBuilder::new();
+    key.str("step", &SELFTEST_STEP_VERSION.to_string())
+        .str("toolchain", &toolchain)
+        .str("cflags", &CFLAGS.join(" "))
+        .str("libcap", &libcap.deb_sha256);
+    for rel in SOURCES {
+        key.file(rel, &build.source_tree.join(rel))
+            .map_err(|e| Error::infra(format!("{e:#}")))?;
+    }
+    key.tree("headers", &build.headers, &|_| false)?;
+    let key = key.finish();
+    let dir = base.join(key.short());
+    let binary = dir.join("iommufd");
+    if binary.is_file() {
+        return Ok((binary, true));
+    }
+    let _lock = super::lock(&base.join("lock"), reporter)?;
+    if binary.is_file() {
+        return Ok((binary, true));
+    }
+
+    let tmp = base.join(format!("{}.tmp-{}", key.short(), std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    reporter.line(
+        Stage::Kernel,
+        format!(
+            "compiling {MAIN} from {} (log {})",
+            build.source_tree.display(),
+            log.path().display()
+        ),
+    );
+    let mut cc = Command::new(COMPILER);
+    cc.args(CFLAGS)
+        .arg("-isystem")
+        .arg(&build.headers)
+        .arg("-isystem")
+        .arg(libcap.root.join("usr/include"))
+        .arg("-MD")
+        .arg("-MF")
+        .arg(tmp.join("iommufd.d"))
+        .arg(build.source_tree.join(MAIN))
+        .arg("-o")
+        .arg(tmp.join("iommufd"))
+        .arg(format!(
+            "-L{}",
+            libcap.root.join("usr/lib/aarch64-linux-gnu").display()
+        ))
+        .arg("-lcap")
+        // Plain ASCII quotes in diagnostics, whatever the user's locale.
+        .env("LC_ALL", "C")
+        // Object files and temporaries stay out of the source tree.
+        .current_dir(&tmp);
+    let done = run::run(
+        &mut cc,
+        &log,
+        COMPILE_TIMEOUT,
+        false,
+        &mut |_, _| {},
+        &mut || {},
+    )?;
+    if !done.status.success() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(Error::infra(format!(
+            "the iommufd selftest of {} did not compile:\n{}\n(log: {})",
+            build.source_tree.display(),
+            compiler_errors(&done.stderr).join("\n"),
+            log.path().display()
+        ))
+        .into());
+    }
+    // The key covers SOURCES only; a newer selftest that reads more files
+    // of the tree must be noticed, not silently cached.
+    let deps = std::fs::read_to_string(tmp.join("iommufd.d")).unwrap_or_default();
+    let unkeyed = unkeyed_sources(&deps, &build.source_tree);
+    if !unkeyed.is_empty() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(Error::infra(format!(
+            "the iommufd selftest reads source files the cache key does not cover: {} \
+             (add them to kernel::selftest::SOURCES)",
+            unkeyed.join(", ")
+        ))
+        .into());
+    }
+    super::publish(&tmp, &dir, &binary)?;
+    Ok((binary, false))
+}
+
+/// A variant's work tree is shared by every build of the variant: make
+/// sure it still holds the source this kernel was built from.
+fn check_source_tree(build: &KernelBuild) -> anyhow::Result<()> {
+    let main = build.source_tree.join(MAIN);
+    if !main.is_file() {
+        return Err(Error::infra(format!(
+            "{} has no {MAIN}: the iommufd selftest is built from the kernel's own source tree",
+            build.source_tree.display()
+        ))
+        .into());
+    }
+    // `kernel/work/<variant>/src.key` holds the source key; the headers
+    // directory is named after its first 16 digits.
+    let Some(work) = build.source_tree.parent() else {
+        return Ok(());
+    };
+    let Ok(held) = std::fs::read_to_string(work.join("src.key")) else {
+        return Ok(()); // a local tree: built as it is
+    };
+    let wanted = build
+        .headers
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !held.trim().starts_with(&wanted) {
+        return Err(Error::infra(format!(
+            "{} now holds another source than kernel {} was built from (the variant was \
+             built since with another series); build that kernel again first",
+            build.source_tree.display(),
+            build.name
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Files of the source tree named in a make-style dependency file that
+/// [`SOURCES`] does not list.
+fn unkeyed_sources(deps: &str, tree: &Path) -> Vec<String> {
+    let keyed: Vec<PathBuf> = SOURCES.iter().map(|s| normalize(&tree.join(s))).collect();
+    let tree = normalize(tree);
+    let mut out = Vec::new();
+    for word in deps.split_whitespace() {
+        let word = word.trim_end_matches(':');
+        if word == "\\" || word.is_empty() {
+            continue;
+        }
+        let p = normalize(Path::new(word));
+        if p.starts_with(&tree) && !keyed.contains(&p) {
+            let shown = p.strip_prefix(&tree).unwrap_or(&p).display().to_string();
+            if !out.contains(&shown) {
+                out.push(shown);
+            }
+        }
+    }
+    out
+}
+
+/// Resolves `..` lexically (the compiler reports `iommu/../kselftest.h`).
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The compiler's diagnostics worth showing: error and warning lines with
+/// the source excerpt after them, and linker failures; at most 20 lines.
+pub fn compiler_errors(stderr: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut context = 0;
+    for line in stderr {
+        let is_error = line.contains(": error:")
+            || line.contains("undefined reference")
+            || line.contains("cannot find -l")
+            || line.contains("fatal error:")
+            || line.contains("collect2:");
+        if is_error {
+            out.push(line.clone());
+            context = 3;
+        } else if context > 0 && (line.starts_with(' ') || line.contains('|')) {
+            out.push(line.clone());
+            context -= 1;
+        } else {
+            context = 0;
+        }
+        if out.len() >= 20 {
+            break;
+        }
+    }
+    if out.is_empty() {
+        out = stderr[stderr.len().saturating_sub(10)..].to_vec();
+    }
+    out
+}
+
+struct Libcap {
+    root: PathBuf,
+    deb_sha256: String,
+}
+
+/// The unpacked `libcap-dev:arm64`, fetched on first use.
+fn ensure_libcap(base: &Path, reporter: &dyn Reporter, log: &Log) -> anyhow::Result<Libcap> {
+    let dir = base.join("libcap");
+    let marker = dir.join("deb.sha256");
+    let ready = |dir: &Path| -> Option<Libcap> {
+        let sha = std::fs::read_to_string(dir.join("deb.sha256")).ok()?;
+        let root = dir.join("root");
+        root.join(LIBCAP_ARCHIVE).is_file().then(|| Libcap {
+            root,
+            deb_sha256: sha.trim().to_string(),
+        })
+    };
+    if let Some(found) = ready(&dir) {
+        return Ok(found);
+    }
+    let _lock = super::lock(&base.join("libcap.lock"), reporter)?;
+    if let Some(found) = ready(&dir) {
+        return Ok(found);
+    }
+    require_tool("apt-get", "apt")?;
+    require_tool("dpkg", "dpkg")?;
+    reporter.line(
+        Stage::Kernel,
+        format!("fetching {LIBCAP_DEB} (the selftest links libcap statically)"),
+    );
+    let tmp = base.join(format!("libcap.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let fetched = run::run(
+        Command::new("apt-get")
+            .args(["download", "-q", LIBCAP_DEB])
+            .current_dir(&tmp),
+        log,
+        FETCH_TIMEOUT,
+        false,
+        &mut |_, _| {},
+        &mut || {},
+    )?;
+    if !fetched.status.success() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(Error::infra(format!(
+            "`apt-get download {LIBCAP_DEB}` failed: {} (the host needs the arm64 architecture \
+             and its package lists: `cargo xtask deps`, or `dpkg --add-architecture arm64 && \
+             apt-get update`)",
+            run::tail(&fetched.stderr, 5)
+        ))
+        .into());
+    }
+    let deb = std::fs::read_dir(&tmp)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .with_context(|| format!("apt-get download {LIBCAP_DEB} left no .deb behind"))?;
+    let sha = cache::sha256_file(&deb)?;
+    run::output(
+        Command::new("dpkg")
+            .arg("-x")
+            .arg(&deb)
+            .arg(tmp.join("root")),
+        log,
+        FETCH_TIMEOUT,
+    )?;
+    if !tmp.join("root").join(LIBCAP_ARCHIVE).is_file() {
+        return Err(Error::infra(format!("{} has no {LIBCAP_ARCHIVE}", deb.display())).into());
+    }
+    std::fs::remove_file(&deb)?;
+    cache::write_atomic(&tmp.join("deb.sha256"), sha.as_bytes())?;
+    super::publish(&tmp, &dir, &marker)?;
+    ready(&dir).with_context(|| format!("{} is incomplete", dir.display()))
+}
+
+/// The counts of a kselftest run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KtapTotals {
+    pub pass: u32,
+    pub fail: u32,
+    pub skip: u32,
+    pub xfail: u32,
+    /// Tests expected to fail that passed (kselftest counts these as a
+    /// failure of the run).
+    pub xpass: u32,
+    pub error: u32,
+    /// The plan (`1..N`), if the output has one.
+    pub planned: Option<u32>,
+}
+
+impl KtapTotals {
+    /// Results reported, of any kind.
+    pub fn ran(&self) -> u32 {
+        self.pass + self.fail + self.skip + self.xfail + self.xpass + self.error
+    }
+
+    /// Planned tests without a result: the binary died before them.
+    pub fn missing(&self) -> u32 {
+        self.planned.map_or(0, |p| p.saturating_sub(self.ran()))
+    }
+
+    /// Every planned test ran, and none failed.
+    pub fn all_passed(&self) -> bool {
+        self.fail == 0 && self.xpass == 0 && self.error == 0 && self.missing() == 0
+    }
+}
+
+impl std::fmt::Display for KtapTotals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pass:{} fail:{} xfail:{} xpass:{} skip:{} error:{}",
+            self.pass, self.fail, self.xfail, self.xpass, self.skip, self.error
+        )?;
+        match self.planned {
+            Some(p) => write!(f, " (planned {p})"),
+            None => write!(f, " (no plan)"),
+        }
+    }
+}
+
+/// One top-level `ok`/`not ok` line.
+struct ResultLine<'a> {
+    ok: bool,
+    name: &'a str,
+    /// The directive after ` # `, upper-cased first word (`SKIP`, `XFAIL`...).
+    directive: Option<String>,
+}
+
+fn result_line(line: &str) -> Option<ResultLine<'_>> {
+    // Nested (indented) results belong to subtests; the harness's own
+    // commentary starts with `#`.
+    let (ok, rest) = if let Some(r) = line.strip_prefix("ok ") {
+        (true, r)
+    } else if let Some(r) = line.strip_prefix("not ok ") {
+        (false, r)
+    } else {
+        return None;
+    };
+    let rest = rest.trim_end();
+    let (number, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (name, directive) = match rest.split_once(" # ") {
+        Some((n, d)) => (n, Some(d)),
+        None => match rest.strip_prefix("# ") {
+            Some(d) => ("", Some(d)),
+            None => (rest, None),
+        },
+    };
+    let directive = directive.and_then(|d| d.split_whitespace().next().map(|w| w.to_uppercase()));
+    Some(ResultLine {
+        ok,
+        name: name.trim(),
+        directive,
+    })
+}
+
+/// Reads a kselftest harness run: the `# Totals:` line when there is one,
+/// else the `ok`/`not ok` lines counted (a run that crashed never prints
+/// its totals); the plan from the first top-level `1..N`.
+pub fn parse_ktap(output: &str) -> KtapTotals {
+    let mut counted = KtapTotals::default();
+    let mut totals: Option<KtapTotals> = None;
+    for line in output.lines() {
+        let line = line.trim_end_matches('\r');
+        if counted.planned.is_none() {
+            if let Some(n) = line.strip_prefix("1..").and_then(|n| n.trim().parse().ok()) {
+                counted.planned = Some(n);
+                continue;
+            }
+        }
+        if let Some(rest) = line.strip_prefix("# Totals:") {
+            totals = Some(parse_totals(rest));
+            continue;
+        }
+        let Some(r) = result_line(line) else { continue };
+        match (r.ok, r.directive.as_deref()) {
+            (_, Some("SKIP")) => counted.skip += 1,
+            (true, Some("XFAIL")) => counted.xfail += 1,
+            (true, Some("XPASS")) => counted.xpass += 1,
+            (true, _) => counted.pass += 1,
+            (false, _) => counted.fail += 1,
+        }
+    }
+    match totals {
+        Some(t) => KtapTotals {
+            planned: counted.planned,
+            ..t
+        },
+        None => counted,
+    }
+}
+
+fn parse_totals(rest: &str) -> KtapTotals {
+    let mut t = KtapTotals::default();
+    for field in rest.split_whitespace() {
+        let Some((name, value)) = field.split_once(':') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<u32>() else {
+            continue;
+        };
+        match name {
+            "pass" => t.pass = value,
+            "fail" => t.fail = value,
+            "xfail" => t.xfail = value,
+            "xpass" => t.xpass = value,
+            "skip" => t.skip = value,
+            "error" => t.error = value,
+            _ => {}
+        }
+    }
+    t
+}
+
+/// The names of the tests that failed (`not ok` without a SKIP), in order.
+pub fn failed_tests(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(|l| result_line(l.trim_end_matches('\r')))
+        .filter(|r| !r.ok && r.directive.as_deref() != Some("SKIP"))
+        .map(|r| r.name.to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/ktap")
+            .join(name);
+        std::fs::read_to_string(&path).unwrap()
+    }
+
+    #[test]
+    fn totals_line_of_a_passing_run() {
+        let out = fixture("pass-sw-msi-rfcv2.ktap");
+        let t = parse_ktap(&out);
+        // The fixture keeps only a few result lines: the totals line, not
+        // a count of them, is what is reported.
+        assert_eq!(
+            t,
+            KtapTotals {
+                pass: 224,
+                fail: 0,
+                skip: 5,
+                xfail: 0,
+                xpass: 0,
+                error: 0,
+                planned: Some(229),
+            }
+        );
+        assert!(t.all_passed());
+        assert!(failed_tests(&out).is_empty());
+        assert_eq!(
+            t.to_string(),
+            "pass:224 fail:0 xfail:0 xpass:0 skip:5 error:0 (planned 229)"
+        );
+    }
+
+    #[test]
+    fn failing_run_names_its_failures() {
+        let out = fixture("fail-no-hugepages.ktap");
+        let t = parse_ktap(&out);
+        assert_eq!((t.pass, t.fail, t.skip, t.planned), (202, 22, 5, Some(229)));
+        assert!(!t.all_passed());
+        assert_eq!(
+            failed_tests(&out),
+            [
+                "iommufd_ioas.no_domain.access_domain_destory",
+                "iommufd_mock_domain.one_domain_hugepage.basic",
+                "iommufd_mock_domain.one_domain_hugepage.all_aligns",
+                "iommufd_mock_domain.one_domain_hugepage.all_aligns_copy",
+                "iommufd_mock_domain.two_domains_hugepage.basic",
+                "iommufd_mock_domain.two_domains_hugepage.all_aligns",
+                "iommufd_mock_domain.two_domains_hugepage.all_aligns_copy",
+            ]
+        );
+    }
+
+    #[test]
+    fn run_cut_short_is_counted_line_by_line() {
+        let out = fixture("cut-short.ktap");
+        let t = parse_ktap(&out);
+        assert_eq!((t.pass, t.fail, t.skip, t.error), (4, 3, 0, 0));
+        assert_eq!(t.planned, Some(229));
+        assert_eq!(t.missing(), 222);
+        assert!(!t.all_passed());
+        assert_eq!(failed_tests(&out).len(), 3);
+    }
+
+    #[test]
+    fn skips_and_expected_failures_are_told_apart_when_counting() {
+        let out = fixture("pass-sw-msi-rfcv2.ktap");
+        let without_totals: String = out
+            .lines()
+            .filter(|l| !l.starts_with("# Totals:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let t = parse_ktap(&without_totals);
+        assert_eq!((t.pass, t.skip, t.fail), (6, 5, 0));
+        assert_eq!(t.missing(), 218);
+        // A fixture cannot show these: the iommufd selftest has no XFAIL.
+        let t = parse_ktap("1..3\nok 1 a # XFAIL known\nnot ok 2 b # SKIP no\nok 3 c # xpass\n");
+        assert_eq!((t.xfail, t.skip, t.xpass, t.fail), (1, 1, 1, 0));
+        assert!(failed_tests("not ok 2 b # SKIP no\n").is_empty());
+        // Not results: commentary, subtests, the harness's OK lines.
+        let t = parse_ktap("#            OK  x\n    ok 1 nested\nokay 1\nok x y\n");
+        assert_eq!(t, KtapTotals::default());
+    }
+
+    #[test]
+    fn dependency_files_outside_the_key_are_found() {
+        let tree = Path::new("/k/src");
+        let deps = "iommufd: /k/src/tools/testing/selftests/iommu/iommufd.c \\\n \
+            /k/src/tools/testing/selftests/iommu/../kselftest_harness.h \\\n \
+            /k/src/tools/testing/selftests/iommu/../../../../drivers/iommu/iommufd/iommufd_test.h \\\n \
+            /k/src/tools/include/linux/bits.h /usr/aarch64-linux-gnu/include/stdio.h \\\n \
+            /h/include/linux/iommufd.h\n";
+        assert_eq!(
+            unkeyed_sources(deps, tree),
+            ["tools/include/linux/bits.h".to_string()]
+        );
+    }
+
+    #[test]
+    fn compiler_errors_keep_the_excerpt() {
+        let stderr: Vec<String> = [
+            "/k/iommufd.c: In function 'foo':",
+            "/k/iommufd.c:12:5: error: 'x' undeclared (first use in this function)",
+            "   12 |     x = 1;",
+            "      |     ^",
+            "/k/iommufd.c:13:1: warning: unused",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let lines = compiler_errors(&stderr);
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].contains("error: 'x' undeclared"));
+    }
+
+    /// A tree whose selftest does not compile: the error names the line
+    /// and the log. Needs the cross toolchain and a built kernel's headers.
+    #[test]
+    fn compile_failure_names_the_line_and_the_log() {
+        if std::env::var_os("MSI_HARNESS_VM_TESTS").is_none() {
+            eprintln!("skipped: set MSI_HARNESS_VM_TESTS=1 to cross-compile the selftest");
+            return;
+        }
+        let run_dir = tempfile::tempdir().unwrap();
+        let quiet = crate::event::Quiet;
+        let kernel = super::super::build(
+            super::super::KernelSource::Variant("sw-msi-rfcv2"),
+            &quiet,
+            run_dir.path(),
+        )
+        .unwrap();
+        // A copy of the files the compiler reads, one of them broken.
+        let tree = tempfile::tempdir().unwrap();
+        for rel in SOURCES {
+            let to = tree.path().join(rel);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(kernel.source_tree.join(rel), &to).unwrap();
+        }
+        let main = tree.path().join(MAIN);
+        let text = std::fs::read_to_string(&main).unwrap();
+        // A unique marker keeps this from ever hitting a cached build.
+        let marker = format!("{}", std::process::id());
+        std::fs::write(
+            &main,
+            format!("{text}\nint broken_{marker}(void) {{ return undeclared_{marker}; }}\n"),
+        )
+        .unwrap();
+        let broken = KernelBuild {
+            source_tree: tree.path().to_path_buf(),
+            ..kernel
+        };
+        let err = build_iommufd_selftest(&broken, &quiet, run_dir.path()).unwrap_err();
+        let msg = format!("{err:#}");
+        assert_eq!(
+            crate::error::exit_code_of(&err),
+            crate::error::ExitCode::Infrastructure
+        );
+        assert!(
+            msg.contains(&format!("error: 'undeclared_{marker}' undeclared")),
+            "{msg}"
+        );
+        assert!(msg.contains("selftest-iommufd.log"), "{msg}");
+        eprintln!("{msg}");
+    }
+
+    /// The promise end to end: build the selftest for each variant kernel
+    /// of the inputs, boot it with huge pages, run it, read its totals.
+    /// Needs QEMU, the cross toolchain and `cargo xtask test`'s inputs.
+    #[test]
+    fn iommufd_selftest_passes_in_the_guest() {
+        if std::env::var_os("MSI_HARNESS_VM_TESTS").is_none() {
+            eprintln!("skipped: set MSI_HARNESS_VM_TESTS=1 to run the iommufd selftest in a guest");
+            return;
+        }
+        let inputs = match crate::pipeline::Inputs::from_env() {
+            Ok(Some(i)) => i,
+            Ok(None) => {
+                eprintln!(
+                    "skipped: {} is unset (`cargo xtask test` sets it)",
+                    crate::pipeline::INPUTS_ENV
+                );
+                return;
+            }
+            Err(e) => {
+                eprintln!("skipped: {e:#}");
+                return;
+            }
+        };
+        let run_dir = cache::new_run_dir("selftest").unwrap();
+        let quiet = crate::event::Quiet;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut checked = 0;
+        for (variant, input) in &inputs.kernels {
+            // A local tree standing in for a variant is not rebuilt here.
+            if input.label != *variant {
+                eprintln!("{variant}: skipped ({})", input.label);
+                continue;
+            }
+            let kernel = super::super::build(
+                super::super::KernelSource::Variant(variant),
+                &quiet,
+                &run_dir,
+            )
+            .unwrap();
+            let started = Instant::now();
+            let binary = build_iommufd_selftest(&kernel, &quiet, &run_dir).unwrap();
+            let build_time = started.elapsed();
+            let started = Instant::now();
+            let again = build_iommufd_selftest(&kernel, &quiet, &run_dir).unwrap();
+            assert_eq!(again, binary);
+            eprintln!(
+                "{variant}: selftest {} in {:.1} s, again (cached) in {:.3} s",
+                binary.display(),
+                build_time.as_secs_f64(),
+                started.elapsed().as_secs_f64()
+            );
+            let data = std::fs::read(&binary).unwrap();
+            let vm_dir = run_dir.join(format!("vm-{variant}"));
+            let output = runtime.block_on(async {
+                let mut cfg = crate::pipeline::guest_config(
+                    &kernel.image,
+                    &inputs.initramfs,
+                    &inputs.ssh_private_key,
+                    Vec::new(),
+                    &vm_dir,
+                )
+                .unwrap();
+                // 256 huge pages of 2 MiB: the selftest's huge-page tests
+                // need them (without, 33 tests fail on any kernel).
+                cfg.append = crate::image::kernel_cmdline(&crate::image::CmdlineOptions {
+                    vfio: Vec::new(),
+                    hugepages: Some(256),
+                    extra: Vec::new(),
+                });
+                cfg.memory_mb = cfg.memory_mb.max(1536);
+                cfg.trace_events.clear();
+                let vm = crate::vm::Vm::boot(cfg).await.unwrap();
+                let console = vm.console_cursor();
+                vm.upload(data, "/tmp/iommufd", 0o755, Duration::from_secs(60))
+                    .await
+                    .unwrap();
+                let started = Instant::now();
+                let out = vm
+                    .exec("/tmp/iommufd", Duration::from_secs(600))
+                    .await
+                    .unwrap();
+                let elapsed = started.elapsed();
+                let reports = vm.kernel_reports_since(console);
+                vm.shutdown().await.unwrap();
+                (out, elapsed, reports)
+            });
+            let (out, elapsed, reports) = output;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let saved = run_dir.join(format!("iommufd-{variant}.ktap"));
+            std::fs::write(&saved, &text).unwrap();
+            // The harness's assertion messages go to stderr.
+            std::fs::write(saved.with_extension("stderr"), &out.stderr).unwrap();
+            let totals = parse_ktap(&text);
+            eprintln!(
+                "{variant}: {totals} in {:.1} s, exit status {}, {} kernel reports; output {}",
+                elapsed.as_secs_f64(),
+                out.status,
+                reports.len(),
+                saved.display()
+            );
+            assert!(
+                totals.planned.is_some_and(|p| p > 0),
+                "no plan in {}",
+                saved.display()
+            );
+            assert!(
+                totals.all_passed(),
+                "{variant}: {totals}; failed: {:?} (output {})",
+                failed_tests(&text),
+                saved.display()
+            );
+            assert_eq!(
+                out.status, 0,
+                "{variant}: the selftest exited with {}",
+                out.status
+            );
+            checked += 1;
+        }
+        assert!(checked > 0, "the inputs hold no variant kernel");
+    }
+}
