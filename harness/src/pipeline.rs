@@ -54,17 +54,28 @@ impl Inputs {
         crate::cache::write_atomic(path, text.as_bytes())
     }
 
-    pub fn read(path: &Path) -> anyhow::Result<Inputs> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("read inputs file {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parse inputs file {}", path.display()))
+    pub fn load(path: &Path) -> anyhow::Result<Inputs> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            crate::Error::infra(format!("cannot read inputs file {}: {e}", path.display()))
+        })?;
+        serde_json::from_str(&text).map_err(|e| {
+            crate::Error::infra(format!(
+                "{}:{}:{}: invalid inputs file: {e}",
+                path.display(),
+                e.line(),
+                e.column()
+            ))
+            .into()
+        })
     }
 
-    /// The inputs named by `MSI_HARNESS_INPUTS`, if it is set.
+    /// The inputs named by `MSI_HARNESS_INPUTS`, `None` when it is unset.
     pub fn from_env() -> anyhow::Result<Option<Inputs>> {
         match std::env::var_os(INPUTS_ENV) {
-            Some(p) => Inputs::read(Path::new(&p)).map(Some),
-            None => Ok(None),
+            Some(p) if !p.is_empty() => Inputs::load(Path::new(&p))
+                .with_context(|| format!("{INPUTS_ENV}={}", Path::new(&p).display()))
+                .map(Some),
+            _ => Ok(None),
         }
     }
 }
@@ -220,14 +231,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("inputs.json");
         inputs.write(&path).unwrap();
-        let back = Inputs::read(&path).unwrap();
+        let back = Inputs::load(&path).unwrap();
         assert_eq!(back.kernels["sw-msi-rfcv2"].release, "6.18.15");
         let bad =
             std::fs::read_to_string(&path)
                 .unwrap()
                 .replacen("\"initramfs\"", "\"initrd\"", 1);
         std::fs::write(&path, bad).unwrap();
-        let err = format!("{:#}", Inputs::read(&path).unwrap_err());
+        let err = format!("{:#}", Inputs::load(&path).unwrap_err());
         assert!(err.contains("initrd"), "{err}");
     }
 

@@ -53,11 +53,9 @@ fn run(flags: flags::Test, bless: bool, reporter: &dyn Reporter) -> anyhow::Resu
     if junit.exists() {
         std::fs::copy(&junit, run_dir.join("junit.xml")).context("copy junit.xml")?;
     }
-    let code = if status.success() {
-        ExitCode::Pass
-    } else {
-        ExitCode::Finding
-    };
+    let summary = harness::snapshot::report::summarise(&inputs.results_dir)?;
+    summary.write_json(&run_dir.join("results.json"))?;
+    println!("{}", summary.table());
     println!(
         "suite wall time {:.1} s; artifacts {}",
         started.elapsed().as_secs_f64(),
@@ -78,6 +76,11 @@ fn run(flags: flags::Test, bless: bool, reporter: &dyn Reporter) -> anyhow::Resu
                 );
             }
         }
+    }
+    let code = summary.exit_code();
+    if code == ExitCode::Pass && !status.success() {
+        // A unit or VM test outside the scenarios failed: nextest printed it.
+        return Ok(ExitCode::Finding);
     }
     Ok(code)
 }
