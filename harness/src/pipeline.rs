@@ -33,6 +33,9 @@ pub struct KernelInput {
     pub has_sw_msi: bool,
     /// What was built: the variant name, or `NAME (tree PATH)`.
     pub label: String,
+    /// The kernel's iommufd kselftest, cross-built from the same tree.
+    #[serde(default)]
+    pub iommufd_selftest: Option<PathBuf>,
 }
 
 /// Everything the scenario trials need, built beforehand.
@@ -114,6 +117,7 @@ pub fn build_kernel(
     };
     let build = kernel::build_with(source, BuildOptions { series }, reporter, run_dir)?;
     let has_sw_msi = headers_define(&build.headers, "IOMMU_OPTION_SW_MSI_START")?;
+    let selftest = kernel::selftest::build_iommufd_selftest(&build, reporter, run_dir)?;
     let input = KernelInput {
         image: build.image.clone(),
         headers: build.headers.clone(),
@@ -121,6 +125,7 @@ pub fn build_kernel(
         release: build.release.clone(),
         has_sw_msi,
         label,
+        iommufd_selftest: Some(selftest),
     };
     Ok((build, input))
 }
@@ -133,16 +138,23 @@ pub fn headers_define(include_dir: &Path, symbol: &str) -> anyhow::Result<bool> 
     Ok(text.contains(symbol))
 }
 
-/// Host check, kernels, image: everything before the first VM.
+/// Host check, kernels, image: everything before the first VM. `series`,
+/// when given, replaces the patch series of every variant built.
 pub fn prepare(
     kernels: &[KernelRequest],
+    series: Option<&Path>,
     reporter: &dyn Reporter,
     run_dir: &Path,
 ) -> anyhow::Result<Inputs> {
     deps::ensure(reporter)?;
     let mut built = BTreeMap::new();
     for request in kernels {
-        let (_, input) = build_kernel(request, None, reporter, run_dir)?;
+        // A replacement series applies to variants; a local tree is built as it is.
+        let series = match request {
+            KernelRequest::Variant(_) => series,
+            KernelRequest::Tree { .. } => None,
+        };
+        let (_, input) = build_kernel(request, series, reporter, run_dir)?;
         built.insert(request.variant().to_string(), input);
     }
     let image = image::build(reporter, run_dir)?;
@@ -219,6 +231,7 @@ mod tests {
                 release: "6.18.15".into(),
                 has_sw_msi: true,
                 label: "sw-msi-rfcv2".into(),
+                iommufd_selftest: None,
             },
         );
         let inputs = Inputs {

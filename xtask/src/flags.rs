@@ -84,6 +84,10 @@ pub struct Test {
     /// The variant whose snapshots a `--kernel-tree` is compared with.
     #[arg(long = "as", value_name = "VARIANT", requires = "kernel_tree")]
     pub as_variant: Option<String>,
+    /// A patch, mbox or directory of patches replacing the variants' series
+    /// (e.g. a reviewer's respin, judged against the variant's snapshots).
+    #[arg(long, value_name = "FILE", conflicts_with = "kernel_tree")]
+    pub series: Option<PathBuf>,
     /// Only tests whose name contains this (e.g. a scenario name).
     pub filter: Option<String>,
 }

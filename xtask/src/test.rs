@@ -41,7 +41,7 @@ fn run(flags: flags::Test, bless: bool, reporter: &dyn Reporter) -> anyhow::Resu
         });
     }
     let run_dir = harness::cache::new_run_dir(if bless { "bless" } else { "test" })?;
-    let inputs = pipeline::prepare(&requests, reporter, &run_dir)?;
+    let inputs = pipeline::prepare(&requests, flags.series.as_deref(), reporter, &run_dir)?;
     let inputs_file = run_dir.join("inputs.json");
     inputs.write(&inputs_file)?;
 

@@ -264,6 +264,8 @@ struct Runner<'a> {
     rids: BTreeMap<u16, String>,
     bdfs: BTreeMap<String, String>,
     hotplugged: u32,
+    /// The kernel's iommufd kselftest binary, for `kselftest` steps.
+    selftest: Option<&'a Path>,
 }
 
 async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Result<Execution> {
@@ -274,6 +276,7 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
         rids: BTreeMap::new(),
         bdfs: BTreeMap::new(),
         hotplugged: 0,
+        selftest: kernel.iommufd_selftest.as_deref(),
     };
     let mut devices = Vec::new();
     for d in vm.devices().iter().filter(|d| !d.infrastructure) {
@@ -503,6 +506,42 @@ impl Runner<'_> {
             HostStep::HostSleep { ms } => {
                 tokio::time::sleep(Duration::from_millis(*ms)).await;
                 Ok(serde_json::json!({ "ok": "done" }))
+            }
+            HostStep::Kselftest { timeout_ms } => {
+                let binary = self.selftest.ok_or_else(|| {
+                    crate::Error::infra(
+                        "no iommufd kselftest was built for this kernel (inputs.json has none)",
+                    )
+                })?;
+                let data =
+                    std::fs::read(binary).with_context(|| format!("read {}", binary.display()))?;
+                self.vm
+                    .upload(data, "/tmp/iommufd", 0o755, Duration::from_secs(60))
+                    .await?;
+                let out = self
+                    .vm
+                    .exec("/tmp/iommufd", Duration::from_millis(*timeout_ms))
+                    .await?;
+                let stdout = out.stdout_str();
+                let totals = crate::kernel::selftest::parse_ktap(&stdout);
+                // The totals and failed test names are deterministic; the
+                // run's full output is kept in the trial's artifacts.
+                std::fs::write(
+                    self.vm.run_dir().join("kselftest-iommufd.ktap"),
+                    stdout.as_bytes(),
+                )?;
+                Ok(serde_json::json!({ "ok": {
+                    "kselftest": {
+                        "planned": totals.planned,
+                        "pass": totals.pass,
+                        "fail": totals.fail,
+                        "skip": totals.skip,
+                        "xfail": totals.xfail,
+                        "xpass": totals.xpass,
+                        "error": totals.error,
+                        "failed_tests": crate::kernel::selftest::failed_tests(&stdout),
+                    }
+                } }))
             }
             HostStep::Unplug { device } => {
                 self.vm.unplug(device, Duration::from_secs(20)).await?;

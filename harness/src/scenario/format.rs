@@ -220,10 +220,21 @@ pub enum HostStep {
     Unplug { device: String },
     /// Sleep on the host.
     HostSleep { ms: u64 },
+    /// Upload the kernel's own iommufd kselftest (cross-built from the same
+    /// source tree by `cargo xtask test`) and run it in the guest; the
+    /// result is its KTAP totals and the names of failed tests.
+    Kselftest {
+        #[serde(default = "default_kselftest_timeout_ms")]
+        timeout_ms: u64,
+    },
+}
+
+fn default_kselftest_timeout_ms() -> u64 {
+    300_000
 }
 
 /// The op names of host steps.
-pub const HOST_OPS: [&str; 3] = ["hotplug", "unplug", "host_sleep"];
+pub const HOST_OPS: [&str; 4] = ["hotplug", "unplug", "host_sleep", "kselftest"];
 
 /// What a step does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,6 +250,7 @@ impl Action {
             Action::Host(HostStep::Hotplug { .. }) => "hotplug",
             Action::Host(HostStep::Unplug { .. }) => "unplug",
             Action::Host(HostStep::HostSleep { .. }) => "host_sleep",
+            Action::Host(HostStep::Kselftest { .. }) => "kselftest",
         }
     }
 
@@ -251,7 +263,7 @@ impl Action {
             },
             Action::Host(HostStep::Hotplug { device }) => device.ids(),
             Action::Host(HostStep::Unplug { device }) => vec![device.clone()],
-            Action::Host(HostStep::HostSleep { .. }) => Vec::new(),
+            Action::Host(HostStep::HostSleep { .. } | HostStep::Kselftest { .. }) => Vec::new(),
         }
     }
 }

@@ -152,12 +152,15 @@ impl QemuProcess {
                     at: Instant::now(),
                 };
                 st.exit = Some(info);
-                drop(st);
-                shared2.cond.notify_all();
+                // Publish everywhere before waking blocking waiters, so that
+                // whoever `wait_blocking` returns to sees the same state
+                // through `exit()` and the live registry.
                 LIVE.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .retain(|&p| p != pid);
                 let _ = exit_tx.send(Some(info));
+                drop(st);
+                shared2.cond.notify_all();
             })?;
         let (pid, stdout, stderr, started) = spawned_rx
             .recv()
