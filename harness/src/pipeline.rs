@@ -36,6 +36,26 @@ pub struct KernelInput {
     /// The kernel's iommufd kselftest, cross-built from the same tree.
     #[serde(default)]
     pub iommufd_selftest: Option<PathBuf>,
+    /// The `cargo xtask test` flags that select this kernel again
+    /// (`--variant V`, `--variant V --series F`, `--kernel-tree P --as V`),
+    /// for reproducer lines.
+    #[serde(default)]
+    pub selector: String,
+}
+
+impl KernelInput {
+    /// The `cargo xtask test` command that re-runs `scenario` on this kernel.
+    pub fn reproducer(&self, variant: &str, scenario: &str) -> String {
+        let selector = if self.selector.is_empty() {
+            format!("--variant {}", crate::vm::sh_quote(variant))
+        } else {
+            self.selector.clone()
+        };
+        format!(
+            "cargo xtask test {selector} {}",
+            crate::vm::sh_quote(scenario)
+        )
+    }
 }
 
 /// Everything the scenario trials need, built beforehand.
@@ -108,11 +128,24 @@ pub fn build_kernel(
     reporter: &dyn Reporter,
     run_dir: &Path,
 ) -> anyhow::Result<(KernelBuild, KernelInput)> {
-    let (source, label) = match request {
-        KernelRequest::Variant(v) => (KernelSource::Variant(v), v.clone()),
+    let q = |p: &Path| crate::vm::sh_quote(&p.display().to_string());
+    let (source, label, selector) = match request {
+        KernelRequest::Variant(v) => {
+            let mut selector = format!("--variant {}", crate::vm::sh_quote(v));
+            if let Some(series) = series {
+                let series = std::fs::canonicalize(series).unwrap_or_else(|_| series.to_path_buf());
+                selector.push_str(&format!(" --series {}", q(&series)));
+            }
+            (KernelSource::Variant(v), v.clone(), selector)
+        }
         KernelRequest::Tree { path, as_variant } => (
             KernelSource::Tree { path },
             format!("{as_variant} (tree {})", path.display()),
+            format!(
+                "--kernel-tree {} --as {}",
+                q(path),
+                crate::vm::sh_quote(as_variant)
+            ),
         ),
     };
     let build = kernel::build_with(source, BuildOptions { series }, reporter, run_dir)?;
@@ -126,6 +159,7 @@ pub fn build_kernel(
         has_sw_msi,
         label,
         iommufd_selftest: Some(selftest),
+        selector,
     };
     Ok((build, input))
 }
@@ -232,6 +266,7 @@ mod tests {
                 has_sw_msi: true,
                 label: "sw-msi-rfcv2".into(),
                 iommufd_selftest: None,
+                selector: String::new(),
             },
         );
         let inputs = Inputs {

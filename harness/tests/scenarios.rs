@@ -108,7 +108,10 @@ fn vm_trial(file: &Path, variant: &str, inputs: &Inputs) -> Result<(), Failed> {
         msi_addresses: Vec::new(),
         duration_s: 0.0,
         artifacts: PathBuf::new(),
-        reproducer: TrialResult::reproducer_for(&name, variant),
+        reproducer: match inputs.kernels.get(variant) {
+            Some(k) => k.reproducer(variant, &name),
+            None => TrialResult::reproducer_for(&name, variant),
+        },
     };
     let outcome = run_trial(file, variant, inputs, &mut result);
     result.duration_s = exec::seconds_since(started);
