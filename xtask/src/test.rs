@@ -78,6 +78,15 @@ fn run(flags: flags::Test, bless: bool, reporter: &dyn Reporter) -> anyhow::Resu
         }
     }
     let code = summary.exit_code();
+    // A scenario file that does not parse is bad input (exit 2); its own
+    // `parse:` test failed above and the other scenarios still ran.
+    let malformed = malformed_scenarios()?;
+    if !malformed.is_empty() {
+        for e in &malformed {
+            eprintln!("error: {e}");
+        }
+        return Ok(ExitCode::Infrastructure);
+    }
     if code == ExitCode::Pass && !status.success() {
         // A unit or VM test outside the scenarios failed: nextest printed it.
         return Ok(ExitCode::Finding);
@@ -142,6 +151,16 @@ fn nextest_command(
         cmd.env("INSTA_UPDATE", "no");
     }
     Ok(cmd)
+}
+
+/// The positioned error of every scenario file that does not parse.
+fn malformed_scenarios() -> anyhow::Result<Vec<String>> {
+    let files = harness::scenario::discover(&harness::scenario::scenarios_dir())?;
+    Ok(files
+        .iter()
+        .filter_map(|f| harness::scenario::Scenario::load(f).err())
+        .map(|e| e.to_string())
+        .collect())
 }
 
 fn describe(cmd: &Command) -> String {
