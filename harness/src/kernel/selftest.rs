@@ -92,7 +92,6 @@ fn build_inner(
         ))
         .into());
     }
-    check_source_tree(build)?;
     let cache_root = cache::cache_root()?;
     let base = cache_root.join("kernel/selftest");
     std::fs::create_dir_all(&base)?;
@@ -120,6 +119,10 @@ fn build_inner(
     if binary.is_file() {
         return Ok((binary, true));
     }
+    // The cache key covers exactly the files the compiler reads, so a hit
+    // above is right even when the variant's shared work tree has since
+    // been prepared with another series; a compile must not read such a tree.
+    check_source_tree(build)?;
 
     let tmp = base.join(format!("{}.tmp-{}", key.short(), std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
