@@ -354,16 +354,7 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
                 let answer = session
                     .request_line(&line, step_timeout(&s))
                     .await
-                    .with_context(|| {
-                        format!(
-                            "{}:{}:{}: step {} ({})",
-                            scenario.display_path,
-                            step.pos.line,
-                            step.pos.col,
-                            step.index,
-                            s.op()
-                        )
-                    })?;
+                    .with_context(|| step_at(scenario, step))?;
                 match serde_json::from_str::<Response>(&answer) {
                     Ok(Response::Step(r)) => (request, snapshot_result(&r)?, Some(r)),
                     Ok(Response::Error { message }) => {
@@ -406,16 +397,10 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
             }
             Action::Host(h) => {
                 let request = serde_json::to_value(h)?;
-                let result = runner.host_step(h).await.with_context(|| {
-                    format!(
-                        "{}:{}:{}: step {} ({})",
-                        scenario.display_path,
-                        step.pos.line,
-                        step.pos.col,
-                        step.index,
-                        step.action.op()
-                    )
-                })?;
+                let result = runner
+                    .host_step(h)
+                    .await
+                    .with_context(|| step_at(scenario, step))?;
                 (request, result, None)
             }
         };
@@ -571,6 +556,18 @@ impl Runner<'_> {
             }
         }
     }
+}
+
+/// Where a step stands in its file, for errors: `file:line:col: step N (op)`.
+fn step_at(scenario: &Scenario, step: &ScenarioStep) -> String {
+    format!(
+        "{}:{}:{}: step {} ({})",
+        scenario.display_path,
+        step.pos.line,
+        step.pos.col,
+        step.index,
+        step.action.op()
+    )
 }
 
 /// A step result as the snapshot shows it: kernel log lines lose their

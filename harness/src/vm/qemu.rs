@@ -189,6 +189,20 @@ pub struct PlacedDevice {
     pub secondary_bus: Option<u8>,
 }
 
+impl PlacedDevice {
+    /// A device under test that DMAs with its own requester id.
+    fn endpoint(id: &str, driver: &str, bdf: Bdf) -> PlacedDevice {
+        PlacedDevice {
+            id: id.to_string(),
+            driver: driver.into(),
+            bdf,
+            requester_id: bdf.rid(),
+            infrastructure: false,
+            secondary_bus: None,
+        }
+    }
+}
+
 /// What one QEMU binary supports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QemuCaps {
@@ -363,14 +377,7 @@ pub fn plan(cfg: &VmConfig, caps: &QemuCaps) -> Result<QemuPlan, PlanError> {
                     func: 0,
                 };
                 device_args.push(edu_arg(id, "pcie.0", s, *dma_mask));
-                placed.push(PlacedDevice {
-                    id: id.clone(),
-                    driver: "edu".into(),
-                    bdf,
-                    requester_id: bdf.rid(),
-                    infrastructure: false,
-                    secondary_bus: None,
-                });
+                placed.push(PlacedDevice::endpoint(id, "edu", bdf));
             }
             Device::E1000e { id } => {
                 claim(id)?;
@@ -381,14 +388,7 @@ pub fn plan(cfg: &VmConfig, caps: &QemuCaps) -> Result<QemuPlan, PlanError> {
                     func: 0,
                 };
                 device_args.push(format!("e1000e,id={id},bus=pcie.0,addr={s:#x}"));
-                placed.push(PlacedDevice {
-                    id: id.clone(),
-                    driver: "e1000e".into(),
-                    bdf,
-                    requester_id: bdf.rid(),
-                    infrastructure: false,
-                    secondary_bus: None,
-                });
+                placed.push(PlacedDevice::endpoint(id, "e1000e", bdf));
             }
             Device::EduPairMultifunction {
                 ids: pair,
@@ -409,14 +409,7 @@ pub fn plan(cfg: &VmConfig, caps: &QemuCaps) -> Result<QemuPlan, PlanError> {
                         dev: s,
                         func,
                     };
-                    placed.push(PlacedDevice {
-                        id: id.clone(),
-                        driver: "edu".into(),
-                        bdf,
-                        requester_id: bdf.rid(),
-                        infrastructure: false,
-                        secondary_bus: None,
-                    });
+                    placed.push(PlacedDevice::endpoint(id, "edu", bdf));
                 }
             }
             Device::EduPairBehindBridge {
