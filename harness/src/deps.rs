@@ -14,32 +14,149 @@ use anyhow::Context;
 use crate::error::Error;
 use crate::event::{Reporter, Stage};
 
-/// Debian packages the harness needs, with what each is for.
-pub const PACKAGES: &[(&str, &str)] = &[
-    (
-        "qemu-system-arm",
-        "QEMU for the arm64 guest (qemu-system-aarch64)",
+/// Where apt takes a package from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suite {
+    /// The host's own release (bookworm).
+    Stable,
+    /// bookworm-backports, installed together in one `-t bookworm-backports`
+    /// transaction.
+    Backports,
+}
+
+/// A Debian package the harness needs, and what for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Package {
+    pub name: &'static str,
+    pub why: &'static str,
+    pub suite: Suite,
+}
+
+const fn stable(name: &'static str, why: &'static str) -> Package {
+    Package {
+        name,
+        why,
+        suite: Suite::Stable,
+    }
+}
+
+/// Every Debian package the harness and the programs it drives need, each
+/// installed explicitly: deps installs with `--no-install-recommends`, so a
+/// Recommends that is really needed (libc6-dev-arm64-cross, say) must be
+/// named here. The fresh-host proof (`.ci/fresh-host`) is what shows the
+/// list is complete.
+pub const PACKAGES: &[Package] = &[
+    Package {
+        name: "qemu-system-arm",
+        why: "QEMU 10.0 for the arm64 guest (qemu-system-aarch64)",
+        suite: Suite::Backports,
+    },
+    // QEMU from backports pulls libelf1 0.192~bpo12; bookworm's libelf-dev
+    // needs libelf1 = 0.188 and then cannot be installed ("held broken
+    // packages"). Taking both from backports in one transaction works
+    // whichever was there first.
+    Package {
+        name: "libelf-dev",
+        why: "kernel build host tools (objtool, resolve_btfids), matching QEMU's libelf1",
+        suite: Suite::Backports,
+    },
+    stable("gcc-aarch64-linux-gnu", "cross compiler for the kernel"),
+    stable(
+        "libc6-dev-arm64-cross",
+        "libc.a for the statically linked iommufd kselftest (only a Recommends of the cross compiler)",
     ),
-    ("gcc-aarch64-linux-gnu", "cross compiler for the kernel"),
-    ("make", "kernel build"),
-    ("flex", "kernel build (kconfig)"),
-    ("bison", "kernel build (kconfig)"),
-    ("bc", "kernel build"),
-    ("libelf-dev", "kernel build host tools"),
-    ("libssl-dev", "kernel build host tools"),
-    ("pkg-config", "kernel build host tools"),
-    ("xz-utils", "unpacking kernel sources"),
-    ("cpio", "kernel build (kheaders) and initramfs inspection"),
-    ("ccache", "fast kernel rebuilds"),
-    ("rsync", "preparing kernel trees incrementally"),
-    (
+    stable("gcc", "host compiler for the kernel's build tools"),
+    stable("libc6-dev", "headers for the kernel's host tools"),
+    stable("make", "kernel build"),
+    stable("flex", "kernel build (kconfig)"),
+    stable("bison", "kernel build (kconfig)"),
+    stable("bc", "kernel build"),
+    stable("libssl-dev", "kernel build host tools"),
+    stable("pkg-config", "kernel build host tools"),
+    stable("xz-utils", "unpacking kernel sources"),
+    stable("cpio", "kernel build (kheaders) and initramfs inspection"),
+    stable("ccache", "fast kernel rebuilds"),
+    stable("rsync", "preparing kernel trees incrementally"),
+    stable("git", "local kernel trees that are git checkouts, and the run's commit in reports"),
+    stable(
         "openssh-client",
         "ssh-keygen for per-image keys, and `ssh` for `xtask shell`",
     ),
 ];
 
-/// The one package that should come from bookworm-backports (QEMU 10.0).
-const BACKPORTS_PACKAGE: &str = "qemu-system-arm";
+/// Packages named here (comma or space separated) are treated as if they
+/// were not in [`PACKAGES`]: neither checked nor installed. It exists to
+/// show that the fresh-host proof catches a package missing from the list;
+/// nothing else should set it.
+pub const OMIT_ENV: &str = "MSI_HARNESS_DEPS_OMIT";
+
+/// [`PACKAGES`] less those that [`OMIT_ENV`] leaves out.
+pub fn packages() -> anyhow::Result<Vec<Package>> {
+    let omit = std::env::var(OMIT_ENV).unwrap_or_default();
+    packages_without(&omit)
+}
+
+fn packages_without(omit: &str) -> anyhow::Result<Vec<Package>> {
+    let omit: Vec<&str> = omit
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+        .collect();
+    if let Some(unknown) = omit
+        .iter()
+        .find(|o| !PACKAGES.iter().any(|p| p.name == **o))
+    {
+        return Err(Error::infra(format!(
+            "{OMIT_ENV} names `{unknown}`, which is not one of deps' packages"
+        ))
+        .into());
+    }
+    Ok(PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !omit.contains(&p.name))
+        .collect())
+}
+
+/// The Debian package that provides `program`, for messages about a tool
+/// that is not there.
+pub fn package_of(program: &str) -> Option<&'static str> {
+    PROGRAMS
+        .iter()
+        .find(|(p, _)| *p == program)
+        .map(|(_, pkg)| *pkg)
+}
+
+/// Programs the harness runs (or that `make` runs for it), with the package
+/// that provides each. A tidy test checks that every package named here is
+/// in [`PACKAGES`] or part of a Debian 12 minimal system.
+pub const PROGRAMS: &[(&str, &str)] = &[
+    ("qemu-system-aarch64", "qemu-system-arm"),
+    ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+    ("gcc", "gcc"),
+    ("make", "make"),
+    ("flex", "flex"),
+    ("bison", "bison"),
+    ("bc", "bc"),
+    ("pkg-config", "pkg-config"),
+    ("xz", "xz-utils"),
+    ("cpio", "cpio"),
+    ("ccache", "ccache"),
+    ("rsync", "rsync"),
+    ("git", "git"),
+    ("ssh-keygen", "openssh-client"),
+    ("ssh", "openssh-client"),
+    ("tar", "tar"),
+    ("apt-get", "apt"),
+    ("apt-cache", "apt"),
+    ("dpkg", "dpkg"),
+    ("dpkg-deb", "dpkg"),
+    ("dpkg-query", "dpkg"),
+];
+
+/// Packages every Debian 12 system has (priority required or essential),
+/// which deps therefore does not install.
+pub const BASE_SYSTEM: &[&str] = &["tar", "apt", "dpkg", "coreutils", "gzip", "sed", "grep"];
+
 const BACKPORTS_SUITE: &str = "bookworm-backports";
 const BACKPORTS_FILE: &str = "/etc/apt/sources.list.d/msi-harness-backports.sources";
 const GUEST_ARCH: &str = "arm64";
@@ -52,13 +169,42 @@ pub struct Missing {
     pub foreign_arch: bool,
     /// apt has no package lists for the guest architecture yet.
     pub arch_lists: bool,
-    pub packages: Vec<&'static str>,
+    pub packages: Vec<Package>,
+    /// Every backports package deps knows of: when one is missing, all are
+    /// named in its transaction, so that those already installed from
+    /// bookworm are upgraded alongside instead of being left broken.
+    pub backports_set: Vec<&'static str>,
     pub rust_target: bool,
 }
 
 impl Missing {
     pub fn is_empty(&self) -> bool {
-        *self == Missing::default()
+        !self.backports_source
+            && !self.foreign_arch
+            && !self.arch_lists
+            && self.packages.is_empty()
+            && !self.rust_target
+    }
+
+    /// The apt-get install argument lists, in order: the backports
+    /// transaction, then the rest.
+    fn installs(&self) -> Vec<Vec<&'static str>> {
+        let mut out = Vec::new();
+        if self.packages.iter().any(|p| p.suite == Suite::Backports) {
+            let mut args = vec!["-t", BACKPORTS_SUITE];
+            args.extend(self.backports_set.iter().copied());
+            out.push(args);
+        }
+        let rest: Vec<&'static str> = self
+            .packages
+            .iter()
+            .filter(|p| p.suite == Suite::Stable)
+            .map(|p| p.name)
+            .collect();
+        if !rest.is_empty() {
+            out.push(rest);
+        }
+        out
     }
 
     /// The shell commands that would fix this, in order.
@@ -79,19 +225,11 @@ impl Missing {
         {
             cmds.push("apt-get update".to_string());
         }
-        if self.packages.contains(&BACKPORTS_PACKAGE) {
+        for args in self.installs() {
             cmds.push(format!(
-                "apt-get install -y -t {BACKPORTS_SUITE} {BACKPORTS_PACKAGE}"
+                "apt-get install -y --no-install-recommends {}",
+                args.join(" ")
             ));
-        }
-        let rest: Vec<&str> = self
-            .packages
-            .iter()
-            .copied()
-            .filter(|p| *p != BACKPORTS_PACKAGE)
-            .collect();
-        if !rest.is_empty() {
-            cmds.push(format!("apt-get install -y {}", rest.join(" ")));
         }
         if self.rust_target {
             cmds.push(format!("rustup target add {RUST_TARGET}"));
@@ -102,8 +240,14 @@ impl Missing {
 
 /// Looks at the host without changing it.
 pub fn check() -> anyhow::Result<Missing> {
+    let wanted = packages()?;
     let mut missing = Missing {
         backports_source: !apt_has_suite(Path::new("/etc/apt"), BACKPORTS_SUITE),
+        backports_set: wanted
+            .iter()
+            .filter(|p| p.suite == Suite::Backports)
+            .map(|p| p.name)
+            .collect(),
         ..Missing::default()
     };
     if which("dpkg").is_none() {
@@ -119,8 +263,12 @@ pub fn check() -> anyhow::Result<Missing> {
         .split_whitespace()
         .any(|a| a == GUEST_ARCH);
     missing.arch_lists = !has_lists_for_arch(Path::new("/var/lib/apt/lists"), GUEST_ARCH);
-    let names: Vec<&str> = PACKAGES.iter().map(|(p, _)| *p).collect();
-    missing.packages = missing_packages(&names)?;
+    let names: Vec<&'static str> = wanted.iter().map(|p| p.name).collect();
+    let absent = missing_packages(&names)?;
+    missing.packages = wanted
+        .into_iter()
+        .filter(|p| absent.contains(&p.name))
+        .collect();
     missing.rust_target = !rust_target_installed()?;
     Ok(missing)
 }
@@ -133,11 +281,14 @@ pub fn ensure(reporter: &dyn Reporter) -> anyhow::Result<()> {
     }
     let started = std::time::Instant::now();
     reporter.start(Stage::Deps, "installing missing host tools");
-    for (pkg, why) in PACKAGES
-        .iter()
-        .filter(|(p, _)| missing.packages.contains(p))
-    {
-        reporter.line(Stage::Deps, format!("missing package {pkg}: {why}"));
+    if let Ok(omit) = std::env::var(OMIT_ENV) {
+        reporter.line(
+            Stage::Deps,
+            format!("{OMIT_ENV}={omit}: acting as if these packages were not in the list"),
+        );
+    }
+    for p in &missing.packages {
+        reporter.line(Stage::Deps, format!("missing package {}: {}", p.name, p.why));
     }
     if !is_root() {
         let mut msg = String::from("host tools are missing and installing them needs root; run:\n");
@@ -179,23 +330,10 @@ fn install(missing: &Missing, reporter: &dyn Reporter) -> anyhow::Result<()> {
     {
         run(reporter, "apt-get", &["update", "-q"])?;
     }
-    let apt_install = |extra: &[&str], pkgs: &[&str]| -> anyhow::Result<()> {
+    for extra in missing.installs() {
         let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(pkgs);
-        run(reporter, "apt-get", &args)
-    };
-    if missing.packages.contains(&BACKPORTS_PACKAGE) {
-        apt_install(&["-t", BACKPORTS_SUITE], &[BACKPORTS_PACKAGE])?;
-    }
-    let rest: Vec<&str> = missing
-        .packages
-        .iter()
-        .copied()
-        .filter(|p| *p != BACKPORTS_PACKAGE)
-        .collect();
-    if !rest.is_empty() {
-        apt_install(&[], &rest)?;
+        args.extend(extra);
+        run(reporter, "apt-get", &args)?;
     }
     if missing.rust_target {
         run(reporter, "rustup", &["target", "add", RUST_TARGET])?;
@@ -391,11 +529,13 @@ mod tests {
 
     #[test]
     fn commands_name_exact_packages_in_order() {
+        let pkg = |n: &str| *PACKAGES.iter().find(|p| p.name == n).unwrap();
         let m = Missing {
             backports_source: false,
             foreign_arch: true,
             arch_lists: true,
-            packages: vec!["qemu-system-arm", "flex"],
+            packages: vec![pkg("qemu-system-arm"), pkg("flex")],
+            backports_set: vec!["qemu-system-arm", "libelf-dev"],
             rust_target: true,
         };
         assert_eq!(
@@ -403,12 +543,39 @@ mod tests {
             vec![
                 "dpkg --add-architecture arm64".to_string(),
                 "apt-get update".to_string(),
-                "apt-get install -y -t bookworm-backports qemu-system-arm".to_string(),
-                "apt-get install -y flex".to_string(),
+                // libelf-dev goes along although only QEMU is missing: an
+                // installed bookworm libelf-dev is upgraded with libelf1.
+                "apt-get install -y --no-install-recommends -t bookworm-backports qemu-system-arm libelf-dev"
+                    .to_string(),
+                "apt-get install -y --no-install-recommends flex".to_string(),
                 "rustup target add aarch64-unknown-linux-musl".to_string(),
             ]
         );
         assert!(Missing::default().commands().is_empty());
+        assert!(Missing::default().is_empty());
+    }
+
+    #[test]
+    fn omitted_packages_leave_the_list_and_typos_are_refused() {
+        let all = packages_without("").unwrap();
+        assert_eq!(all.len(), PACKAGES.len());
+        let less = packages_without("libc6-dev-arm64-cross, rsync").unwrap();
+        assert_eq!(less.len(), PACKAGES.len() - 2);
+        assert!(!less.iter().any(|p| p.name == "rsync"));
+        let err = packages_without("libc6-dev-arm64-crosss").unwrap_err();
+        assert!(err.to_string().contains("`libc6-dev-arm64-crosss`"), "{err}");
+    }
+
+    #[test]
+    fn every_program_comes_from_a_listed_or_base_package() {
+        for (program, pkg) in PROGRAMS {
+            assert!(
+                PACKAGES.iter().any(|p| p.name == *pkg) || BASE_SYSTEM.contains(pkg),
+                "{program} comes from {pkg}, which deps neither installs nor can assume"
+            );
+        }
+        assert_eq!(package_of("flex"), Some("flex"));
+        assert_eq!(package_of("no-such-tool"), None);
     }
 
     #[test]

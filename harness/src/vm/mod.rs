@@ -802,7 +802,12 @@ impl Vm {
                 }
                 ("edu", id, extra)
             }
-            Device::E1000e { id } => ("e1000e", id, serde_json::Map::new()),
+            Device::E1000e { id } => {
+                let mut extra = serde_json::Map::new();
+                // No option ROM: see qemu::NO_OPTION_ROM.
+                extra.insert("romfile".into(), "".into());
+                ("e1000e", id, extra)
+            }
             Device::EduPairBehindBridge { .. } | Device::EduPairMultifunction { .. } => {
                 return Err(
                     Error::infra("edu pairs cannot be hotplugged; plug single devices").into(),

@@ -145,6 +145,11 @@ impl VmConfig {
     }
 }
 
+/// NICs load an iPXE option ROM by default (Debian's `ipxe-qemu`, only a
+/// Recommends of qemu-system-arm); a directly booted kernel never runs it,
+/// so no NIC asks for one and the package is not needed.
+pub const NO_OPTION_ROM: &str = "romfile=";
+
 /// Kernel command line: console on the PL011, reboot at once on panic (QEMU
 /// runs with `-no-reboot`, so a panic also ends QEMU).
 pub const DEFAULT_APPEND: &str = "console=ttyAMA0 panic=-1";
@@ -387,7 +392,9 @@ pub fn plan(cfg: &VmConfig, caps: &QemuCaps) -> Result<QemuPlan, PlanError> {
                     dev: s,
                     func: 0,
                 };
-                device_args.push(format!("e1000e,id={id},bus=pcie.0,addr={s:#x}"));
+                device_args.push(format!(
+                    "e1000e,id={id},bus=pcie.0,addr={s:#x},{NO_OPTION_ROM}"
+                ));
                 placed.push(PlacedDevice::endpoint(id, "e1000e", bdf));
             }
             Device::EduPairMultifunction {
@@ -572,7 +579,7 @@ impl QemuPlan {
                 ));
                 argv.push("-device".into());
                 argv.push(format!(
-                    "virtio-net-pci,netdev=net0,bus=pcie.0,addr={NIC_SLOT:#x}"
+                    "virtio-net-pci,netdev=net0,bus=pcie.0,addr={NIC_SLOT:#x},{NO_OPTION_ROM}"
                 ));
             }
             None => {
@@ -993,10 +1000,10 @@ mod tests {
                 "edu,id=b,bus=br0,addr=0x2",
                 "edu,id=f0,bus=pcie.0,addr=0x4.0,multifunction=on",
                 "edu,id=f1,bus=pcie.0,addr=0x4.1",
-                "e1000e,id=nic1,bus=pcie.0,addr=0x5",
+                "e1000e,id=nic1,bus=pcie.0,addr=0x5,romfile=",
                 "pcie-root-port,id=hp0,bus=pcie.0,addr=0x6,chassis=1,slot=1",
                 "pcie-root-port,id=hp1,bus=pcie.0,addr=0x7,chassis=2,slot=2",
-                "virtio-net-pci,netdev=net0,bus=pcie.0,addr=0x1",
+                "virtio-net-pci,netdev=net0,bus=pcie.0,addr=0x1,romfile=",
             ]
         );
         assert_eq!(
