@@ -44,6 +44,7 @@ fn run(flags: flags::Test, bless: bool, reporter: &dyn Reporter) -> anyhow::Resu
     let inputs = pipeline::prepare(&requests, flags.series.as_deref(), reporter, &run_dir)?;
     let inputs_file = run_dir.join("inputs.json");
     inputs.write(&inputs_file)?;
+    harness::scenario::preflight(&inputs, &run_dir, reporter)?;
 
     let nextest = nextest_command(&flags, bless, &inputs, &inputs_file)?;
     eprintln!("=> tests    {}", describe(&nextest));

@@ -27,6 +27,7 @@ use super::{require_tool, toolchain_version, KernelBuild, COMPILER};
 use crate::cache::{self, KeyBuilder};
 use crate::error::Error;
 use crate::event::{Reporter, Stage};
+use super::variants::PinnedDeb;
 
 /// Bumped whenever this module changes how the selftest is built.
 pub const SELFTEST_STEP_VERSION: u32 = 1;
@@ -54,7 +55,6 @@ const CFLAGS: &[&str] = &[
 
 /// Where the cross glibc's static archive lives on Debian.
 const STATIC_LIBC: &str = "/usr/aarch64-linux-gnu/lib/libc.a";
-const LIBCAP_DEB: &str = "libcap-dev:arm64";
 const LIBCAP_ARCHIVE: &str = "usr/lib/aarch64-linux-gnu/libcap.a";
 const COMPILE_TIMEOUT: Duration = Duration::from_secs(600);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
@@ -97,7 +97,16 @@ fn build_inner(
     std::fs::create_dir_all(&base)?;
     let log = Log::create(&run_dir.join("selftest-iommufd.log"))?;
     let toolchain = toolchain_version(&log)?;
-    let libcap = ensure_libcap(&base, reporter, &log)?;
+    let kernels_toml = super::variants::kernels_toml(&cache::project_root());
+    let pin = super::variants::load_file(&kernels_toml)?
+        .selftest_libcap
+        .ok_or_else(|| {
+            Error::infra(format!(
+                "{} has no [selftest.libcap] pin (package, version, sha256)",
+                kernels_toml.display()
+            ))
+        })?;
+    let libcap = ensure_libcap(&base, &pin, reporter, &log)?;
 
     let mut key = KeyBuilder::new();
     key.str("step", &SELFTEST_STEP_VERSION.to_string())
@@ -300,14 +309,20 @@ struct Libcap {
     deb_sha256: String,
 }
 
-/// The unpacked `libcap-dev:arm64`, fetched on first use.
-fn ensure_libcap(base: &Path, reporter: &dyn Reporter, log: &Log) -> anyhow::Result<Libcap> {
-    let dir = base.join("libcap");
+/// The unpacked arm64 libcap-dev of `pin`, fetched on first use and
+/// checked against its sha256; cached per checksum.
+fn ensure_libcap(
+    base: &Path,
+    pin: &PinnedDeb,
+    reporter: &dyn Reporter,
+    log: &Log,
+) -> anyhow::Result<Libcap> {
+    let dir = base.join(format!("libcap-{}", &pin.sha256[..pin.sha256.len().min(16)]));
     let marker = dir.join("deb.sha256");
     let ready = |dir: &Path| -> Option<Libcap> {
         let sha = std::fs::read_to_string(dir.join("deb.sha256")).ok()?;
         let root = dir.join("root");
-        root.join(LIBCAP_ARCHIVE).is_file().then(|| Libcap {
+        (sha.trim() == pin.sha256 && root.join(LIBCAP_ARCHIVE).is_file()).then(|| Libcap {
             root,
             deb_sha256: sha.trim().to_string(),
         })
@@ -321,16 +336,19 @@ fn ensure_libcap(base: &Path, reporter: &dyn Reporter, log: &Log) -> anyhow::Res
     }
     require_tool("apt-get", "apt")?;
     require_tool("dpkg", "dpkg")?;
+    let wanted = format!("{}:arm64={}", pin.package, pin.version);
     reporter.line(
         Stage::Kernel,
-        format!("fetching {LIBCAP_DEB} (the selftest links libcap statically)"),
+        format!("fetching {wanted} (the selftest links libcap statically)"),
     );
     let tmp = base.join(format!("libcap.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
+    // apt drops to its `_apt` user to download when it can; let it write here.
+    let _ = std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755));
     let fetched = run::run(
         Command::new("apt-get")
-            .args(["download", "-q", LIBCAP_DEB])
+            .args(["download", "-q", &wanted])
             .current_dir(&tmp),
         log,
         FETCH_TIMEOUT,
@@ -341,18 +359,28 @@ fn ensure_libcap(base: &Path, reporter: &dyn Reporter, log: &Log) -> anyhow::Res
     if !fetched.status.success() {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(Error::infra(format!(
-            "`apt-get download {LIBCAP_DEB}` failed: {} (the host needs the arm64 architecture \
-             and its package lists: `cargo xtask deps`, or `dpkg --add-architecture arm64 && \
-             apt-get update`)",
-            run::tail(&fetched.stderr, 5)
+            "`apt-get download {wanted}` failed: {} (the host needs the arm64 architecture \
+             and its package lists: `cargo xtask deps`; if the archive dropped this version, \
+             update [selftest.libcap] in kernel-configs/kernels.toml from \
+             `apt-cache madison {}:arm64`)",
+            run::tail(&fetched.stderr, 5),
+            pin.package
         ))
         .into());
     }
     let deb = std::fs::read_dir(&tmp)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .with_context(|| format!("apt-get download {LIBCAP_DEB} left no .deb behind"))?;
+        .with_context(|| format!("apt-get download {wanted} left no .deb behind"))?;
     let sha = cache::sha256_file(&deb)?;
+    if sha != pin.sha256 {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(Error::infra(format!(
+            "{wanted}: the archive's .deb has sha256 {sha}, kernel-configs/kernels.toml pins {}",
+            pin.sha256
+        ))
+        .into());
+    }
     run::output(
         Command::new("dpkg")
             .arg("-x")

@@ -74,6 +74,24 @@ pub struct Variant {
 pub struct KernelsFile {
     pub variants: Vec<Variant>,
     pub default_fragments: Vec<PathBuf>,
+    /// `[selftest.libcap]`: the arm64 libcap-dev the iommufd kselftest
+    /// links statically.
+    pub selftest_libcap: Option<PinnedDeb>,
+}
+
+/// An arm64 Debian package pinned by version and the sha256 of its `.deb`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinnedDeb {
+    pub package: String,
+    pub version: String,
+    pub sha256: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSelftest {
+    libcap: Option<PinnedDeb>,
 }
 
 /// Where `kernels.toml` lives in a checkout.
@@ -90,6 +108,7 @@ struct RawFile {
     source: BTreeMap<String, Spanned<RawSource>>,
     #[serde(default)]
     variant: Vec<Spanned<RawVariant>>,
+    selftest: Option<RawSelftest>,
 }
 
 #[derive(Deserialize)]
@@ -343,6 +362,7 @@ pub fn parse(file: &Path, text: &str) -> Result<KernelsFile, Error> {
     Ok(KernelsFile {
         variants,
         default_fragments,
+        selftest_libcap: raw.selftest.and_then(|s| s.libcap),
     })
 }
 

@@ -45,3 +45,52 @@ pub fn scenarios_dir() -> PathBuf {
         _ => crate::cache::project_root().join("scenarios"),
     }
 }
+
+/// Starts QEMU once, paused, for each distinct machine the scenarios (and
+/// the harness's own guest, used by `boot`, `shell` and the VM tests) will
+/// boot, before any test runs: a QEMU that cannot start is reported once,
+/// not by every test. Returns the number of distinct machines started.
+pub fn preflight(
+    inputs: &Inputs,
+    run_dir: &Path,
+    reporter: &dyn crate::event::Reporter,
+) -> anyhow::Result<usize> {
+    use crate::event::Stage;
+    let Some(kernel) = inputs.kernels.values().next() else {
+        return Ok(0);
+    };
+    let started = std::time::Instant::now();
+    reporter.start(Stage::Vm, "pre-flight: QEMU with every machine the tests use");
+    let dir = run_dir.join("preflight");
+    let mut cfgs = vec![crate::pipeline::guest_config(
+        &kernel.image,
+        &inputs.initramfs,
+        &inputs.ssh_private_key,
+        vec![crate::vm::Device::Edu {
+            id: "edu0".into(),
+            dma_mask: None,
+        }],
+        &dir.join("guest"),
+    )?];
+    for file in discover(&scenarios_dir())? {
+        // A file that does not parse fails its own `parse:` test.
+        if let Ok(s) = Scenario::load(&file) {
+            let name = file.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            cfgs.push(exec::vm_config(&s, kernel, inputs, &dir.join(name)));
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(crate::vm::preflight(cfgs));
+    reporter.end(
+        Stage::Vm,
+        match &result {
+            Ok(n) => format!("pre-flight: {n} distinct machines started"),
+            Err(_) => "pre-flight".to_string(),
+        },
+        result.is_ok(),
+        started.elapsed(),
+    );
+    result
+}

@@ -24,6 +24,7 @@
 //! cannot run carries [`Unsupported`]: see [`skip_reason`].
 
 pub mod console;
+mod preflight;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
@@ -102,6 +103,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 pub use console::{ConsoleCursor, ConsoleLine, KernelReport, ReportKind, READY_MARKER};
+pub use preflight::preflight;
 pub use process::{kill_all, CleanupError, ExitInfo};
 pub use qemu::{
     probe, Bdf, Device, Iommu, Machine, PlacedDevice, QemuCaps, SmmuStage, SshConfig, Unsupported,
@@ -117,7 +119,7 @@ use process::QemuProcess;
 use qemu::{PlanError, QemuPlan, Runtime};
 
 /// How long boot phases took, from QEMU's spawn.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BootTimings {
     /// First line on the serial console (the kernel's banner).
     pub kernel_first_line: Option<Duration>,
@@ -551,6 +553,24 @@ impl Vm {
                     .map_err(|e| boot_err(e.into(), "the qmp socket"))
             })
             .await?;
+
+        if cfg.start_paused {
+            // QMP answers only once QEMU's initialisation is over: the
+            // machine and every device were created.
+            return Ok(Vm {
+                process,
+                health,
+                qmp,
+                ssh: None,
+                plan: plan.clone(),
+                trace_file,
+                timings: BootTimings::default(),
+                ssh_port,
+                command_line,
+                sessions: Default::default(),
+                _sock_dir: sock_dir,
+            });
+        }
 
         // Ready marker.
         let waiting = async {

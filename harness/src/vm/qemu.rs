@@ -120,6 +120,9 @@ pub struct VmConfig {
     pub run_dir: PathBuf,
     /// From QEMU start to the readiness marker (and SSH, if configured).
     pub boot_timeout: Duration,
+    /// Start with the CPUs stopped (`-S`) and stop at QMP: the machine and
+    /// every device exist, no guest code has run (the pre-flight check).
+    pub start_paused: bool,
 }
 
 impl VmConfig {
@@ -141,6 +144,7 @@ impl VmConfig {
             trace_events: Vec::new(),
             run_dir,
             boot_timeout: Duration::from_secs(60),
+            start_paused: false,
         }
     }
 }
@@ -242,7 +246,7 @@ pub struct QemuPlan {
     pub qemu: PathBuf,
     pub machine: String,
     pub devices: Vec<PlacedDevice>,
-    args: Vec<String>,
+    pub(crate) args: Vec<String>,
     trace_events: Vec<String>,
 }
 
@@ -523,6 +527,9 @@ pub fn plan(cfg: &VmConfig, caps: &QemuCaps) -> Result<QemuPlan, PlanError> {
         "-serial",
         "chardev:console",
     ]);
+    if cfg.start_paused {
+        push(&["-S"]);
+    }
     let mut trace_events = cfg.trace_events.clone();
     if cfg.iommu != Iommu::None
         && !trace_events
