@@ -126,6 +126,37 @@ pub fn package_of(program: &str) -> Option<&'static str> {
         .map(|(_, pkg)| *pkg)
 }
 
+/// The error for a program that could not be started: when it is not
+/// installed, the message names the Debian package that provides it.
+pub fn spawn_error(program: &str, err: &std::io::Error) -> Error {
+    if err.kind() == std::io::ErrorKind::NotFound {
+        return Error::infra(not_installed(program));
+    }
+    Error::infra(format!("cannot run {program}: {err}"))
+}
+
+/// "`X` is not installed: install the Debian package `P`".
+pub fn not_installed(program: &str) -> String {
+    let name = Path::new(program)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| program.to_string());
+    match package_of(&name) {
+        Some(pkg) => format!(
+            "`{name}` is not installed: install the Debian package `{pkg}` (or run `cargo xtask deps`)"
+        ),
+        None => format!("`{name}` is not installed (not found on PATH)"),
+    }
+}
+
+/// Fails naming the Debian package when `program` is not on PATH.
+pub fn require_tool(program: &str) -> anyhow::Result<()> {
+    if which(program).is_none() {
+        return Err(Error::infra(not_installed(program)).into());
+    }
+    Ok(())
+}
+
 /// Programs the harness runs (or that `make` runs for it), with the package
 /// that provides each. A tidy test checks that every package named here is
 /// in [`PACKAGES`] or part of a Debian 12 minimal system.
@@ -288,7 +319,10 @@ pub fn ensure(reporter: &dyn Reporter) -> anyhow::Result<()> {
         );
     }
     for p in &missing.packages {
-        reporter.line(Stage::Deps, format!("missing package {}: {}", p.name, p.why));
+        reporter.line(
+            Stage::Deps,
+            format!("missing package {}: {}", p.name, p.why),
+        );
     }
     if !is_root() {
         let mut msg = String::from("host tools are missing and installing them needs root; run:\n");
@@ -563,7 +597,10 @@ mod tests {
         assert_eq!(less.len(), PACKAGES.len() - 2);
         assert!(!less.iter().any(|p| p.name == "rsync"));
         let err = packages_without("libc6-dev-arm64-crosss").unwrap_err();
-        assert!(err.to_string().contains("`libc6-dev-arm64-crosss`"), "{err}");
+        assert!(
+            err.to_string().contains("`libc6-dev-arm64-crosss`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -576,6 +613,45 @@ mod tests {
         }
         assert_eq!(package_of("flex"), Some("flex"));
         assert_eq!(package_of("no-such-tool"), None);
+        assert!(not_installed("/usr/bin/rsync").contains("Debian package `rsync`"));
+    }
+
+    /// Every program the harness and xtask start by name is in [`PROGRAMS`],
+    /// so deps installs it and a missing one is reported with its package.
+    /// (`sh`, `cargo` and `rustup` are there wherever the harness can run.)
+    #[test]
+    fn every_program_started_by_name_has_a_package() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files = Vec::new();
+        let mut dirs = vec![root.join("harness/src"), root.join("xtask/src")];
+        while let Some(d) = dirs.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    files.push(p);
+                }
+            }
+        }
+        let re = regex::Regex::new(r#"Command::new\("([^"]+)"\)"#).unwrap();
+        let mut seen = 0;
+        for f in files {
+            let text = fs::read_to_string(&f).unwrap();
+            for c in re.captures_iter(&text) {
+                let program = &c[1];
+                seen += 1;
+                assert!(
+                    matches!(program, "sh" | "cargo" | "rustup") || package_of(program).is_some(),
+                    "{} starts `{program}`, which deps::PROGRAMS does not list",
+                    f.display()
+                );
+            }
+        }
+        assert!(
+            seen > 10,
+            "found only {seen} Command::new calls: is the pattern stale?"
+        );
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::infra(format!("cannot run {what} ({program}): {e}")))?;
+        .map_err(|e| crate::deps::spawn_error(&cmd.get_program().to_string_lossy(), &e))?;
     let mut stdout_pipe = child.stdout.take().context("stdout pipe")?;
     let stderr_pipe = child.stderr.take().context("stderr pipe")?;
     let started = Instant::now();

@@ -174,29 +174,11 @@ fn apply_to(patches: &[patch::Patch], pristine: &Path) -> anyhow::Result<apply::
     Ok(apply::apply_series(patches, &read).map_err(|e| Error::infra(e.to_string()))?)
 }
 
-/// Fails naming the Debian package when a tool is missing.
-pub(crate) fn require_tool(program: &str, package: &str) -> anyhow::Result<()> {
-    if crate::deps::which(program).is_none() {
-        return Err(Error::infra(format!(
-            "`{program}` is not installed: install the Debian package `{package}` (or run `cargo xtask deps`)"
-        ))
-        .into());
-    }
-    Ok(())
-}
+pub(crate) use crate::deps::require_tool;
 
-/// The tools every build needs, with their Debian packages.
-const BUILD_TOOLS: &[(&str, &str)] = &[
-    ("make", "make"),
-    (COMPILER, "gcc-aarch64-linux-gnu"),
-    ("gcc", "gcc"),
-    ("ccache", "ccache"),
-    ("flex", "flex"),
-    ("bison", "bison"),
-    ("bc", "bc"),
-    ("tar", "tar"),
-    ("xz", "xz-utils"),
-    ("rsync", "rsync"),
+/// The tools every build needs (their packages: [`crate::deps::PROGRAMS`]).
+const BUILD_TOOLS: &[&str] = &[
+    "make", COMPILER, "gcc", "ccache", "flex", "bison", "bc", "tar", "xz", "rsync",
 ];
 
 /// What the cache key is computed from.
@@ -431,8 +413,8 @@ fn build_inner(
     reporter: &dyn Reporter,
     run_dir: &Path,
 ) -> anyhow::Result<KernelBuild> {
-    for (program, package) in BUILD_TOOLS {
-        require_tool(program, package)?;
+    for program in BUILD_TOOLS {
+        require_tool(program)?;
     }
     let cache_root = cache::cache_root()?;
     let log_path = run_dir.join(format!(

@@ -108,7 +108,7 @@ pub fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::infra(format!("cannot run {program}: {e}")))?;
+        .map_err(|e| crate::deps::spawn_error(&program, &e))?;
     let (tx, rx) = mpsc::channel::<(Stream, String)>();
     let mut readers = Vec::new();
     for (stream, pipe) in [
@@ -281,7 +281,7 @@ pub fn capture(cmd: &mut Command, log: &Log, timeout: Duration) -> anyhow::Resul
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::infra(format!("cannot run `{shown}`: {e}")))?;
+        .map_err(|e| crate::deps::spawn_error(&cmd.get_program().to_string_lossy(), &e))?;
     let mut pipes: Vec<std::thread::JoinHandle<Vec<u8>>> = Vec::new();
     for pipe in [
         child

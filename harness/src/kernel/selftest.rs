@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::run::{self, Log};
+use super::variants::PinnedDeb;
 use super::{require_tool, toolchain_version, KernelBuild, COMPILER};
 use crate::cache::{self, KeyBuilder};
 use crate::error::Error;
 use crate::event::{Reporter, Stage};
-use super::variants::PinnedDeb;
 
 /// Bumped whenever this module changes how the selftest is built.
 pub const SELFTEST_STEP_VERSION: u32 = 1;
@@ -84,7 +84,7 @@ fn build_inner(
     reporter: &dyn Reporter,
     run_dir: &Path,
 ) -> anyhow::Result<(PathBuf, bool)> {
-    require_tool(COMPILER, "gcc-aarch64-linux-gnu")?;
+    require_tool(COMPILER)?;
     if !Path::new(STATIC_LIBC).is_file() {
         return Err(Error::infra(format!(
             "{STATIC_LIBC} is missing: install the Debian package `libc6-dev-arm64-cross` \
@@ -317,7 +317,10 @@ fn ensure_libcap(
     reporter: &dyn Reporter,
     log: &Log,
 ) -> anyhow::Result<Libcap> {
-    let dir = base.join(format!("libcap-{}", &pin.sha256[..pin.sha256.len().min(16)]));
+    let dir = base.join(format!(
+        "libcap-{}",
+        &pin.sha256[..pin.sha256.len().min(16)]
+    ));
     let marker = dir.join("deb.sha256");
     let ready = |dir: &Path| -> Option<Libcap> {
         let sha = std::fs::read_to_string(dir.join("deb.sha256")).ok()?;
@@ -334,8 +337,8 @@ fn ensure_libcap(
     if let Some(found) = ready(&dir) {
         return Ok(found);
     }
-    require_tool("apt-get", "apt")?;
-    require_tool("dpkg", "dpkg")?;
+    require_tool("apt-get")?;
+    require_tool("dpkg")?;
     let wanted = format!("{}:arm64={}", pin.package, pin.version);
     reporter.line(
         Stage::Kernel,

@@ -306,12 +306,8 @@ fn fetch_debian(
         );
         std::fs::remove_file(&dest)?;
     }
-    for tool in [
-        ("apt-get", "apt"),
-        ("apt-cache", "apt"),
-        ("dpkg-deb", "dpkg"),
-    ] {
-        super::require_tool(tool.0, tool.1)?;
+    for tool in ["apt-get", "apt-cache", "dpkg-deb"] {
+        super::require_tool(tool)?;
     }
     let helper = Path::new("/usr/lib/apt/apt-helper");
     if !helper.is_file() {

@@ -135,7 +135,7 @@ fn touch(path: &Path, when: SystemTime) -> anyhow::Result<()> {
 pub fn tree_key(path: &Path, log: &Log) -> anyhow::Result<ContentKey> {
     let mut key = KeyBuilder::new();
     if path.join(".git").exists() {
-        super::require_tool("git", "git")?;
+        super::require_tool("git")?;
         let git = |args: &[&str]| -> anyhow::Result<Vec<u8>> {
             // --no-optional-locks: do not even refresh the user's index.
             let mut cmd = Command::new("git");

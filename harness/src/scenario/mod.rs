@@ -60,7 +60,10 @@ pub fn preflight(
         return Ok(0);
     };
     let started = std::time::Instant::now();
-    reporter.start(Stage::Vm, "pre-flight: QEMU with every machine the tests use");
+    reporter.start(
+        Stage::Vm,
+        "pre-flight: QEMU with every machine the tests use",
+    );
     let dir = run_dir.join("preflight");
     let mut cfgs = vec![crate::pipeline::guest_config(
         &kernel.image,
@@ -75,7 +78,11 @@ pub fn preflight(
     for file in discover(&scenarios_dir())? {
         // A file that does not parse fails its own `parse:` test.
         if let Ok(s) = Scenario::load(&file) {
-            let name = file.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            let name = file
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             cfgs.push(exec::vm_config(&s, kernel, inputs, &dir.join(name)));
         }
     }

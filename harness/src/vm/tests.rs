@@ -557,3 +557,29 @@ fn boot_phases_over_five_boots() {
         );
     });
 }
+
+#[test]
+fn preflight_starts_each_machine_once_and_reports_a_qemu_that_cannot_start() {
+    vm_test("preflight", |inp| async move {
+        let good = config(&inp, "vm-preflight-good");
+        let same = config(&inp, "vm-preflight-same");
+        let n = preflight(vec![good, same])
+            .await
+            .expect("preflight of a good config");
+        assert_eq!(n, 1, "two identical machines are one start");
+
+        // QEMU refuses this at start, before any guest code: the pre-flight
+        // error carries QEMU's own words and is infrastructure (exit 2).
+        let mut bad = config(&inp, "vm-preflight-bad");
+        bad.smp = 1000;
+        let err = preflight(vec![bad]).await.unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("pre-flight"), "{text}");
+        assert!(text.contains("qemu-system-aarch64:"), "{text}");
+        assert_eq!(
+            crate::error::exit_code_of(&err),
+            crate::ExitCode::Infrastructure,
+            "{text}"
+        );
+    });
+}
