@@ -171,6 +171,7 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("pkg-config", "pkg-config"),
     ("xz", "xz-utils"),
     ("cpio", "cpio"),
+    ("cp", "coreutils"),
     ("ccache", "ccache"),
     ("rsync", "rsync"),
     ("git", "git"),

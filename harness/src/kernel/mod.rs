@@ -692,11 +692,22 @@ fn prepare_variant_tree(
     let _ = std::fs::remove_file(&key_file);
     let started = Instant::now();
     let prepared = tree::prepare(&pristine, &src, &applied, log)?;
+    if prepared.linked {
+        // Objects in an old build dir could be newer than these sources
+        // (hard links keep the pristine mtimes) and would not be rebuilt.
+        let build = work.join("build");
+        if build.exists() {
+            std::fs::remove_dir_all(&build)
+                .with_context(|| format!("remove {}", build.display()))?;
+        }
+        let _ = std::fs::remove_file(work.join("config.key"));
+    }
     reporter.line(
         Stage::Kernel,
         format!(
-            "source tree ready in {:.0}s: {} files restored, {} patched files written, {} deleted",
+            "source tree ready in {:.0}s: {}{} files restored, {} patched files written, {} deleted",
             started.elapsed().as_secs_f64(),
+            if prepared.linked { "linked to the pristine tree, " } else { "" },
             prepared.restored,
             prepared.written,
             prepared.deleted

@@ -7,6 +7,14 @@
 //! restored file is older than the objects built from the patched one and
 //! would otherwise be skipped), and a patched file is written only when its
 //! content differs: changing one patch line rebuilds what that line touches.
+//!
+//! An empty `src/` is instead filled with hard links to the pristine tree
+//! (`cp -al`: 7 s for 91k files here, where rsync takes 22-38 s): nothing
+//! has been built from it, so mtimes do not matter, and the caller starts
+//! its build directory afresh. The pristine tree stays unmodified because
+//! nothing writes a source file in place: patched files are written as new
+//! files (below), rsync replaces files by renaming, make builds out of tree
+//! (`O=`), and every file given a new mtime is one rsync just wrote.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,6 +34,9 @@ const GIT_TIMEOUT: Duration = Duration::from_secs(600);
 /// What preparing a tree changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Prepared {
+    /// `src` was empty and is now hard links to the pristine tree: any
+    /// build directory made from an earlier `src` must be discarded.
+    pub linked: bool,
     /// Files rsync restored from the pristine tree (and touched).
     pub restored: usize,
     /// Patched files written because their content changed.
@@ -41,6 +52,18 @@ pub fn prepare(
     applied: &Applied,
     log: &Log,
 ) -> anyhow::Result<Prepared> {
+    let empty = std::fs::read_dir(src).map_or(true, |mut d| d.next().is_none());
+    let mut prepared = Prepared::default();
+    if empty {
+        let _ = std::fs::remove_dir(src);
+        if let Some(parent) = src.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut cmd = Command::new("cp");
+        cmd.arg("-al").arg(pristine).arg(src);
+        run::output(&mut cmd, log, RSYNC_TIMEOUT).context("link the pristine source")?;
+        prepared.linked = true;
+    }
     std::fs::create_dir_all(src)?;
     // Files the series decides about are left to us, not rsync, so that an
     // unchanged patched file keeps its mtime.
@@ -58,8 +81,12 @@ pub fn prepare(
         .arg(format!("--exclude-from={}", exclude.display()))
         .arg(format!("{}/", pristine.display()))
         .arg(format!("{}/", src.display()));
-    let out = run::output(&mut cmd, log, RSYNC_TIMEOUT).context("copy the pristine source")?;
-    let mut prepared = Prepared::default();
+    let out = if prepared.linked {
+        // Already the pristine tree; the series' files come below.
+        String::new()
+    } else {
+        run::output(&mut cmd, log, RSYNC_TIMEOUT).context("copy the pristine source")?
+    };
     let now = SystemTime::now();
     for rel in received_files(&out) {
         touch(&src.join(rel), now)?;
@@ -200,6 +227,53 @@ mod tests {
                    *deleting   drivers/old.c\n.d..t...... drivers/\ncL+++++++++ link -> x\n";
         assert_eq!(received_files(out), ["drivers/new/x.c", "Makefile"]);
         assert_eq!(escape_pattern("a/b[1]*.c"), "a/b\\[1]\\*.c");
+    }
+
+    #[test]
+    fn an_empty_src_is_linked_and_patched_files_never_write_through_to_pristine() {
+        use super::super::apply::FileState;
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pristine = dir.path().join("pristine");
+        std::fs::create_dir_all(pristine.join("drivers")).unwrap();
+        std::fs::write(pristine.join("drivers/a.c"), "int a;\n").unwrap();
+        std::fs::write(pristine.join("drivers/b.c"), "int b;\n").unwrap();
+        std::fs::write(pristine.join("gone.c"), "int gone;\n").unwrap();
+        let log = Log::create(&dir.path().join("kernel.log")).unwrap();
+        let mut applied = Applied::default();
+        applied.files.insert(
+            "drivers/a.c".into(),
+            Some(FileState {
+                data: b"int a = 1;\n".to_vec(),
+                executable: None,
+            }),
+        );
+        applied.files.insert("gone.c".into(), None);
+        let src = dir.path().join("work/src");
+        let prepared = prepare(&pristine, &src, &applied, &log).unwrap();
+        assert!(prepared.linked);
+        assert_eq!((prepared.written, prepared.deleted), (1, 1));
+        assert_eq!(
+            std::fs::read_to_string(src.join("drivers/a.c")).unwrap(),
+            "int a = 1;\n"
+        );
+        assert!(!src.join("gone.c").exists());
+        // The untouched file is the pristine inode; the patched one is not,
+        // and the pristine tree is as it was.
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        assert_eq!(
+            ino(&src.join("drivers/b.c")),
+            ino(&pristine.join("drivers/b.c"))
+        );
+        assert_ne!(
+            ino(&src.join("drivers/a.c")),
+            ino(&pristine.join("drivers/a.c"))
+        );
+        assert_eq!(
+            std::fs::read_to_string(pristine.join("drivers/a.c")).unwrap(),
+            "int a;\n"
+        );
+        assert!(pristine.join("gone.c").exists());
     }
 
     #[test]

@@ -33,13 +33,10 @@ pub async fn preflight(cfgs: Vec<VmConfig>) -> anyhow::Result<usize> {
         match Vm::boot(cfg).await {
             Ok(vm) => vm.shutdown().await?,
             Err(e) => {
-                let stderr = e
-                    .chain()
-                    .find_map(|c| c.downcast_ref::<VmFailure>())
-                    .and_then(|f| match f {
-                        VmFailure::QemuExited { stderr, .. } => Some(stderr.trim().to_string()),
-                        VmFailure::GuestPanic { .. } => None,
-                    });
+                let stderr = match e.downcast_ref::<VmFailure>() {
+                    Some(VmFailure::QemuExited { stderr, .. }) => Some(stderr.trim().to_string()),
+                    _ => None,
+                };
                 let Some(stderr) = stderr else {
                     return Err(e.context("pre-flight start of QEMU"));
                 };
