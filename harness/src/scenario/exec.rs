@@ -255,6 +255,20 @@ pub fn vm_config(
     cfg
 }
 
+/// How long a step waits for the kernel to report the SMMU events the
+/// step caused (see [`Runner::observe`]); measured: well under 100 ms.
+const SMMU_REPORT_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Console lines in which the arm-smmu-v3 driver decodes an event
+/// (`arm-smmu-v3 9050000.smmuv3: event: F_TRANSLATION client: …`): the last
+/// line of its report of one event.
+fn decoded_smmu_events(lines: &[vm::ConsoleLine]) -> usize {
+    lines
+        .iter()
+        .filter(|l| l.text.contains("arm-smmu-v3") && l.text.contains(": event: "))
+        .count()
+}
+
 /// Per-run state while the steps go.
 struct Runner<'a> {
     vm: &'a Vm,
@@ -409,7 +423,7 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
             // Kernel messages can trail the answer that caused them.
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        let observed = runner.observe()?;
+        let observed = runner.observe().await?;
         if let Some(r) = &agent_result {
             if let StepResult::AgentError { message } = r {
                 exec.aborted.get_or_insert_with(|| {
@@ -476,9 +490,28 @@ impl Runner<'_> {
         Ok(s)
     }
 
-    fn observe(&mut self) -> anyhow::Result<Observations> {
+    /// What the host saw during the step just answered.
+    ///
+    /// QEMU writes its trace as the device acts, so the trace is complete
+    /// when the agent answers; the kernel's report of an SMMU event is not:
+    /// its event-queue thread prints it (a header line, then the decoded
+    /// event) some time later, and the serial console carries it later
+    /// still. Attributing lines by arrival alone put the decoded line in
+    /// the next step in about half the runs. So the trace is the barrier:
+    /// for each event the SMMU queued in this step, wait (bounded) until
+    /// the console holds its decoded line.
+    async fn observe(&mut self) -> anyhow::Result<Observations> {
         let events = self.vm.traces_since(&mut self.trace, None)?;
-        let lines = self.vm.console_since(&mut self.console);
+        let mut lines = self.vm.console_since(&mut self.console);
+        let queued = events
+            .iter()
+            .filter(|e| matches!(e.kind, vm::TraceKind::SmmuRecordEvent { .. }))
+            .count();
+        let deadline = Instant::now() + SMMU_REPORT_DEADLINE;
+        while decoded_smmu_events(&lines) < queued && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            lines.extend(self.vm.console_since(&mut self.console));
+        }
         Ok(observe::aggregate(
             &events,
             &self.rids,
@@ -677,6 +710,22 @@ pub fn seconds_since(t: Instant) -> f64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_decoded_smmu_event_lines_count_as_reported_events() {
+        let line = |t: &str| vm::ConsoleLine {
+            t: Duration::ZERO,
+            text: t.to_string(),
+        };
+        let lines = [
+            line("[    5.1] arm-smmu-v3 9050000.smmuv3: event 0x10 received:"),
+            line("[    5.1] arm-smmu-v3 9050000.smmuv3: event: F_TRANSLATION client: 0000:00:02.0 sid: 0x10 ssid: 0x0 iova: 0x4000040 ipa: 0x0"),
+            line("[    5.2] arm-smmu-v3 9050000.smmuv3: event 0x10 received:"),
+            line("[    5.2] vfio-pci 0000:00:02.0: event: not from the smmu"),
+        ];
+        assert_eq!(decoded_smmu_events(&lines), 1);
+    }
+
     use super::*;
     use msi_protocol::{ErrnoError, HexU64, MsiConfig};
 
