@@ -64,27 +64,27 @@ pub fn prepare(
         run::output(&mut cmd, log, RSYNC_TIMEOUT).context("link the pristine source")?;
         prepared.linked = true;
     }
-    std::fs::create_dir_all(src)?;
-    // Files the series decides about are left to us, not rsync, so that an
-    // unchanged patched file keeps its mtime.
-    let exclude = src
-        .parent()
-        .context("src has a parent")?
-        .join("rsync-exclude");
-    let mut list = std::fs::File::create(&exclude)?;
-    for path in applied.files.keys() {
-        writeln!(list, "/{}", escape_pattern(path))?;
-    }
-    drop(list);
-    let mut cmd = Command::new("rsync");
-    cmd.args(["-a", "--delete", "--itemize-changes"])
-        .arg(format!("--exclude-from={}", exclude.display()))
-        .arg(format!("{}/", pristine.display()))
-        .arg(format!("{}/", src.display()));
     let out = if prepared.linked {
         // Already the pristine tree; the series' files come below.
         String::new()
     } else {
+        std::fs::create_dir_all(src)?;
+        // Files the series decides about are left to us, not rsync, so that
+        // an unchanged patched file keeps its mtime.
+        let exclude = src
+            .parent()
+            .context("src has a parent")?
+            .join("rsync-exclude");
+        let mut list = std::fs::File::create(&exclude)?;
+        for path in applied.files.keys() {
+            writeln!(list, "/{}", escape_pattern(path))?;
+        }
+        drop(list);
+        let mut cmd = Command::new("rsync");
+        cmd.args(["-a", "--delete", "--itemize-changes"])
+            .arg(format!("--exclude-from={}", exclude.display()))
+            .arg(format!("{}/", pristine.display()))
+            .arg(format!("{}/", src.display()));
         run::output(&mut cmd, log, RSYNC_TIMEOUT).context("copy the pristine source")?
     };
     let now = SystemTime::now();
@@ -274,6 +274,40 @@ mod tests {
             "int a;\n"
         );
         assert!(pristine.join("gone.c").exists());
+
+        // A later series (rsync over the linked tree) restores a.c and gone.c
+        // and patches b.c; pristine stays as it was.
+        if crate::deps::which("rsync").is_none() {
+            eprintln!("skipped the rsync half: rsync is not installed");
+            return;
+        }
+        let mut next = Applied::default();
+        next.files.insert(
+            "drivers/b.c".into(),
+            Some(FileState {
+                data: b"int b = 2;\n".to_vec(),
+                executable: None,
+            }),
+        );
+        let again = prepare(&pristine, &src, &next, &log).unwrap();
+        assert!(!again.linked);
+        assert_eq!(
+            std::fs::read_to_string(src.join("drivers/a.c")).unwrap(),
+            "int a;\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(src.join("drivers/b.c")).unwrap(),
+            "int b = 2;\n"
+        );
+        assert!(src.join("gone.c").exists());
+        assert_eq!(
+            std::fs::read_to_string(pristine.join("drivers/b.c")).unwrap(),
+            "int b;\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(pristine.join("drivers/a.c")).unwrap(),
+            "int a;\n"
+        );
     }
 
     #[test]
