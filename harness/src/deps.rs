@@ -211,11 +211,12 @@ pub struct Missing {
 
 impl Missing {
     pub fn is_empty(&self) -> bool {
-        !self.backports_source
-            && !self.foreign_arch
-            && !self.arch_lists
-            && self.packages.is_empty()
-            && !self.rust_target
+        !self.needs_apt() && !self.rust_target
+    }
+
+    /// Anything to do with apt: then its package lists are refreshed first.
+    fn needs_apt(&self) -> bool {
+        self.backports_source || self.foreign_arch || self.arch_lists || !self.packages.is_empty()
     }
 
     /// The apt-get install argument lists, in order: the backports
@@ -250,11 +251,7 @@ impl Missing {
         if self.foreign_arch {
             cmds.push(format!("dpkg --add-architecture {GUEST_ARCH}"));
         }
-        if self.backports_source
-            || self.foreign_arch
-            || self.arch_lists
-            || !self.packages.is_empty()
-        {
+        if self.needs_apt() {
             cmds.push("apt-get update".to_string());
         }
         for args in self.installs() {
@@ -358,11 +355,7 @@ fn install(missing: &Missing, reporter: &dyn Reporter) -> anyhow::Result<()> {
     if missing.foreign_arch {
         run(reporter, "dpkg", &["--add-architecture", GUEST_ARCH])?;
     }
-    if missing.backports_source
-        || missing.foreign_arch
-        || missing.arch_lists
-        || !missing.packages.is_empty()
-    {
+    if missing.needs_apt() {
         run(reporter, "apt-get", &["update", "-q"])?;
     }
     for extra in missing.installs() {

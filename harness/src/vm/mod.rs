@@ -119,7 +119,7 @@ use process::QemuProcess;
 use qemu::{PlanError, QemuPlan, Runtime};
 
 /// How long boot phases took, from QEMU's spawn.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootTimings {
     /// First line on the serial console (the kernel's banner).
     pub kernel_first_line: Option<Duration>,
@@ -554,55 +554,43 @@ impl Vm {
             })
             .await?;
 
-        if cfg.start_paused {
-            // QMP answers only once QEMU's initialisation is over: the
-            // machine and every device were created.
-            return Ok(Vm {
-                process,
-                health,
-                qmp,
-                ssh: None,
-                plan: plan.clone(),
-                trace_file,
-                timings: BootTimings::default(),
-                ssh_port,
-                command_line,
-                sessions: Default::default(),
-                _sock_dir: sock_dir,
-            });
-        }
-
-        // Ready marker.
-        let waiting = async {
-            let mut rx = health.console.watch();
-            loop {
-                if let Some(t) = health.console.lock().ready {
-                    return Ok(t);
+        // A paused start stops here: QMP answers only once QEMU's
+        // initialisation is over, so the machine and every device exist.
+        let ready = if cfg.start_paused {
+            Duration::ZERO
+        } else {
+            // Ready marker.
+            let waiting = async {
+                let mut rx = health.console.watch();
+                loop {
+                    if let Some(t) = health.console.lock().ready {
+                        return Ok(t);
+                    }
+                    if rx.changed().await.is_err() {
+                        // Console closed: the guard reports QEMU's exit.
+                        std::future::pending::<()>().await;
+                    }
                 }
-                if rx.changed().await.is_err() {
-                    // Console closed: the guard reports QEMU's exit.
-                    std::future::pending::<()>().await;
-                }
-            }
+            };
+            health
+                .guard("boot", async {
+                    match tokio::time::timeout_at(deadline.into(), waiting).await {
+                        Ok(r) => r,
+                        Err(_) => Err(boot_err(
+                            BootError::Timeout {
+                                waiting_for: "readiness marker on the console",
+                                after: cfg.boot_timeout,
+                            },
+                            READY_MARKER,
+                        )),
+                    }
+                })
+                .await?
         };
-        let ready = health
-            .guard("boot", async {
-                match tokio::time::timeout_at(deadline.into(), waiting).await {
-                    Ok(r) => r,
-                    Err(_) => Err(boot_err(
-                        BootError::Timeout {
-                            waiting_for: "readiness marker on the console",
-                            after: cfg.boot_timeout,
-                        },
-                        READY_MARKER,
-                    )),
-                }
-            })
-            .await?;
 
         let mut ssh_state = None;
         let mut ssh_ready = None;
-        if let (Some(s), Some(port)) = (&cfg.ssh, ssh_port) {
+        if let (Some(s), Some(port), false) = (&cfg.ssh, ssh_port, cfg.start_paused) {
             let target = ssh::SshTarget {
                 addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
                 user: s.user.clone(),
