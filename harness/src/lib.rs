@@ -13,9 +13,11 @@ pub mod error;
 pub mod event;
 pub mod image;
 pub mod kernel;
+pub mod outcome;
 pub mod pipeline;
 pub mod scenario;
 pub mod snapshot;
+pub mod trial;
 pub mod vm;
 
 pub use error::{Error, ExitCode};

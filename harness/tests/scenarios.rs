@@ -7,14 +7,11 @@
 //! Files are discovered at run time, so a new scenario needs no rebuild,
 //! and every trial is independent (nextest runs each in its own process).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
-use harness::scenario::exec::{self, Outcome};
+use harness::outcome::Outcome;
 use harness::scenario::{self, Inputs, Scenario};
-use harness::snapshot::result::{FailureKind, Status, TrialResult};
-use harness::snapshot::{self, SnapshotDoc};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn main() {
@@ -51,16 +48,16 @@ fn main() {
             args.test_threads.get_or_insert(1);
             for file in &files {
                 // A file that does not parse fails its `parse:` trial only;
-                // its VM trials are listed as ignored, not failed again.
-                let parses = Scenario::load(file).is_ok();
+                // it has no VM trials to fail again.
+                if Scenario::load(file).is_err() {
+                    continue;
+                }
                 for variant in inputs.kernels.keys() {
                     let (f, v, i) = (file.clone(), variant.clone(), Arc::clone(inputs));
-                    trials.push(
-                        Trial::test(format!("{}@{variant}", stem(file)), move || {
-                            vm_trial(&f, &v, &i)
-                        })
-                        .with_ignored_flag(!parses),
-                    );
+                    trials.push(Trial::test(
+                        format!("{}@{variant}", stem(file)),
+                        move || vm_trial(&f, &v, &i),
+                    ));
                 }
             }
         }
@@ -76,9 +73,16 @@ fn main() {
             }
             for file in &files {
                 for variant in &variants {
+                    // Ignored, and failing if run anyway (`--include-ignored`):
+                    // without inputs there is nothing to boot.
                     trials.push(
-                        Trial::test(format!("{}@{variant}", stem(file)), || Ok(()))
-                            .with_ignored_flag(true),
+                        Trial::test(format!("{}@{variant}", stem(file)), || {
+                            Err(Failed::from(format!(
+                                "needs a built kernel and image: {} is not set (run `cargo xtask test`)",
+                                scenario::inputs::INPUTS_ENV
+                            )))
+                        })
+                        .with_ignored_flag(true),
                     );
                 }
             }
@@ -88,123 +92,25 @@ fn main() {
 }
 
 fn stem(path: &Path) -> String {
-    path.file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("?")
-        .to_string()
+    scenario::name_of(path)
 }
 
-/// One (scenario, variant): boot, run, compare, write the result file.
+/// One (scenario, variant): `harness::trial` does the work and writes the
+/// result file; a failure's message is its reason, artifacts and reproducer.
 fn vm_trial(file: &Path, variant: &str, inputs: &Inputs) -> Result<(), Failed> {
-    let started = Instant::now();
-    let name = stem(file);
-    let mut result = TrialResult {
-        scenario: name.clone(),
-        variant: variant.to_string(),
-        status: Status::Fail,
-        failure: Some(FailureKind::Infrastructure),
-        reason: None,
-        interrupts_delivered: 0,
-        msi_addresses: Vec::new(),
-        duration_s: 0.0,
-        artifacts: PathBuf::new(),
-        reproducer: match inputs.kernels.get(variant) {
-            Some(k) => k.reproducer(variant, &name),
-            None => TrialResult::reproducer_for(&name, variant),
-        },
-    };
-    let outcome = run_trial(file, variant, inputs, &mut result);
-    result.duration_s = exec::seconds_since(started);
-    match &outcome {
-        Ok(()) => {
-            result.failure = None;
-            if result.status != Status::Skip {
-                result.status = Status::Pass;
-            }
+    let result = harness::trial::run(file, variant, inputs);
+    match result.outcome {
+        Outcome::Pass => Ok(()),
+        Outcome::Skip => {
+            // libtest-mimic has no run-time skip: say so and pass (the result
+            // file and the summary say "skip").
+            eprintln!(
+                "skipped {}: {}",
+                result.name(),
+                result.reason.as_deref().unwrap_or("")
+            );
+            Ok(())
         }
-        Err(reason) => {
-            result.status = Status::Fail;
-            result.reason = Some(reason.clone());
-        }
+        Outcome::Fail(_) => Err(Failed::from(harness::trial::failure_message(&result))),
     }
-    if let Err(e) = result.write(&inputs.results_dir) {
-        eprintln!("warning: cannot write the result file: {e:#}");
-    }
-    outcome.map_err(|mut reason| {
-        if !result.artifacts.as_os_str().is_empty() && result.status != Status::Skip {
-            reason.push_str(&format!("\nartifacts: {}", result.artifacts.display()));
-        }
-        reason.push_str(&format!("\nreproduce: {}", result.reproducer));
-        Failed::from(reason)
-    })
-}
-
-fn run_trial(
-    file: &Path,
-    variant: &str,
-    inputs: &Inputs,
-    result: &mut TrialResult,
-) -> Result<(), String> {
-    let scenario = Scenario::load(file).map_err(|e| e.to_string())?;
-    let kernel = inputs
-        .kernels
-        .get(variant)
-        .ok_or_else(|| format!("variant {variant} is not in the inputs file"))?;
-    let dir = exec::trial_dir(inputs, &scenario.name, variant).map_err(|e| format!("{e:#}"))?;
-    result.artifacts = dir.clone();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("tokio runtime: {e}"))?;
-    let outcome = rt
-        .block_on(exec::run(&scenario, variant, kernel, inputs, &dir))
-        .map_err(|e| {
-            result.failure = Some(match harness::error::exit_code_of(&e) {
-                harness::ExitCode::Finding => FailureKind::Finding,
-                _ => FailureKind::Infrastructure,
-            });
-            format!("{e:#}")
-        })?;
-    let exec = match outcome {
-        Outcome::Skipped { reason } => {
-            result.status = Status::Skip;
-            result.reason = Some(reason.clone());
-            // libtest-mimic has no run-time skip: say so and pass.
-            eprintln!("skipped {}@{variant}: {reason}", scenario.name);
-            return Ok(());
-        }
-        Outcome::Ran(e) => e,
-    };
-    result.interrupts_delivered = exec.interrupts_delivered;
-    result.msi_addresses = exec.msi_addresses.clone();
-    let doc = SnapshotDoc::new(&scenario, variant, &exec);
-    let transcript = serde_yaml_like(&doc);
-    let _ = std::fs::write(dir.join("observations.json"), transcript);
-
-    let mut problems = Vec::new();
-    let snapshot = snapshot::compare(&scenario, &doc);
-    if let Some(a) = &exec.aborted {
-        problems.push(format!("scenario stopped: {a}"));
-    }
-    let infra = exec.aborted.is_some();
-    problems.extend(exec.expectation_failures.iter().cloned());
-    if let Err(e) = snapshot {
-        problems.push(e);
-    }
-    if problems.is_empty() {
-        return Ok(());
-    }
-    result.failure = Some(if infra {
-        FailureKind::Infrastructure
-    } else {
-        FailureKind::Finding
-    });
-    Err(problems.join("\n"))
-}
-
-/// The observations as JSON, kept with the artifacts even when the
-/// snapshot matched.
-fn serde_yaml_like(doc: &SnapshotDoc) -> String {
-    serde_json::to_string_pretty(doc).unwrap_or_default()
 }

@@ -13,12 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use msi_protocol::{Request, Response, Step, StepResult, StepValue, PROTOCOL_VERSION};
-use serde::Serialize;
 
 use super::format::{Action, DeviceSpec, ExpectFields, HostStep, Scenario, ScenarioStep};
 use super::inputs::{Inputs, KernelInput};
 use crate::image::{kernel_cmdline, CmdlineOptions};
-use crate::snapshot::observe::{self, Observations};
 use crate::vm::{self, Machine, SmmuStage, SshConfig, TraceCursor, Vm, VmConfig};
 use crate::Error;
 
@@ -39,19 +37,19 @@ const ANSWER_MARGIN: Duration = Duration::from_secs(20);
 
 /// How the run ended.
 #[derive(Debug, Clone)]
-pub enum Outcome {
+pub enum Completion {
     /// The scenario ran to the end (expectations may still have failed).
     Ran(Box<Execution>),
     /// Not applicable on this variant or QEMU.
     Skipped { reason: String },
 }
 
-/// Device placement as the snapshot shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PlacedSummary {
+/// Where a device of the scenario was placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
     pub id: String,
     pub bdf: String,
-    pub requester_id: String,
+    pub requester_id: u16,
 }
 
 /// A scenario that ran.
@@ -61,9 +59,9 @@ pub struct Execution {
     pub kernel_release: String,
     /// The QEMU machine actually used.
     pub machine: String,
-    pub devices: Vec<PlacedSummary>,
-    /// Kernel reports printed before the first step (normalised).
-    pub boot_reports: Vec<String>,
+    pub devices: Vec<Placed>,
+    /// What the console said before the first step, raw.
+    pub boot_console: Vec<String>,
     pub steps: Vec<StepRecord>,
     /// One sentence per expectation that did not hold.
     pub expectation_failures: Vec<String>,
@@ -74,40 +72,32 @@ pub struct Execution {
     pub msi_addresses: Vec<String>,
 }
 
-/// One step as the snapshot records it.
-#[derive(Debug, Clone, Serialize)]
+/// One executed step, as it happened: what was sent, what came back, and
+/// what the host saw meanwhile, raw (the snapshot stage normalises it).
+#[derive(Debug, Clone)]
 pub struct StepRecord {
     pub step: usize,
-    /// The step as sent (defaults filled in), `op` first.
-    pub request: OpFirst,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The step as sent (defaults filled in).
+    pub request: serde_json::Value,
     pub expect: Option<serde_json::Value>,
-    /// The agent's result (or the host step's).
-    pub result: serde_json::Value,
-    #[serde(flatten)]
-    pub observed: Observations,
+    pub result: StepOutput,
+    /// QEMU's trace events of the step.
+    pub trace: Vec<vm::TraceEvent>,
+    /// The console lines attributed to the step.
+    pub console: Vec<String>,
+    /// Requester id → device id of the scenario's devices at the time of
+    /// the step (hotplug adds to it).
+    pub devices_by_rid: BTreeMap<u16, String>,
 }
 
-/// A step's JSON object, serialized with `op` first and the other keys in
-/// name order, so a snapshot reads "what, then with what".
-#[derive(Debug, Clone, PartialEq)]
-pub struct OpFirst(pub serde_json::Value);
-
-impl Serialize for OpFirst {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let Some(obj) = self.0.as_object() else {
-            return self.0.serialize(serializer);
-        };
-        let mut map = serializer.serialize_map(Some(obj.len()))?;
-        if let Some(op) = obj.get("op") {
-            map.serialize_entry("op", op)?;
-        }
-        for (k, v) in obj.iter().filter(|(k, _)| k.as_str() != "op") {
-            map.serialize_entry(k, v)?;
-        }
-        map.end()
-    }
+/// What answered a step.
+#[derive(Debug, Clone)]
+pub enum StepOutput {
+    Agent(StepResult),
+    /// A host step's result (`{"ok": ...}`).
+    Host(serde_json::Value),
+    /// The agent's answer was not a step result: the scenario stopped.
+    ProtocolError(String),
 }
 
 /// Runs `scenario` on `variant`, artifacts in `run_dir`.
@@ -117,9 +107,9 @@ pub async fn run(
     kernel: &KernelInput,
     inputs: &Inputs,
     run_dir: &Path,
-) -> anyhow::Result<Outcome> {
+) -> anyhow::Result<Completion> {
     if let Some(reason) = missing_requirement(scenario, kernel)? {
-        return Ok(Outcome::Skipped { reason });
+        return Ok(Completion::Skipped { reason });
     }
     let mut cfg = vm_config(scenario, kernel, inputs, run_dir);
     let qemu = cfg.qemu.clone();
@@ -130,7 +120,7 @@ pub async fn run(
         if matches!(req.as_str(), "edu" | "e1000e" | "pcie-pci-bridge")
             && !caps.devices.contains(req)
         {
-            return Ok(Outcome::Skipped {
+            return Ok(Completion::Skipped {
                 reason: format!(
                     "requires QEMU device `{req}`, which {} lacks",
                     caps.version_line
@@ -141,7 +131,7 @@ pub async fn run(
     let plan = match vm::qemu::plan(&cfg, &caps) {
         Ok(p) => p,
         Err(vm::qemu::PlanError::Unsupported(u)) => {
-            return Ok(Outcome::Skipped { reason: u.reason })
+            return Ok(Completion::Skipped { reason: u.reason })
         }
         Err(e) => {
             return Err(Error::infra(format!("scenario {}: vm config: {e}", scenario.name)).into())
@@ -173,7 +163,7 @@ pub async fn run(
         Ok(vm) => vm,
         Err(e) => {
             if let Some(reason) = vm::skip_reason(&e) {
-                return Ok(Outcome::Skipped { reason });
+                return Ok(Completion::Skipped { reason });
             }
             return Err(e.context(format!("scenario {} on {variant}: boot", scenario.name)));
         }
@@ -182,7 +172,7 @@ pub async fn run(
     let down = vm.shutdown().await;
     let exec = result?;
     down.context("vm shutdown")?;
-    Ok(Outcome::Ran(Box::new(exec)))
+    Ok(Completion::Ran(Box::new(exec)))
 }
 
 fn missing_requirement(
@@ -296,14 +286,17 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
     for d in vm.devices().iter().filter(|d| !d.infrastructure) {
         runner.rids.insert(d.requester_id, d.id.clone());
         runner.bdfs.insert(d.id.clone(), d.bdf.to_string());
-        devices.push(PlacedSummary {
+        devices.push(Placed {
             id: d.id.clone(),
             bdf: d.bdf.to_string(),
-            requester_id: format!("{:#x}", d.requester_id),
+            requester_id: d.requester_id,
         });
     }
-    let boot_lines = vm.console_since(&mut runner.console);
-    let boot_reports = observe::console_reports(boot_lines.iter().map(|l| l.text.as_str()));
+    let boot_console = vm
+        .console_since(&mut runner.console)
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
     // Boot traffic (the NIC's, the kernel's own DMA) is not the scenario's.
     let _ = vm.traces_since(&mut runner.trace, None)?;
 
@@ -351,7 +344,7 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
         kernel_release,
         machine: vm.machine().to_string(),
         devices,
-        boot_reports,
+        boot_console,
         steps: Vec::new(),
         expectation_failures: Vec::new(),
         aborted: None,
@@ -370,18 +363,14 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
                     .await
                     .with_context(|| step_at(scenario, step))?;
                 match serde_json::from_str::<Response>(&answer) {
-                    Ok(Response::Step(r)) => (request, snapshot_result(&r)?, Some(r)),
+                    Ok(Response::Step(r)) => (request, StepOutput::Agent(r.clone()), Some(r)),
                     Ok(Response::Error { message }) => {
                         exec.aborted = Some(format!(
                             "step {} ({}): the agent refused the request: {message}",
                             step.index,
                             s.op()
                         ));
-                        (
-                            request,
-                            serde_json::json!({ "protocol_error": message }),
-                            None,
-                        )
+                        (request, StepOutput::ProtocolError(message), None)
                     }
                     Ok(other) => {
                         exec.aborted = Some(format!(
@@ -391,7 +380,7 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
                         ));
                         (
                             request,
-                            serde_json::json!({ "protocol_error": format!("{other:?}") }),
+                            StepOutput::ProtocolError(format!("{other:?}")),
                             None,
                         )
                     }
@@ -401,11 +390,7 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
                             step.index,
                             s.op()
                         ));
-                        (
-                            request,
-                            serde_json::json!({ "protocol_error": e.to_string() }),
-                            None,
-                        )
+                        (request, StepOutput::ProtocolError(e.to_string()), None)
                     }
                 }
             }
@@ -415,7 +400,7 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
                     .host_step(h)
                     .await
                     .with_context(|| step_at(scenario, step))?;
-                (request, result, None)
+                (request, StepOutput::Host(result), None)
             }
         };
         let last = step.index == scenario.steps.len();
@@ -423,7 +408,7 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
             // Kernel messages can trail the answer that caused them.
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        let observed = runner.observe().await?;
+        let (trace, console) = runner.observe().await?;
         if let Some(r) = &agent_result {
             if let StepResult::AgentError { message } = r {
                 exec.aborted.get_or_insert_with(|| {
@@ -458,10 +443,12 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
         }
         exec.steps.push(StepRecord {
             step: step.index,
-            request: OpFirst(request),
+            request,
             expect: step.expect.as_ref().map(serde_json::to_value).transpose()?,
             result,
-            observed,
+            trace,
+            console,
+            devices_by_rid: runner.rids.clone(),
         });
         if exec.aborted.is_some() {
             break;
@@ -500,7 +487,7 @@ impl Runner<'_> {
     /// the next step in about half the runs. So the trace is the barrier:
     /// for each event the SMMU queued in this step, wait (bounded) until
     /// the console holds its decoded line.
-    async fn observe(&mut self) -> anyhow::Result<Observations> {
+    async fn observe(&mut self) -> anyhow::Result<(Vec<vm::TraceEvent>, Vec<String>)> {
         let events = self.vm.traces_since(&mut self.trace, None)?;
         let mut lines = self.vm.console_since(&mut self.console);
         let queued = events
@@ -512,11 +499,7 @@ impl Runner<'_> {
             tokio::time::sleep(Duration::from_millis(20)).await;
             lines.extend(self.vm.console_since(&mut self.console));
         }
-        Ok(observe::aggregate(
-            &events,
-            &self.rids,
-            lines.iter().map(|l| l.text.as_str()),
-        ))
+        Ok((events, lines.into_iter().map(|l| l.text).collect()))
     }
 
     async fn host_step(&mut self, h: &HostStep) -> anyhow::Result<serde_json::Value> {
@@ -601,23 +584,6 @@ fn step_at(scenario: &Scenario, step: &ScenarioStep) -> String {
         step.index,
         step.action.op()
     )
-}
-
-/// A step result as the snapshot shows it: kernel log lines lose their
-/// timestamps and PIDs (the transcript keeps them raw).
-fn snapshot_result(r: &StepResult) -> anyhow::Result<serde_json::Value> {
-    match r {
-        StepResult::Ok(StepValue::Dmesg(lines)) => {
-            let lines = lines
-                .iter()
-                .map(|l| observe::normalise_kernel_line(l))
-                .collect();
-            Ok(serde_json::to_value(StepResult::Ok(StepValue::Dmesg(
-                lines,
-            )))?)
-        }
-        other => Ok(serde_json::to_value(other)?),
-    }
 }
 
 /// How long the agent may take to answer `step`.

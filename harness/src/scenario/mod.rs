@@ -35,6 +35,14 @@ pub fn discover(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// A scenario's name: its file's stem.
+pub fn name_of(file: &Path) -> String {
+    file.file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("?")
+        .to_string()
+}
+
 /// Overrides where scenarios (and their `snapshots/`) are read from.
 pub const SCENARIOS_DIR_ENV: &str = "MSI_HARNESS_SCENARIOS_DIR";
 
@@ -78,11 +86,7 @@ pub fn preflight(
     for file in discover(&scenarios_dir())? {
         // A file that does not parse fails its own `parse:` test.
         if let Ok(s) = Scenario::load(&file) {
-            let name = file
-                .file_stem()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
+            let name = name_of(&file);
             cfgs.push(exec::vm_config(&s, kernel, inputs, &dir.join(name)));
         }
     }

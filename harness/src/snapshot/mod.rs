@@ -6,16 +6,19 @@
 //! ports, PIDs or temporary paths. Addresses stay: they are the point.
 //! Trace events are aggregated with counts (see [`observe`]).
 
+pub mod junit;
 pub mod observe;
 pub mod report;
 pub mod result;
 
 use std::path::PathBuf;
 
+use msi_protocol::{StepResult, StepValue};
 use serde::Serialize;
 
-use crate::scenario::exec::{Execution, PlacedSummary, StepRecord};
+use crate::scenario::exec::{Execution, StepOutput, StepRecord};
 use crate::scenario::Scenario;
+use observe::Observations;
 
 /// The snapshot document of one run.
 #[derive(Debug, Clone, Serialize)]
@@ -24,28 +27,117 @@ pub struct SnapshotDoc {
     pub variant: String,
     pub kernel_release: String,
     pub machine: String,
-    pub devices: Vec<PlacedSummary>,
+    pub devices: Vec<PlacedDevice>,
     /// Kernel reports printed while booting (normally none).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub boot_kernel_reports: Vec<String>,
-    pub steps: Vec<StepRecord>,
+    pub steps: Vec<SnapshotStep>,
     /// Set when the scenario could not run to the end.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aborted: Option<String>,
 }
 
+/// Device placement as the snapshot shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlacedDevice {
+    pub id: String,
+    pub bdf: String,
+    pub requester_id: String,
+}
+
+/// One step as the snapshot records it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotStep {
+    pub step: usize,
+    /// The step as sent (defaults filled in), `op` first.
+    pub request: OpFirst,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect: Option<serde_json::Value>,
+    /// The agent's result (or the host step's).
+    pub result: serde_json::Value,
+    #[serde(flatten)]
+    pub observed: Observations,
+}
+
 impl SnapshotDoc {
+    /// The normalised view of `exec`: trace events aggregated, kernel lines
+    /// without timestamps and PIDs, keys in reading order.
     pub fn new(scenario: &Scenario, variant: &str, exec: &Execution) -> SnapshotDoc {
         SnapshotDoc {
             scenario: scenario.name.clone(),
             variant: variant.to_string(),
             kernel_release: exec.kernel_release.clone(),
             machine: exec.machine.clone(),
-            devices: exec.devices.clone(),
-            boot_kernel_reports: exec.boot_reports.clone(),
-            steps: exec.steps.clone(),
+            devices: exec
+                .devices
+                .iter()
+                .map(|d| PlacedDevice {
+                    id: d.id.clone(),
+                    bdf: d.bdf.clone(),
+                    requester_id: format!("{:#x}", d.requester_id),
+                })
+                .collect(),
+            boot_kernel_reports: observe::console_reports(
+                exec.boot_console.iter().map(String::as_str),
+            ),
+            steps: exec.steps.iter().map(snapshot_step).collect(),
             aborted: exec.aborted.clone(),
         }
+    }
+}
+
+fn snapshot_step(r: &StepRecord) -> SnapshotStep {
+    SnapshotStep {
+        step: r.step,
+        request: OpFirst(r.request.clone()),
+        expect: r.expect.clone(),
+        result: snapshot_result(&r.result),
+        observed: observe::aggregate(
+            &r.trace,
+            &r.devices_by_rid,
+            r.console.iter().map(String::as_str),
+        ),
+    }
+}
+
+/// A step's answer as the snapshot shows it: kernel log lines lose their
+/// timestamps and PIDs (the transcript keeps them raw).
+fn snapshot_result(output: &StepOutput) -> serde_json::Value {
+    let value = match output {
+        StepOutput::Agent(StepResult::Ok(StepValue::Dmesg(lines))) => {
+            let lines = lines
+                .iter()
+                .map(|l| observe::normalise_kernel_line(l))
+                .collect();
+            serde_json::to_value(StepResult::Ok(StepValue::Dmesg(lines)))
+        }
+        StepOutput::Agent(r) => serde_json::to_value(r),
+        StepOutput::Host(v) => Ok(v.clone()),
+        StepOutput::ProtocolError(message) => Ok(serde_json::json!({ "protocol_error": message })),
+    };
+    // A StepResult is plain data; serialising it cannot fail.
+    value.unwrap_or(serde_json::Value::Null)
+}
+
+/// A step's JSON object, serialized with `op` first and the other keys in
+/// name order, so a snapshot reads "what, then with what".
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpFirst(pub serde_json::Value);
+
+impl Serialize for OpFirst {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Some(obj) = self.0.as_object() else {
+            return self.0.serialize(serializer);
+        };
+        let mut map = serializer.serialize_map(Some(obj.len()))?;
+        if let Some(op) = obj.get("op") {
+            map.serialize_entry("op", op)?;
+        }
+        for (k, v) in obj.iter().filter(|(k, _)| k.as_str() != "op") {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
     }
 }
 

@@ -1,5 +1,7 @@
 //! The aggregate of a test run: every trial's result file read back,
-//! written as one `results.json`, shown as a table, turned into an exit code.
+//! written as one `results.json`, shown as a table, and judged together
+//! with nextest's report into a [`TestRun`] (whose exit code
+//! `crate::outcome` decides).
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -8,8 +10,11 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
-use super::result::{FailureKind, Status, TrialResult};
-use crate::ExitCode;
+use super::result::TrialResult;
+use crate::outcome::{Failure, Outcome, TestRun, TestsEnd};
+
+/// nextest's id of the scenario test binary (`harness/tests/scenarios.rs`).
+pub const SCENARIO_BINARY: &str = "harness::scenarios";
 
 /// All trials of a run.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -53,11 +58,11 @@ pub fn summarise(results_dir: &Path) -> anyhow::Result<Summary> {
 impl Summary {
     pub fn from_trials(mut trials: Vec<TrialResult>) -> Summary {
         trials.sort_by(|a, b| (&a.scenario, &a.variant).cmp(&(&b.scenario, &b.variant)));
-        let count = |s| trials.iter().filter(|t| t.status == s).count();
+        let count = |f: fn(Outcome) -> bool| trials.iter().filter(|t| f(t.outcome)).count();
         Summary {
-            passed: count(Status::Pass),
-            failed: count(Status::Fail),
-            skipped: count(Status::Skip),
+            passed: count(|o| o == Outcome::Pass),
+            failed: count(Outcome::failed),
+            skipped: count(|o| o == Outcome::Skip),
             trials,
         }
     }
@@ -69,30 +74,54 @@ impl Summary {
         crate::cache::write_atomic(path, text.as_bytes())
     }
 
-    /// 0 when everything passed or was skipped, 1 when a trial found a
-    /// kernel problem, 2 when the harness itself failed somewhere (that
-    /// wins: the findings of a broken run are not trustworthy).
-    pub fn exit_code(&self) -> ExitCode {
-        let failed = self.trials.iter().filter(|t| t.status == Status::Fail);
-        let mut code = ExitCode::Pass;
-        for t in failed {
-            match t.failure {
-                Some(FailureKind::Finding) => {
-                    if code == ExitCode::Pass {
-                        code = ExitCode::Finding;
-                    }
-                }
-                _ => code = ExitCode::Infrastructure,
-            }
+    /// The run as a whole: these trials, and what nextest reported.
+    /// `junit` is nextest's JUnit report (`None` when it wrote none);
+    /// `nextest_succeeded` its exit status; `malformed_scenarios` the number
+    /// of scenario files that do not parse.
+    pub fn judge(
+        &self,
+        junit: Option<&str>,
+        nextest_succeeded: bool,
+        malformed_scenarios: usize,
+    ) -> TestRun {
+        let report = junit.map(super::junit::parse);
+        let tests = match report {
+            _ if nextest_succeeded => TestsEnd::Passed,
+            None => TestsEnd::DidNotRun {
+                why: "cargo nextest failed and wrote no JUnit report (did a test binary fail to build?)".into(),
+            },
+            Some(r) if r.tests == 0 => TestsEnd::DidNotRun {
+                why: "cargo nextest failed before running any test (did a test binary fail to build?)".into(),
+            },
+            Some(r) => TestsEnd::Failed {
+                unexplained: r
+                    .failed
+                    .iter()
+                    // A failed scenario trial with a result file is explained
+                    // by that file's outcome.
+                    .filter(|f| {
+                        !(f.binary == SCENARIO_BINARY
+                            && self
+                                .trials
+                                .iter()
+                                .any(|t| t.outcome.failed() && t.name() == f.name))
+                    })
+                    .map(|f| f.display())
+                    .collect(),
+            },
+        };
+        TestRun {
+            trials: self.trials.iter().map(|t| t.outcome).collect(),
+            tests,
+            malformed_scenarios,
         }
-        code
     }
 
     /// One line per failed trial: the command that re-runs it.
     pub fn reproducers(&self) -> Vec<String> {
         self.trials
             .iter()
-            .filter(|t| t.status == Status::Fail)
+            .filter(|t| t.outcome.failed())
             .map(|t| t.reproducer.clone())
             .collect()
     }
@@ -109,10 +138,10 @@ impl Summary {
                 .find(|t| t.scenario == s && t.variant == v)
             {
                 None => "-".into(),
-                Some(t) => match t.status {
-                    Status::Skip => "skip".into(),
-                    st => {
-                        let word = if st == Status::Pass { "pass" } else { "FAIL" };
+                Some(t) => match t.outcome {
+                    Outcome::Skip => "skip".into(),
+                    o => {
+                        let word = if o == Outcome::Pass { "pass" } else { "FAIL" };
                         let addr = if t.msi_addresses.is_empty() {
                             "-".to_string()
                         } else {
@@ -155,11 +184,12 @@ impl Summary {
             "\n{} passed, {} failed, {} skipped",
             self.passed, self.failed, self.skipped
         );
-        for t in self.trials.iter().filter(|t| t.status != Status::Pass) {
-            let what = match (t.status, t.failure) {
-                (Status::Skip, _) => "skipped",
-                (_, Some(FailureKind::Finding)) => "FAILED (finding)",
-                _ => "FAILED (infrastructure)",
+        for t in self.trials.iter().filter(|t| t.outcome != Outcome::Pass) {
+            let what = match t.outcome {
+                Outcome::Pass => continue,
+                Outcome::Skip => "skipped",
+                Outcome::Fail(Failure::Finding) => "FAILED (finding)",
+                Outcome::Fail(Failure::Infrastructure) => "FAILED (infrastructure)",
             };
             let _ = writeln!(out, "\n{} {what}", t.name());
             if let Some(r) = &t.reason {
@@ -167,7 +197,7 @@ impl Summary {
                     let _ = writeln!(out, "  {l}");
                 }
             }
-            if t.status == Status::Fail {
+            if t.outcome.failed() {
                 if !t.artifacts.as_os_str().is_empty() {
                     let _ = writeln!(out, "  artifacts: {}", t.artifacts.display());
                 }
@@ -183,13 +213,12 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    fn trial(s: &str, v: &str, status: Status, failure: Option<FailureKind>) -> TrialResult {
+    fn trial(s: &str, v: &str, outcome: Outcome) -> TrialResult {
         TrialResult {
             scenario: s.into(),
             variant: v.into(),
-            status,
-            failure,
-            reason: (status != Status::Pass).then(|| "because".to_string()),
+            outcome,
+            reason: (outcome != Outcome::Pass).then(|| "because".to_string()),
             interrupts_delivered: 2,
             msi_addresses: vec!["0x8000040".into()],
             duration_s: 3.2,
@@ -201,24 +230,49 @@ mod tests {
     #[test]
     fn results_round_trip_and_summarise() {
         let dir = tempfile::tempdir().unwrap();
-        trial(
-            "b",
-            "upstream-6.18",
-            Status::Fail,
-            Some(FailureKind::Finding),
-        )
-        .write(dir.path())
-        .unwrap();
-        trial("a", "sw-msi-rfcv2", Status::Pass, None)
+        trial("b", "upstream-6.18", Outcome::FINDING)
             .write(dir.path())
             .unwrap();
-        trial("a", "upstream-6.18", Status::Skip, None)
+        trial("a", "sw-msi-rfcv2", Outcome::Pass)
+            .write(dir.path())
+            .unwrap();
+        trial("a", "upstream-6.18", Outcome::Skip)
             .write(dir.path())
             .unwrap();
         std::fs::write(dir.path().join("results.json"), "{}").unwrap();
         let s = summarise(dir.path()).unwrap();
         assert_eq!((s.passed, s.failed, s.skipped), (1, 1, 1));
-        assert_eq!(s.exit_code(), ExitCode::Finding);
+        let junit = |failed: &[&str]| {
+            let cases: String = failed
+                .iter()
+                .map(|n| format!("<testcase name=\"{n}\"><failure/></testcase>"))
+                .collect();
+            format!("<testsuite name=\"{SCENARIO_BINARY}\"><testcase name=\"parse:a\"/>{cases}</testsuite>")
+        };
+        use crate::ExitCode;
+        let code = |junit: Option<&str>, ok: bool, malformed: usize| {
+            s.judge(junit, ok, malformed).exit_code()
+        };
+        assert_eq!(
+            code(Some(&junit(&["b@upstream-6.18"])), false, 0),
+            ExitCode::Finding
+        );
+        // A trial that failed in nextest but left no result file (killed on
+        // its deadline) is not explained by a finding.
+        assert_eq!(
+            code(
+                Some(&junit(&["b@upstream-6.18", "c@upstream-6.18"])),
+                false,
+                0
+            ),
+            ExitCode::Infrastructure
+        );
+        assert_eq!(code(None, false, 0), ExitCode::Infrastructure);
+        assert_eq!(code(Some(""), false, 0), ExitCode::Infrastructure);
+        assert_eq!(
+            code(Some(&junit(&["b@upstream-6.18"])), false, 1),
+            ExitCode::Infrastructure
+        );
         assert_eq!(
             s.reproducers(),
             vec!["cargo xtask test --variant upstream-6.18 b".to_string()]
@@ -242,8 +296,11 @@ mod tests {
         );
         s.write_json(&dir.path().join("results.json")).unwrap();
         let mut s2 = s.clone();
-        s2.trials[0].failure = Some(FailureKind::Infrastructure);
-        s2.trials[0].status = Status::Fail;
-        assert_eq!(s2.exit_code(), ExitCode::Infrastructure);
+        s2.trials[1].outcome = Outcome::INFRASTRUCTURE;
+        assert_eq!(
+            s2.judge(Some(&junit(&["b@upstream-6.18"])), false, 0)
+                .exit_code(),
+            ExitCode::Infrastructure
+        );
     }
 }

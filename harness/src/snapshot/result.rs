@@ -6,33 +6,15 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-/// How a trial ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Pass,
-    Fail,
-    Skip,
-}
-
-/// Why a failed trial failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureKind {
-    /// The kernel misbehaved: snapshot mismatch, failed expectation, kernel report.
-    Finding,
-    /// The harness could not do its job: boot, agent, protocol.
-    Infrastructure,
-}
+pub use crate::outcome::{Failure, Outcome};
 
 /// One trial's result file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrialResult {
     pub scenario: String,
     pub variant: String,
-    pub status: Status,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure: Option<FailureKind>,
+    /// How it ended (`crate::outcome` decides what that means for the run).
+    pub outcome: Outcome,
     /// Why it failed or was skipped (several lines possible).
     #[serde(default)]
     pub reason: Option<String>,

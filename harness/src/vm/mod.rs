@@ -62,7 +62,8 @@ mod unit_tests {
             after: Duration::from_secs(1),
             excerpt: "Kernel panic".into(),
         };
-        let err = wrap_kind(panic, crate::ExitCode::Finding, "during x".into()).context("step 3");
+        let err =
+            wrap_kind(panic, crate::error::Failure::Finding, "during x".into()).context("step 3");
         assert_eq!(crate::error::exit_code_of(&err), crate::ExitCode::Finding);
         assert!(matches!(
             err.downcast_ref::<VmFailure>(),
@@ -308,16 +309,17 @@ impl Health {
     }
 
     /// `failure` as the error a user sees, for an operation `during`: a
-    /// panic is a finding about the kernel, anything else infrastructure.
+    /// panic is a finding about the kernel, anything else infrastructure
+    /// (the exit code each gets is `crate::outcome`'s decision).
     fn error(&self, failure: VmFailure, during: &str) -> anyhow::Error {
         let dir = self.run_dir.display();
         let (kind, detail) = match &failure {
             VmFailure::GuestPanic { excerpt, .. } => (
-                crate::ExitCode::Finding,
+                crate::error::Failure::Finding,
                 format!("during {during}:\n{excerpt}\n(console: {dir}/console.log)"),
             ),
             VmFailure::QemuExited { stderr, console_tail, .. } => (
-                crate::ExitCode::Infrastructure,
+                crate::error::Failure::Infrastructure,
                 format!(
                     "during {during}\n--- qemu stderr ---\n{}\n--- last console lines ---\n{console_tail}\n(artifacts: {dir})",
                     stderr.trim_end()
@@ -402,12 +404,12 @@ impl Session {
 /// `BootError`, `VmFailure`, `QmpError`, ...) still works through any
 /// context callers add.
 fn wrap<E: std::error::Error + Send + Sync + 'static>(typed: E, what: String) -> anyhow::Error {
-    wrap_kind(typed, crate::ExitCode::Infrastructure, what)
+    wrap_kind(typed, crate::error::Failure::Infrastructure, what)
 }
 
 fn wrap_kind<E: std::error::Error + Send + Sync + 'static>(
     typed: E,
-    kind: crate::ExitCode,
+    kind: crate::error::Failure,
     what: String,
 ) -> anyhow::Error {
     let mut message = what;

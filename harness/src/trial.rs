@@ -1,0 +1,122 @@
+//! One trial: a scenario on one kernel variant, from a fresh VM to its
+//! result file. The scenario stage runs the steps and returns raw records;
+//! the snapshot stage normalises and compares them; this module says how
+//! the trial ended (an [`Outcome`]) and writes `<scenario>@<variant>.json`.
+//! The `scenarios` test binary is a thin list of these.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::outcome::{failure_of, Outcome};
+use crate::scenario::exec::{self, Completion};
+use crate::scenario::{Inputs, Scenario};
+use crate::snapshot::result::TrialResult;
+use crate::snapshot::{self, SnapshotDoc};
+
+/// Runs `file` on `variant`, writes its result file, and returns it.
+pub fn run(file: &Path, variant: &str, inputs: &Inputs) -> TrialResult {
+    let started = Instant::now();
+    let name = crate::scenario::name_of(file);
+    let mut result = TrialResult {
+        scenario: name.clone(),
+        variant: variant.to_string(),
+        outcome: Outcome::INFRASTRUCTURE,
+        reason: None,
+        interrupts_delivered: 0,
+        msi_addresses: Vec::new(),
+        duration_s: 0.0,
+        artifacts: Default::default(),
+        reproducer: match inputs.kernels.get(variant) {
+            Some(k) => k.reproducer(variant, &name),
+            None => TrialResult::reproducer_for(&name, variant),
+        },
+    };
+    let (outcome, reason) = match run_steps(file, variant, inputs, &mut result) {
+        Ok(Ended::Passed) => (Outcome::Pass, None),
+        Ok(Ended::Skipped(reason)) => (Outcome::Skip, Some(reason)),
+        Err((outcome, reason)) => (outcome, Some(reason)),
+    };
+    result.outcome = outcome;
+    result.reason = reason;
+    result.duration_s = exec::seconds_since(started);
+    if let Err(e) = result.write(&inputs.results_dir) {
+        // The trial itself still reports its outcome; the summary will miss
+        // it and the run's judgement treats the missing file as unexplained.
+        eprintln!("warning: cannot write the result file: {e:#}");
+    }
+    result
+}
+
+/// The message a failed trial prints: why, where its artifacts are, and
+/// the command that re-runs it.
+pub fn failure_message(result: &TrialResult) -> String {
+    let mut text = result.reason.clone().unwrap_or_default();
+    if !result.artifacts.as_os_str().is_empty() {
+        text.push_str(&format!("\nartifacts: {}", result.artifacts.display()));
+    }
+    text.push_str(&format!("\nreproduce: {}", result.reproducer));
+    text
+}
+
+enum Ended {
+    Passed,
+    Skipped(String),
+}
+
+fn run_steps(
+    file: &Path,
+    variant: &str,
+    inputs: &Inputs,
+    result: &mut TrialResult,
+) -> Result<Ended, (Outcome, String)> {
+    let infra = |reason: String| (Outcome::INFRASTRUCTURE, reason);
+    let scenario = Scenario::load(file).map_err(|e| infra(e.to_string()))?;
+    let kernel = inputs
+        .kernels
+        .get(variant)
+        .ok_or_else(|| infra(format!("variant {variant} is not in the inputs file")))?;
+    let dir =
+        exec::trial_dir(inputs, &scenario.name, variant).map_err(|e| infra(format!("{e:#}")))?;
+    result.artifacts = dir.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| infra(format!("tokio runtime: {e}")))?;
+    let completion = rt
+        .block_on(exec::run(&scenario, variant, kernel, inputs, &dir))
+        .map_err(|e| (Outcome::Fail(failure_of(&e)), format!("{e:#}")))?;
+    let exec = match completion {
+        Completion::Skipped { reason } => return Ok(Ended::Skipped(reason)),
+        Completion::Ran(e) => e,
+    };
+    result.interrupts_delivered = exec.interrupts_delivered;
+    result.msi_addresses = exec.msi_addresses.clone();
+    let doc = SnapshotDoc::new(&scenario, variant, &exec);
+    // The observations as JSON, kept with the artifacts even when the
+    // snapshot matched.
+    let _ = std::fs::write(
+        dir.join("observations.json"),
+        serde_json::to_string_pretty(&doc).unwrap_or_default(),
+    );
+
+    let mut problems = Vec::new();
+    if let Some(a) = &exec.aborted {
+        problems.push(format!("scenario stopped: {a}"));
+    }
+    problems.extend(exec.expectation_failures.iter().cloned());
+    if let Err(e) = snapshot::compare(&scenario, &doc) {
+        problems.push(e);
+    }
+    if problems.is_empty() {
+        return Ok(Ended::Passed);
+    }
+    // A scenario that could not run to its end says nothing reliable about
+    // the kernel: the harness failed.
+    let outcome = if exec.aborted.is_some() {
+        Outcome::INFRASTRUCTURE
+    } else {
+        Outcome::FINDING
+    };
+    Err((outcome, problems.join("\n")))
+}
