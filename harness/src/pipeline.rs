@@ -2,106 +2,20 @@
 //! need before a guest can run.
 //!
 //! [`prepare`] runs the host check, builds every requested kernel and the
-//! image, and returns [`Inputs`]: the hand-off to the scenario test target,
-//! written as `inputs.json` and passed to it as `MSI_HARNESS_INPUTS`, so the
-//! test binary (run by nextest, possibly sharded) needs no build logic.
+//! image, and returns the scenario stage's [`Inputs`]: the hand-off to the
+//! scenario test target, written as `inputs.json` and passed to it as
+//! `MSI_HARNESS_INPUTS`, so the test binary (run by nextest, possibly
+//! sharded) needs no build logic.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
 
 use crate::event::Reporter;
 use crate::kernel::{self, BuildOptions, KernelBuild, KernelSource};
-use crate::{deps, image, vm};
-
-/// The environment variable naming the inputs file.
-pub const INPUTS_ENV: &str = "MSI_HARNESS_INPUTS";
-
-/// One kernel the scenarios run against, under the name of the variant whose
-/// snapshots it is compared with.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KernelInput {
-    pub image: PathBuf,
-    /// The exported uapi `include` directory.
-    pub headers: PathBuf,
-    pub config: PathBuf,
-    pub release: String,
-    /// Whether the uapi headers define `IOMMU_OPTION_SW_MSI_START`.
-    pub has_sw_msi: bool,
-    /// What was built: the variant name, or `NAME (tree PATH)`.
-    pub label: String,
-    /// The kernel's iommufd kselftest, cross-built from the same tree.
-    #[serde(default)]
-    pub iommufd_selftest: Option<PathBuf>,
-    /// The `cargo xtask test` flags that select this kernel again
-    /// (`--variant V`, `--variant V --series F`, `--kernel-tree P --as V`),
-    /// for reproducer lines.
-    #[serde(default)]
-    pub selector: String,
-}
-
-impl KernelInput {
-    /// The `cargo xtask test` command that re-runs `scenario` on this kernel.
-    pub fn reproducer(&self, variant: &str, scenario: &str) -> String {
-        let selector = if self.selector.is_empty() {
-            format!("--variant {}", crate::vm::sh_quote(variant))
-        } else {
-            self.selector.clone()
-        };
-        format!(
-            "cargo xtask test {selector} {}",
-            crate::vm::sh_quote(scenario)
-        )
-    }
-}
-
-/// Everything the scenario trials need, built beforehand.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Inputs {
-    pub kernels: BTreeMap<String, KernelInput>,
-    pub initramfs: PathBuf,
-    pub ssh_private_key: PathBuf,
-    /// Where each trial writes `<scenario>@<variant>.json`.
-    pub results_dir: PathBuf,
-    /// Where each trial keeps its artifacts (`<scenario>@<variant>/`).
-    pub artifacts_dir: PathBuf,
-}
-
-impl Inputs {
-    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let text = serde_json::to_string_pretty(self)?;
-        crate::cache::write_atomic(path, text.as_bytes())
-    }
-
-    pub fn load(path: &Path) -> anyhow::Result<Inputs> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            crate::Error::infra(format!("cannot read inputs file {}: {e}", path.display()))
-        })?;
-        serde_json::from_str(&text).map_err(|e| {
-            crate::Error::infra(format!(
-                "{}:{}:{}: invalid inputs file: {e}",
-                path.display(),
-                e.line(),
-                e.column()
-            ))
-            .into()
-        })
-    }
-
-    /// The inputs named by `MSI_HARNESS_INPUTS`, `None` when it is unset.
-    pub fn from_env() -> anyhow::Result<Option<Inputs>> {
-        match std::env::var_os(INPUTS_ENV) {
-            Some(p) if !p.is_empty() => Inputs::load(Path::new(&p))
-                .with_context(|| format!("{INPUTS_ENV}={}", Path::new(&p).display()))
-                .map(Some),
-            _ => Ok(None),
-        }
-    }
-}
+pub use crate::scenario::inputs::{Inputs, KernelInput, INPUTS_ENV};
+use crate::{deps, image};
 
 /// A kernel to build: a variant, or a local tree judged against a variant's
 /// snapshots.
@@ -205,90 +119,9 @@ pub fn prepare(
     })
 }
 
-/// A guest of the harness's image with `devices`, every `edu` among them
-/// bound to vfio-pci, reachable over SSH; traces of the SMMU and ITS on.
-pub fn guest_config(
-    kernel_image: &Path,
-    initramfs: &Path,
-    ssh_private_key: &Path,
-    devices: Vec<vm::Device>,
-    run_dir: &Path,
-) -> anyhow::Result<vm::VmConfig> {
-    let mut cfg = vm::VmConfig::new(
-        kernel_image.to_path_buf(),
-        initramfs.to_path_buf(),
-        run_dir.to_path_buf(),
-    );
-    cfg.ssh = Some(vm::SshConfig {
-        private_key: ssh_private_key.to_path_buf(),
-        user: "root".into(),
-    });
-    cfg.devices = devices;
-    cfg.trace_events = TRACE_EVENTS.iter().map(|s| s.to_string()).collect();
-    let caps = vm::probe(&cfg.qemu)?;
-    let plan = vm::qemu::plan(&cfg, &caps)?;
-    let vfio = plan
-        .devices
-        .iter()
-        .filter(|d| !d.infrastructure && d.driver == "edu")
-        .map(|d| d.bdf.to_string())
-        .collect();
-    cfg.append = image::kernel_cmdline(&image::CmdlineOptions {
-        vfio,
-        hugepages: None,
-        extra: Vec::new(),
-    });
-    Ok(cfg)
-}
-
-/// The QEMU trace events every guest records: the SMMU's translations and
-/// faults, and the ITS's doorbell writes.
-pub const TRACE_EVENTS: &[&str] = &[
-    "smmuv3_translate_*",
-    "smmuv3_record_event",
-    "gicv3_its_translation_write",
-];
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn inputs_round_trip_and_reject_unknown_fields() {
-        let mut kernels = BTreeMap::new();
-        kernels.insert(
-            "sw-msi-rfcv2".to_string(),
-            KernelInput {
-                image: "/c/Image".into(),
-                headers: "/c/include".into(),
-                config: "/c/config".into(),
-                release: "6.18.15".into(),
-                has_sw_msi: true,
-                label: "sw-msi-rfcv2".into(),
-                iommufd_selftest: None,
-                selector: String::new(),
-            },
-        );
-        let inputs = Inputs {
-            kernels,
-            initramfs: "/c/initramfs.cpio.gz".into(),
-            ssh_private_key: "/c/id_key".into(),
-            results_dir: "/r/results".into(),
-            artifacts_dir: "/r/scenarios".into(),
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("inputs.json");
-        inputs.write(&path).unwrap();
-        let back = Inputs::load(&path).unwrap();
-        assert_eq!(back.kernels["sw-msi-rfcv2"].release, "6.18.15");
-        let bad =
-            std::fs::read_to_string(&path)
-                .unwrap()
-                .replacen("\"initramfs\"", "\"initrd\"", 1);
-        std::fs::write(&path, bad).unwrap();
-        let err = format!("{:#}", Inputs::load(&path).unwrap_err());
-        assert!(err.contains("initrd"), "{err}");
-    }
 
     #[test]
     fn sw_msi_is_read_from_the_exported_header() {

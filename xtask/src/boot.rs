@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use harness::event::Reporter;
-use harness::pipeline::{build_kernel, guest_config, KernelRequest};
+use harness::pipeline::{build_kernel, KernelRequest};
 use harness::vm::{Device, Vm};
 use harness::ExitCode;
 
@@ -33,7 +33,7 @@ async fn boot_guest(
             dma_mask: None,
         })
         .collect();
-    let cfg = guest_config(
+    let cfg = harness::guest::with_devices(
         &build.image,
         &image.initramfs,
         &image.ssh_private_key,

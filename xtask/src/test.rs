@@ -116,7 +116,7 @@ impl flags::Test {
 fn nextest_command(
     flags: &flags::Test,
     bless: bool,
-    inputs: &pipeline::Inputs,
+    inputs: &harness::scenario::Inputs,
     inputs_file: &Path,
 ) -> anyhow::Result<Command> {
     if harness::deps::which("cargo-nextest").is_none() {
@@ -143,7 +143,7 @@ fn nextest_command(
     if let Some(filter) = &flags.filter {
         cmd.arg(filter);
     }
-    cmd.env(pipeline::INPUTS_ENV, inputs_file);
+    cmd.env(harness::scenario::inputs::INPUTS_ENV, inputs_file);
     cmd.env("MSI_HARNESS_VM_TESTS", "1");
     if let Some(k) = inputs
         .kernels

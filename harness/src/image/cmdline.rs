@@ -16,7 +16,7 @@
 pub const READY_MARKER: &str = "MSI-HARNESS-READY";
 
 /// What the guest should do at boot.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CmdlineOptions {
     /// PCI functions to bind to vfio-pci, as `DDDD:BB:DD.F` (see [`check_bdf`]).
     pub vfio: Vec<String>,

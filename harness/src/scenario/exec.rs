@@ -16,20 +16,11 @@ use msi_protocol::{Request, Response, Step, StepResult, StepValue, PROTOCOL_VERS
 
 use super::format::{Action, DeviceSpec, ExpectFields, HostStep, Scenario, ScenarioStep};
 use super::inputs::{Inputs, KernelInput};
-use crate::image::{kernel_cmdline, CmdlineOptions};
-use crate::vm::{self, Machine, SmmuStage, SshConfig, TraceCursor, Vm, VmConfig};
+use crate::vm::{self, Machine, SmmuStage, TraceCursor, Vm, VmConfig};
 use crate::Error;
 
 /// The agent command in the guest.
 pub const AGENT_COMMAND: &str = "/bin/msi-agent serve";
-
-/// QEMU trace events a scenario with `trace = true` captures.
-pub const TRACE_EVENTS: [&str; 4] = [
-    "smmuv3_translate_success",
-    "smmuv3_translate_abort",
-    "smmuv3_record_event",
-    "gicv3_its_translation_write",
-];
 
 /// Extra time on top of a step's own timeout for the agent's answer to
 /// cross SSH on a loaded TCG guest.
@@ -153,11 +144,11 @@ pub async fn run(
         };
         vfio.push(d.bdf.to_string());
     }
-    cfg.append = kernel_cmdline(&CmdlineOptions {
+    crate::guest::bind_vfio(
+        &mut cfg,
         vfio,
-        hugepages: (scenario.machine.hugepages > 0).then_some(scenario.machine.hugepages),
-        extra: Vec::new(),
-    });
+        (scenario.machine.hugepages > 0).then_some(scenario.machine.hugepages),
+    );
 
     let vm = match Vm::boot(cfg).await {
         Ok(vm) => vm,
@@ -203,7 +194,8 @@ fn missing_requirement(
     Ok(None)
 }
 
-/// The VM for `scenario` (the command line's vfio list is filled in later).
+/// The VM for `scenario`: the harness's guest with the scenario's machine
+/// (the command line's vfio list is filled in once devices are placed).
 pub fn vm_config(
     scenario: &Scenario,
     kernel: &KernelInput,
@@ -211,10 +203,11 @@ pub fn vm_config(
     run_dir: &Path,
 ) -> VmConfig {
     let m = &scenario.machine;
-    let mut cfg = VmConfig::new(
-        kernel.image.clone(),
-        inputs.initramfs.clone(),
-        run_dir.to_path_buf(),
+    let mut cfg = crate::guest::config(
+        &kernel.image,
+        &inputs.initramfs,
+        &inputs.ssh_private_key,
+        run_dir,
     );
     cfg.machine = match m.machine.as_str() {
         "virt" => Machine::Virt,
@@ -234,14 +227,9 @@ pub fn vm_config(
         .iter()
         .filter(|s| matches!(s.action, Action::Host(HostStep::Hotplug { .. })))
         .count() as u32;
-    cfg.ssh = Some(SshConfig {
-        private_key: inputs.ssh_private_key.clone(),
-        user: "root".into(),
-    });
-    if m.trace {
-        cfg.trace_events = TRACE_EVENTS.iter().map(|s| s.to_string()).collect();
+    if !m.trace {
+        cfg.trace_events.clear();
     }
-    cfg.boot_timeout = Duration::from_secs(90);
     cfg
 }
 
@@ -524,7 +512,7 @@ impl Runner<'_> {
                     .exec("/tmp/iommufd", Duration::from_millis(*timeout_ms))
                     .await?;
                 let stdout = out.stdout_str();
-                let totals = crate::kernel::selftest::parse_ktap(&stdout);
+                let totals = crate::ktap::parse_ktap(&stdout);
                 // The totals and failed test names are deterministic; the
                 // run's full output is kept in the trial's artifacts.
                 std::fs::write(
@@ -540,7 +528,7 @@ impl Runner<'_> {
                         "xfail": totals.xfail,
                         "xpass": totals.xpass,
                         "error": totals.error,
-                        "failed_tests": crate::kernel::selftest::failed_tests(&stdout),
+                        "failed_tests": crate::ktap::failed_tests(&stdout),
                     }
                 } }))
             }

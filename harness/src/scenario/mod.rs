@@ -73,7 +73,7 @@ pub fn preflight(
         "pre-flight: QEMU with every machine the tests use",
     );
     let dir = run_dir.join("preflight");
-    let mut cfgs = vec![crate::pipeline::guest_config(
+    let mut cfgs = vec![crate::guest::with_devices(
         &kernel.image,
         &inputs.initramfs,
         &inputs.ssh_private_key,

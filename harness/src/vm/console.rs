@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-/// Printed by the guest init once dropbear listens.
-pub const READY_MARKER: &str = "MSI-HARNESS-READY";
+/// Printed by the guest's `/init` once dropbear listens (the contract is
+/// the image's: `crate::image::cmdline`).
+pub use crate::image::READY_MARKER;
 
 /// One console line, with the host time since QEMU started.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -108,7 +108,7 @@ pub use preflight::preflight;
 pub use process::{kill_all, CleanupError, ExitInfo};
 pub use qemu::{
     probe, Bdf, Device, Iommu, Machine, PlacedDevice, QemuCaps, SmmuStage, SshConfig, Unsupported,
-    VmConfig, DEFAULT_APPEND,
+    VmConfig,
 };
 pub use qmp::{Qmp, QmpError};
 pub use ssh::{sh_quote, ExecOutput, SshError};

@@ -137,7 +137,7 @@ impl VmConfig {
             memory_mb: 1024,
             kernel,
             initrd,
-            append: DEFAULT_APPEND.into(),
+            append: crate::image::kernel_cmdline(&Default::default()),
             devices: Vec::new(),
             hotplug_ports: 0,
             ssh: None,
@@ -153,10 +153,6 @@ impl VmConfig {
 /// Recommends of qemu-system-arm); a directly booted kernel never runs it,
 /// so no NIC asks for one and the package is not needed.
 pub const NO_OPTION_ROM: &str = "romfile=";
-
-/// Kernel command line: console on the PL011, reboot at once on panic (QEMU
-/// runs with `-no-reboot`, so a panic also ends QEMU).
-pub const DEFAULT_APPEND: &str = "console=ttyAMA0 panic=-1";
 
 /// A PCI address in the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
