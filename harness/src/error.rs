@@ -8,7 +8,15 @@
 
 use std::fmt;
 
-pub use crate::outcome::{exit_code_of, ExitCode, Failure};
+/// Why something failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failure {
+    /// The kernel misbehaved.
+    Finding,
+    /// The harness could not do its job.
+    Infrastructure,
+}
 
 /// An expected failure: what went wrong, said for a person, and whether it
 /// is a finding about the kernel or a failure of the harness.

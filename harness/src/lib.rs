@@ -22,4 +22,5 @@ pub mod snapshot;
 pub mod trial;
 pub mod vm;
 
-pub use error::{Error, ExitCode};
+pub use error::Error;
+pub use outcome::ExitCode;

@@ -19,6 +19,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::error::Failure;
+
 /// Process exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ExitCode {
@@ -41,16 +43,6 @@ impl ExitCode {
     pub fn worst(self, other: ExitCode) -> ExitCode {
         self.max(other)
     }
-}
-
-/// Why something failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Failure {
-    /// The kernel misbehaved.
-    Finding,
-    /// The harness could not do its job.
-    Infrastructure,
 }
 
 impl Failure {

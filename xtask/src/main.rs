@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code.code() as u8),
         Err(err) => {
-            let code = harness::error::exit_code_of(&err);
+            let code = harness::outcome::exit_code_of(&err);
             eprintln!("error: {err:#}");
             ExitCode::from(code.code() as u8)
         }

@@ -476,8 +476,8 @@ mod tests {
         let err = build_iommufd_selftest(&broken, &quiet, run_dir.path()).unwrap_err();
         let msg = format!("{err:#}");
         assert_eq!(
-            crate::error::exit_code_of(&err),
-            crate::error::ExitCode::Infrastructure
+            crate::outcome::exit_code_of(&err),
+            crate::ExitCode::Infrastructure
         );
         assert!(
             msg.contains(&format!("error: 'undeclared_{marker}' undeclared")),

@@ -48,7 +48,7 @@ mod unit_tests {
         };
         let err = wrap(failure, "during boot".into()).context("scenario x");
         assert_eq!(
-            crate::error::exit_code_of(&err),
+            crate::outcome::exit_code_of(&err),
             crate::ExitCode::Infrastructure
         );
         assert!(is_port_clash(&err));
@@ -64,7 +64,7 @@ mod unit_tests {
         };
         let err =
             wrap_kind(panic, crate::error::Failure::Finding, "during x".into()).context("step 3");
-        assert_eq!(crate::error::exit_code_of(&err), crate::ExitCode::Finding);
+        assert_eq!(crate::outcome::exit_code_of(&err), crate::ExitCode::Finding);
         assert!(matches!(
             err.downcast_ref::<VmFailure>(),
             Some(VmFailure::GuestPanic { .. })

@@ -460,7 +460,7 @@ fn killing_qemu_mid_command_is_an_infrastructure_error_within_5s() {
             );
             assert!(waited < Duration::from_secs(5));
             assert_eq!(
-                crate::error::exit_code_of(&err),
+                crate::outcome::exit_code_of(&err),
                 crate::ExitCode::Infrastructure
             );
             assert!(format!("{err:#}").contains("qemu exited"), "{err:#}");
@@ -492,7 +492,7 @@ fn a_guest_panic_is_a_finding_with_the_panic_text() {
                 .unwrap_err();
             eprintln!("reported after {:.2} s: {err:#}", t.elapsed().as_secs_f64());
             assert!(t.elapsed() < Duration::from_secs(5));
-            assert_eq!(crate::error::exit_code_of(&err), crate::ExitCode::Finding);
+            assert_eq!(crate::outcome::exit_code_of(&err), crate::ExitCode::Finding);
             let text = format!("{err:#}");
             assert!(text.contains("sysrq triggered crash"), "{text}");
             assert!(text.contains("Call trace"), "{text}");
@@ -577,7 +577,7 @@ fn preflight_starts_each_machine_once_and_reports_a_qemu_that_cannot_start() {
         assert!(text.contains("pre-flight"), "{text}");
         assert!(text.contains("qemu-system-aarch64:"), "{text}");
         assert_eq!(
-            crate::error::exit_code_of(&err),
+            crate::outcome::exit_code_of(&err),
             crate::ExitCode::Infrastructure,
             "{text}"
         );
