@@ -104,6 +104,7 @@ fn run_steps(
     if let Some(a) = &exec.aborted {
         problems.push(format!("scenario stopped: {a}"));
     }
+    problems.extend(exec.attribution_problems.iter().cloned());
     problems.extend(exec.expectation_failures.iter().cloned());
     if let Err(e) = snapshot::compare(&scenario, &doc) {
         problems.push(e);
@@ -111,9 +112,10 @@ fn run_steps(
     if problems.is_empty() {
         return Ok(Ended::Passed);
     }
-    // A scenario that could not run to its end says nothing reliable about
-    // the kernel: the harness failed.
-    let outcome = if exec.aborted.is_some() {
+    // A scenario that could not run to its end, or whose kernel lines could
+    // not be attributed to their steps, says nothing reliable about the
+    // kernel: the harness failed.
+    let outcome = if exec.aborted.is_some() || !exec.attribution_problems.is_empty() {
         Outcome::INFRASTRUCTURE
     } else {
         Outcome::FINDING

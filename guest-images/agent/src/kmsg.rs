@@ -8,14 +8,39 @@ use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read};
 use std::os::unix::fs::OpenOptionsExt;
 
+use msi_protocol::STEP_END_MARKER;
+
 use crate::sys::{Failure, Outcome};
+
+/// Whether a `/dev/kmsg` record is the agent's own step marker.
+fn is_step_end(record: &str) -> bool {
+    record
+        .lines()
+        .next()
+        .and_then(|l| l.split_once(';'))
+        .is_some_and(|(_, message)| message == STEP_END_MARKER)
+}
 
 #[derive(Debug, Default)]
 pub struct Kmsg {
     file: Option<File>,
+    writer: Option<File>,
 }
 
 impl Kmsg {
+    /// Writes [`STEP_END_MARKER`] to the kernel log (level 5, so the console
+    /// prints it). Best effort: without `/dev/kmsg` (a build host) the host
+    /// side's wait for the marker ends at its deadline and says so.
+    pub fn mark_step_end(&mut self) {
+        use std::io::Write;
+        if self.writer.is_none() {
+            self.writer = OpenOptions::new().write(true).open("/dev/kmsg").ok();
+        }
+        if let Some(w) = &mut self.writer {
+            let _ = w.write_all(format!("<5>{STEP_END_MARKER}\n").as_bytes());
+        }
+    }
+
     /// Records new since the last call, formatted like `dmesg`.
     pub fn read_new(&mut self) -> Outcome<Vec<String>> {
         let file = match &mut self.file {
@@ -37,6 +62,9 @@ impl Kmsg {
                 Ok(0) => break,
                 Ok(n) => {
                     let record = String::from_utf8_lossy(&buf[..n]);
+                    if is_step_end(&record) {
+                        continue;
+                    }
                     // Keep a record we cannot parse rather than hide it.
                     lines.push(
                         format_record(&record).unwrap_or_else(|| record.trim_end().to_owned()),
@@ -123,6 +151,17 @@ mod tests {
             Some("[    0.000000] ")
         );
         assert_eq!(format_record("garbage"), None);
+    }
+
+    #[test]
+    fn only_the_exact_marker_record_is_the_marker() {
+        assert!(is_step_end("5,900,123,-;msi-agent: step end\n"));
+        assert!(!is_step_end(
+            "5,900,123,-;msi-agent: step end of something\n"
+        ));
+        assert!(!is_step_end(
+            "6,901,124,-;vfio-pci 0000:00:02.0: msi-agent: step end\n"
+        ));
     }
 
     #[test]

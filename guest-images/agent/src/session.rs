@@ -72,12 +72,15 @@ pub struct Session {
 }
 
 impl Session {
-    /// Performs `step`; every failure becomes a result.
+    /// Performs `step`; every failure becomes a result. The kernel log gets
+    /// the step-end marker before the caller sends the answer.
     pub fn run(&mut self, step: &Step) -> StepResult {
-        match self.perform(step) {
+        let result = match self.perform(step) {
             Ok(value) => StepResult::Ok(value),
             Err(failure) => failure.into(),
-        }
+        };
+        self.kmsg.mark_step_end();
+        result
     }
 
     fn perform(&mut self, step: &Step) -> Outcome<StepValue> {

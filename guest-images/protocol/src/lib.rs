@@ -139,6 +139,13 @@ pub use crate::step::{DmaDirection, HwptFlag, ObjectRef, OptionId, Step};
 /// change to the types of this crate that an older peer would misread.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// What the agent writes to the kernel log (`/dev/kmsg`) after each step,
+/// before it answers: on the serial console, every kernel line the step's
+/// system calls printed comes before it, so the host attributes kernel lines
+/// to steps by this barrier, not by their arrival time. The agent's own
+/// `dmesg` step leaves it out.
+pub const STEP_END_MARKER: &str = "msi-agent: step end";
+
 /// One line from the harness to the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]

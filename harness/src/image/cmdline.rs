@@ -30,11 +30,15 @@ pub struct CmdlineOptions {
 ///
 /// `panic=-1` makes a panicking guest reboot at once, which with QEMU's
 /// `-no-reboot` ends the VM instead of leaving it hanging until a timeout.
+/// `printk.devkmsg=on` lets the agent write its step-end marker after every
+/// step (`msi_protocol::STEP_END_MARKER`); by default the kernel keeps only
+/// ten writes to `/dev/kmsg` in five seconds.
 pub fn kernel_cmdline(opts: &CmdlineOptions) -> String {
     let mut words = vec![
         "console=ttyAMA0".to_string(),
         "rdinit=/init".to_string(),
         "panic=-1".to_string(),
+        "printk.devkmsg=on".to_string(),
     ];
     if !opts.vfio.is_empty() {
         words.push(format!("msi.vfio={}", opts.vfio.join(",")));
@@ -174,13 +178,13 @@ mod tests {
     fn cmdline_carries_console_init_and_options() {
         assert_eq!(
             kernel_cmdline(&opts(&[], None)),
-            "console=ttyAMA0 rdinit=/init panic=-1"
+            "console=ttyAMA0 rdinit=/init panic=-1 printk.devkmsg=on"
         );
         let mut o = opts(&["0000:00:02.0", "0000:01:00.0"], Some(256));
         o.extra.push("iommu.strict=1".into());
         assert_eq!(
             kernel_cmdline(&o),
-            "console=ttyAMA0 rdinit=/init panic=-1 msi.vfio=0000:00:02.0,0000:01:00.0 msi.hugepages=256 iommu.strict=1"
+            "console=ttyAMA0 rdinit=/init panic=-1 printk.devkmsg=on msi.vfio=0000:00:02.0,0000:01:00.0 msi.hugepages=256 iommu.strict=1"
         );
     }
 

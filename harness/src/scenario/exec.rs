@@ -59,6 +59,11 @@ pub struct Execution {
     /// A step the agent could not perform, or a protocol error: the scenario
     /// stopped there (the trial fails as infrastructure).
     pub aborted: Option<String>,
+    /// Kernel lines that could not be attributed to the step that caused
+    /// them (a barrier missed its deadline): the trial fails as
+    /// infrastructure, since its snapshot may be wrong through no fault of
+    /// the kernel.
+    pub attribution_problems: Vec<String>,
     pub interrupts_delivered: u64,
     pub msi_addresses: Vec<String>,
 }
@@ -237,6 +242,19 @@ pub fn vm_config(
 /// step caused (see [`Runner::observe`]); measured: well under 100 ms.
 const SMMU_REPORT_DEADLINE: Duration = Duration::from_secs(3);
 
+/// How long a step waits for the agent's step-end marker on the console
+/// after the agent answered; it is normally there already.
+const STEP_MARKER_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The console line of the agent's step-end marker (`[  12.3] msi-agent: step end`).
+fn is_step_end(line: &str) -> bool {
+    line.trim_end().ends_with(msi_protocol::STEP_END_MARKER)
+        && line
+            .trim_end()
+            .strip_suffix(msi_protocol::STEP_END_MARKER)
+            .is_some_and(|head| head.is_empty() || head.ends_with("] "))
+}
+
 /// Console lines in which the arm-smmu-v3 driver decodes an event
 /// (`arm-smmu-v3 9050000.smmuv3: event: F_TRANSLATION client: …`): the last
 /// line of its report of one event.
@@ -258,6 +276,9 @@ struct Runner<'a> {
     hotplugged: u32,
     /// The kernel's iommufd kselftest binary, for `kselftest` steps.
     selftest: Option<&'a Path>,
+    /// SMMU events queued in earlier steps whose kernel report has not
+    /// reached the console yet.
+    owed_smmu_reports: usize,
 }
 
 async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Result<Execution> {
@@ -269,6 +290,7 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
         bdfs: BTreeMap::new(),
         hotplugged: 0,
         selftest: kernel.iommufd_selftest.as_deref(),
+        owed_smmu_reports: 0,
     };
     let mut devices = Vec::new();
     for d in vm.devices().iter().filter(|d| !d.infrastructure) {
@@ -327,6 +349,8 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
     session
         .request_line(&baseline, Duration::from_secs(20))
         .await?;
+    // Its step-end marker must not close step 1.
+    let _ = runner.observe(0, true).await?;
 
     let mut exec = Execution {
         kernel_release,
@@ -336,6 +360,7 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
         steps: Vec::new(),
         expectation_failures: Vec::new(),
         aborted: None,
+        attribution_problems: Vec::new(),
         interrupts_delivered: 0,
         msi_addresses: Vec::new(),
     };
@@ -396,7 +421,10 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
             // Kernel messages can trail the answer that caused them.
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        let (trace, console) = runner.observe().await?;
+        let (trace, console, problems) = runner
+            .observe(step.index, matches!(step.action, Action::Agent(_)))
+            .await?;
+        exec.attribution_problems.extend(problems);
         if let Some(r) = &agent_result {
             if let StepResult::AgentError { message } = r {
                 exec.aborted.get_or_insert_with(|| {
@@ -465,29 +493,70 @@ impl Runner<'_> {
         Ok(s)
     }
 
-    /// What the host saw during the step just answered.
+    /// What the host saw during the step just answered, and anything that
+    /// makes its attribution doubtful.
     ///
-    /// QEMU writes its trace as the device acts, so the trace is complete
-    /// when the agent answers; the kernel's report of an SMMU event is not:
+    /// Two barriers close a step. The agent writes a marker to the kernel
+    /// log after the step's system calls returned and before it answers
+    /// (`msi_protocol::STEP_END_MARKER`); the console prints the kernel log
+    /// in order, so every line those calls printed comes before the marker.
+    /// The kernel's report of an SMMU event is not printed by those calls:
     /// its event-queue thread prints it (a header line, then the decoded
-    /// event) some time later, and the serial console carries it later
-    /// still. Attributing lines by arrival alone put the decoded line in
-    /// the next step in about half the runs. So the trace is the barrier:
-    /// for each event the SMMU queued in this step, wait (bounded) until
-    /// the console holds its decoded line.
-    async fn observe(&mut self) -> anyhow::Result<(Vec<vm::TraceEvent>, Vec<String>)> {
+    /// event) some time later. QEMU writes its trace as the device acts, so
+    /// the trace is complete when the agent answers and says how many
+    /// events the SMMU queued; the step waits, bounded, until the console
+    /// holds a decoded line for each. A report that misses that deadline
+    /// and turns up in a later step is reported as late (the trial fails as
+    /// infrastructure), not silently counted in the wrong step.
+    async fn observe(
+        &mut self,
+        step: usize,
+        agent_step: bool,
+    ) -> anyhow::Result<(Vec<vm::TraceEvent>, Vec<String>, Vec<String>)> {
+        let mut problems = Vec::new();
         let events = self.vm.traces_since(&mut self.trace, None)?;
-        let mut lines = self.vm.console_since(&mut self.console);
+        let mut lines = if agent_step {
+            let (lines, found) = self
+                .vm
+                .console_until(&mut self.console, is_step_end, STEP_MARKER_DEADLINE)
+                .await;
+            if !found {
+                problems.push(format!(
+                    "step {step}: the agent's step-end marker did not reach the console within {} s, so the step's kernel lines cannot be told from the next step's",
+                    STEP_MARKER_DEADLINE.as_secs()
+                ));
+            }
+            lines
+        } else {
+            self.vm.console_since(&mut self.console)
+        };
         let queued = events
             .iter()
             .filter(|e| matches!(e.kind, vm::TraceKind::SmmuRecordEvent { .. }))
             .count();
         let deadline = Instant::now() + SMMU_REPORT_DEADLINE;
-        while decoded_smmu_events(&lines) < queued && Instant::now() < deadline {
+        while decoded_smmu_events(&lines) < queued + self.owed_smmu_reports
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
             lines.extend(self.vm.console_since(&mut self.console));
         }
-        Ok((events, lines.into_iter().map(|l| l.text).collect()))
+        let decoded = decoded_smmu_events(&lines);
+        if self.owed_smmu_reports > 0 && decoded > queued {
+            let late = (decoded - queued).min(self.owed_smmu_reports);
+            problems.push(format!(
+                "step {step}: {late} kernel report(s) of SMMU events queued in an earlier step arrived only now (after {} s): kernel lines arrived too late to be attributed to the step that caused them",
+                SMMU_REPORT_DEADLINE.as_secs()
+            ));
+            self.owed_smmu_reports -= late;
+        }
+        self.owed_smmu_reports += queued.saturating_sub(decoded);
+        let lines = lines
+            .into_iter()
+            .map(|l| l.text)
+            .filter(|t| !is_step_end(t))
+            .collect();
+        Ok((events, lines, problems))
     }
 
     async fn host_step(&mut self, h: &HostStep) -> anyhow::Result<serde_json::Value> {

@@ -918,6 +918,36 @@ impl Vm {
         self.health.console.since(cursor)
     }
 
+    /// Console lines since `cursor` up to and including the first for which
+    /// `is_barrier` holds, advancing the cursor past it; waits for it until
+    /// `deadline`. `found` says whether the barrier line came (the lines
+    /// are those that arrived either way).
+    pub async fn console_until(
+        &self,
+        cursor: &mut ConsoleCursor,
+        is_barrier: impl Fn(&str) -> bool,
+        deadline: Duration,
+    ) -> (Vec<ConsoleLine>, bool) {
+        let mut watch = self.health.console.watch();
+        let until = tokio::time::Instant::now() + deadline;
+        let mut lines = Vec::new();
+        loop {
+            let mut probe = *cursor;
+            let new = self.health.console.since(&mut probe);
+            if let Some(at) = new.iter().position(|l| is_barrier(&l.text)) {
+                cursor.0 += at + 1;
+                lines.extend(new.into_iter().take(at + 1));
+                return (lines, true);
+            }
+            *cursor = probe;
+            lines.extend(new);
+            tokio::select! {
+                r = watch.changed() => if r.is_err() { return (lines, false) },
+                _ = tokio::time::sleep_until(until) => return (lines, false),
+            }
+        }
+    }
+
     /// Kernel reports (WARNING, BUG, Oops, panic) at or after `cursor`.
     pub fn kernel_reports_since(&self, cursor: ConsoleCursor) -> Vec<KernelReport> {
         self.health.console.reports_since(cursor)
