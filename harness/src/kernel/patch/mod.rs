@@ -1,0 +1,255 @@
+//! Reading patches the way a reviewer gets them.
+//!
+//! A series is read from files that are plain unified diffs, `git
+//! format-patch` output, or an mbox holding several such mails (what lore
+//! hands out). Each mail becomes one [`Patch`]; a cover letter without a
+//! diff is skipped. Quoted-printable bodies are decoded.
+//!
+//! A mail that went through a client or web archive which stripped leading
+//! whitespace is the common failure: its hunk bodies have lines that begin
+//! with neither ' ', '+', '-' nor '\'. It is recognised here and reported
+//! once, as such, instead of surfacing later as a wall of failed hunks.
+
+use std::fmt;
+
+mod diff;
+mod mail;
+#[cfg(test)]
+mod tests;
+
+use diff::parse_diff;
+use mail::{read_mail, split_lines, split_mbox};
+
+/// One patch (one mail, or one diff file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Patch {
+    /// Where it came from, for messages: `0001-x.patch` or `s.mbox (patch 2/3)`.
+    pub origin: String,
+    /// The mail's subject, when it had one.
+    pub subject: Option<String>,
+    pub files: Vec<FilePatch>,
+}
+
+/// The changes to one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilePatch {
+    /// The path before, without the `a/` prefix; `None` when the file is created.
+    pub old_path: Option<String>,
+    /// The path after; `None` when the file is deleted.
+    pub new_path: Option<String>,
+    /// The mode git gave the new file (`0o100755`), if any.
+    pub new_mode: Option<u32>,
+    pub hunks: Vec<Hunk>,
+    /// Line of the file header in the patch file (1-based).
+    pub line: usize,
+}
+
+impl FilePatch {
+    /// The path this file patch is about, for messages.
+    pub fn display_path(&self) -> &str {
+        self.new_path
+            .as_deref()
+            .or(self.old_path.as_deref())
+            .unwrap_or("?")
+    }
+}
+
+/// One `@@ -a,b +c,d @@` hunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hunk {
+    /// The header line as written, for messages.
+    pub header: String,
+    /// Line of the header in the patch file (1-based).
+    pub line: usize,
+    pub old_start: usize,
+    pub old_len: usize,
+    pub new_start: usize,
+    pub new_len: usize,
+    pub lines: Vec<HunkLine>,
+    /// The old side's last line has no newline (`\ No newline at end of file`).
+    pub old_missing_newline: bool,
+    /// The new side's last line has no newline.
+    pub new_missing_newline: bool,
+}
+
+/// A line of a hunk body, without its marker and newline. Bytes, not
+/// strings: kernel sources are not all UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HunkLine {
+    Context(Vec<u8>),
+    Remove(Vec<u8>),
+    Add(Vec<u8>),
+}
+
+impl Hunk {
+    /// The lines the hunk expects to find.
+    pub fn old_lines(&self) -> Vec<&[u8]> {
+        self.lines
+            .iter()
+            .filter_map(|l| match l {
+                HunkLine::Context(t) | HunkLine::Remove(t) => Some(t.as_slice()),
+                HunkLine::Add(_) => None,
+            })
+            .collect()
+    }
+
+    /// The lines the hunk leaves behind.
+    pub fn new_lines(&self) -> Vec<&[u8]> {
+        self.lines
+            .iter()
+            .filter_map(|l| match l {
+                HunkLine::Context(t) | HunkLine::Add(t) => Some(t.as_slice()),
+                HunkLine::Remove(_) => None,
+            })
+            .collect()
+    }
+
+    /// Context lines before the first change and after the last one.
+    pub fn context_around(&self) -> (usize, usize) {
+        let is_ctx = |l: &HunkLine| matches!(l, HunkLine::Context(_));
+        let leading = self.lines.iter().take_while(|l| is_ctx(l)).count();
+        if leading == self.lines.len() {
+            return (leading, 0);
+        }
+        let trailing = self.lines.iter().rev().take_while(|l| is_ctx(l)).count();
+        (leading, trailing)
+    }
+}
+
+/// Why a patch file could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// Hunk bodies lost their leading whitespace on the way through a mail
+    /// client or archive.
+    Mangled {
+        file: String,
+        /// Hunks affected, of all hunks seen.
+        bad_hunks: usize,
+        hunks: usize,
+        /// The first offending line: patch line number, text, the hunk header
+        /// and the path it belongs to.
+        first_line: usize,
+        first_text: String,
+        first_hunk: String,
+        first_path: String,
+    },
+    /// Anything else, with the patch file and line.
+    Malformed {
+        file: String,
+        line: usize,
+        message: String,
+    },
+    /// The file holds no diff at all.
+    Empty { file: String },
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::Mangled {
+                file,
+                bad_hunks,
+                hunks,
+                first_line,
+                first_text,
+                first_hunk,
+                first_path,
+            } => write!(
+                f,
+                "whitespace-mangled mail: {file}: {bad_hunks} of {hunks} hunks have body lines \
+                 that start with neither ' ', '+', '-' nor '\\' (context lines lost their leading \
+                 space / tabs); first at line {first_line}, in {first_path} hunk `{first_hunk}`: \
+                 `{first_text}`; fetch the raw mail (lore's /raw link, or `b4 am`) instead of \
+                 a rendered page, or re-create the patch from the source"
+            ),
+            ParseError::Malformed {
+                file,
+                line,
+                message,
+            } => write!(f, "{file}:{line}: {message}"),
+            ParseError::Empty { file } => write!(f, "{file}: no diff found (not a patch or mbox?)"),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// A line of input with its 1-based number in the file.
+#[derive(Clone)]
+struct Line<'a> {
+    no: usize,
+    text: std::borrow::Cow<'a, [u8]>,
+}
+
+/// Parses a patch file (diff, format-patch mail or mbox) into patches.
+/// `name` names the file in messages.
+pub fn parse(name: &str, data: &[u8]) -> Result<Vec<Patch>, ParseError> {
+    let lines: Vec<Line> = split_lines(data)
+        .enumerate()
+        .map(|(i, t)| Line {
+            no: i + 1,
+            text: std::borrow::Cow::Borrowed(t),
+        })
+        .collect();
+    let messages = split_mbox(&lines);
+    let mut patches = Vec::new();
+    let mut mangled: Option<ParseError> = None;
+    for msg in messages {
+        let (subject, body) = read_mail(name, msg)?;
+        match parse_diff(name, &body) {
+            Ok(files) if files.is_empty() => continue,
+            Ok(files) => patches.push(Patch {
+                origin: name.to_string(),
+                subject,
+                files,
+            }),
+            Err(e @ ParseError::Mangled { .. }) => {
+                // Count every mangled hunk of the whole file before reporting.
+                mangled = Some(match (mangled.take(), e) {
+                    (
+                        Some(ParseError::Mangled {
+                            file,
+                            bad_hunks,
+                            hunks,
+                            first_line,
+                            first_text,
+                            first_hunk,
+                            first_path,
+                        }),
+                        ParseError::Mangled {
+                            bad_hunks: b2,
+                            hunks: h2,
+                            ..
+                        },
+                    ) => ParseError::Mangled {
+                        file,
+                        bad_hunks: bad_hunks + b2,
+                        hunks: hunks + h2,
+                        first_line,
+                        first_text,
+                        first_hunk,
+                        first_path,
+                    },
+                    (_, e) => e,
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(e) = mangled {
+        return Err(e);
+    }
+    if patches.is_empty() {
+        return Err(ParseError::Empty {
+            file: name.to_string(),
+        });
+    }
+    // Numbered among the mails that carry a diff (a cover letter does not).
+    let total = patches.len();
+    if total > 1 {
+        for (k, p) in patches.iter_mut().enumerate() {
+            p.origin = format!("{name} (patch {}/{total})", k + 1);
+        }
+    }
+    Ok(patches)
+}
