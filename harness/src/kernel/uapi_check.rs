@@ -16,10 +16,12 @@
 //! Enumerators are not macros, so `#ifdef` cannot tell the two apart.
 //!
 //! All units go to one gcc process (about 0.1 s), so the check runs for
-//! cached kernels too. The generated files and gcc's log stay in the run's
-//! artifact directory.
+//! cached kernels too. Only after a mismatch, a second unit makes gcc print
+//! the kernel's value of each number (as an array size in a diagnostic), so
+//! the error says what the headers have instead. The generated files and
+//! gcc's log stay in the run's artifact directory.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
@@ -49,6 +51,8 @@ impl UapiReport {
 
 /// The main translation unit: required constants and every structure.
 pub const MAIN_FILE: &str = "uapi-check.c";
+/// Run only after a mismatch, to say what the kernel has instead.
+pub const REVEAL_FILE: &str = "uapi-reveal.c";
 /// The tag that starts every assertion message, for finding them in gcc's
 /// output.
 const TAG: &str = "msi-uapi: ";
@@ -85,15 +89,7 @@ pub fn check(include_dir: &Path, work_dir: &Path) -> anyhow::Result<UapiReport> 
         files.push(name);
     }
     let log = Log::create(&work_dir.join("gcc.log"))?;
-    let mut gcc = Command::new("aarch64-linux-gnu-gcc");
-    gcc.args(["-fsyntax-only", "-nostdinc", "-std=gnu11"])
-        .arg("-fdiagnostics-plain-output")
-        .arg("-I")
-        .arg(include_dir)
-        .args(&files)
-        .current_dir(work_dir)
-        .env("LC_ALL", "C");
-    let done = run::run(&mut gcc, &log, TIMEOUT, true, &mut |_, _| {}, &mut || {})?;
+    let done = gcc_syntax_check(include_dir, work_dir, &files, &log)?;
     let verdict = classify(&done.stderr, &optional);
     let where_ = format!(
         "headers {}, check {}, log {}",
@@ -102,10 +98,11 @@ pub fn check(include_dir: &Path, work_dir: &Path) -> anyhow::Result<UapiReport> 
         log.path().display()
     );
     if !verdict.problems.is_empty() {
+        let problems = with_kernel_values(&verdict.problems, include_dir, work_dir, &log);
         return Err(Error::infra(format!(
             "the agent's uAPI does not match this kernel's headers: {} ({where_})\n\
              the agent's definitions are in guest-images/uapi/src/lib.rs; gcc said:\n{}",
-            verdict.problems.join("; "),
+            problems.join("; "),
             run::tail(&done.stderr, 20)
         ))
         .into());
@@ -126,6 +123,52 @@ pub fn check(include_dir: &Path, work_dir: &Path) -> anyhow::Result<UapiReport> 
             .map(|c| c.c_name)
             .collect(),
     })
+}
+
+/// `aarch64-linux-gnu-gcc -fsyntax-only` of `files` in `work_dir`, seeing
+/// no headers but those in `include_dir`, diagnostics plain and in English.
+fn gcc_syntax_check(
+    include_dir: &Path,
+    work_dir: &Path,
+    files: &[String],
+    log: &Log,
+) -> anyhow::Result<run::Finished> {
+    let mut gcc = Command::new("aarch64-linux-gnu-gcc");
+    gcc.args(["-fsyntax-only", "-nostdinc", "-std=gnu11"])
+        .arg("-fdiagnostics-plain-output")
+        .arg("-I")
+        .arg(include_dir)
+        .args(files)
+        .current_dir(work_dir)
+        .env("LC_ALL", "C");
+    run::run(&mut gcc, log, TIMEOUT, true, &mut |_, _| {}, &mut || {})
+}
+
+/// `problems` with the kernel's value where [`reveal_unit`] can show it
+/// ("is at offset 12 in the agent, 16 in linux/iommufd.h"); as they are when
+/// it cannot (a missing name has no value).
+fn with_kernel_values(
+    problems: &[String],
+    include_dir: &Path,
+    work_dir: &Path,
+    log: &Log,
+) -> Vec<String> {
+    let items = items();
+    let values = write_file(&work_dir.join(REVEAL_FILE), &reveal_unit(&items))
+        .and_then(|()| gcc_syntax_check(include_dir, work_dir, &[REVEAL_FILE.into()], log))
+        .map(|done| revealed(&done.stderr))
+        .unwrap_or_default();
+    problems
+        .iter()
+        .map(|p| {
+            items
+                .iter()
+                .enumerate()
+                .find(|(_, item)| item.message() == *p)
+                .and_then(|(i, item)| Some(item.mismatch(*values.get(&i)?)))
+                .unwrap_or_else(|| p.clone())
+        })
+        .collect()
 }
 
 /// The kernel stage's line about the check.
@@ -152,48 +195,94 @@ pub fn summary(report: &UapiReport) -> String {
     text
 }
 
-/// The C file that checks every structure and every required constant.
-pub fn main_unit() -> String {
-    let headers: BTreeSet<&str> = STRUCTS
-        .iter()
-        .map(|s| s.header)
-        .chain(CONSTANTS.iter().map(|c| c.header))
-        .collect();
-    let mut c = preamble(headers);
+/// One number the agent relies on: a C expression over the headers and
+/// the value the agent compiled for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// A C integer expression: `__builtin_offsetof(struct iommu_option, val64)`.
+    pub expr: String,
+    pub value: u64,
+    /// The subject of the sentence: `struct iommu_option.val64 is at offset`.
+    pub what: String,
+    /// What follows a value: `" bytes"` or nothing.
+    pub unit: &'static str,
+    pub header: &'static str,
+    /// The optional constant this is, if it is one.
+    pub optional: Option<&'static str>,
+}
+
+impl Item {
+    /// The assertion's message: true of the agent, false of the kernel.
+    pub fn message(&self) -> String {
+        format!(
+            "{} {}{} in the agent, not in {}",
+            self.what, self.value, self.unit, self.header
+        )
+    }
+
+    /// The mismatch with the kernel's value, once known.
+    pub fn mismatch(&self, kernel: u64) -> String {
+        format!(
+            "{} {}{} in the agent, {kernel}{} in {}",
+            self.what, self.value, self.unit, self.unit, self.header
+        )
+    }
+}
+
+/// Every number checked, from msi-uapi's tables: each structure's size,
+/// each field's offset and size, each constant's value.
+pub fn items() -> Vec<Item> {
+    let mut items = Vec::new();
     for s in STRUCTS {
         let ty = format!("struct {}", s.c_name);
-        writeln!(c, "\n/* {ty}: msi_uapi::{} */", s.rust_name).unwrap();
-        assert_line(
-            &mut c,
-            &format!("sizeof({ty}) == {}", s.size),
-            &format!("{ty} is {} bytes in the agent, not in {}", s.size, s.header),
-        );
+        let item = |expr: String, value: usize, what: String, unit| Item {
+            expr,
+            value: value as u64,
+            what,
+            unit,
+            header: s.header,
+            optional: None,
+        };
+        items.push(item(
+            format!("sizeof({ty})"),
+            s.size,
+            format!("{ty} is"),
+            " bytes",
+        ));
         for f in s.fields {
             let field = format!("{ty}.{}", f.c_name);
-            assert_line(
-                &mut c,
-                &format!("__builtin_offsetof({ty}, {}) == {}", f.c_name, f.offset),
-                &format!(
-                    "{field} is at offset {} in the agent, not in {}",
-                    f.offset, s.header
-                ),
-            );
-            assert_line(
-                &mut c,
-                &format!("sizeof((({ty} *)0)->{}) == {}", f.c_name, f.size),
-                &format!(
-                    "{field} is {} bytes in the agent, not in {}",
-                    f.size, s.header
-                ),
-            );
+            items.push(item(
+                format!("__builtin_offsetof({ty}, {})", f.c_name),
+                f.offset,
+                format!("{field} is at offset"),
+                "",
+            ));
+            items.push(item(
+                format!("sizeof((({ty} *)0)->{})", f.c_name),
+                f.size,
+                format!("{field} is"),
+                " bytes",
+            ));
         }
     }
-    c.push('\n');
-    for k in CONSTANTS
-        .iter()
-        .filter(|k| k.presence == Presence::Required)
-    {
-        constant_assert(&mut c, k);
+    for k in CONSTANTS {
+        items.push(Item {
+            expr: k.c_name.to_string(),
+            value: k.value,
+            what: format!("{} is", k.c_name),
+            unit: "",
+            header: k.header,
+            optional: (k.presence == Presence::Optional).then_some(k.c_name),
+        });
+    }
+    items
+}
+
+/// The C file that checks every structure and every required constant.
+pub fn main_unit() -> String {
+    let mut c = preamble(all_headers());
+    for item in items().iter().filter(|i| i.optional.is_none()) {
+        assert_line(&mut c, item);
     }
     c
 }
@@ -202,14 +291,59 @@ pub fn main_unit() -> String {
 /// absence shows as an "undeclared" error in this file only.
 pub fn probe_unit(constant: &Constant) -> String {
     let mut c = preamble([constant.header].into());
-    c.push('\n');
-    constant_assert(&mut c, constant);
+    for item in items()
+        .iter()
+        .filter(|i| i.optional == Some(constant.c_name))
+    {
+        assert_line(&mut c, item);
+    }
     c
+}
+
+/// The C file that makes gcc print the kernel's value of every item, as
+/// the array size in a diagnostic about line `REVEAL_FIRST_LINE + index`:
+/// `initialization of 'char (*)[16]' from 'int'`.
+pub fn reveal_unit(items: &[Item]) -> String {
+    let mut c = preamble(all_headers());
+    for (i, item) in items.iter().enumerate() {
+        writeln!(c, "char (*msi_uapi_reveal_{i})[{}] = 1;", item.expr).unwrap();
+    }
+    c
+}
+
+fn reveal_first_line() -> usize {
+    preamble(all_headers()).lines().count() + 1
+}
+
+/// The kernel's values that `reveal_unit`'s diagnostics show, by item index.
+pub fn revealed(stderr: &[String]) -> BTreeMap<usize, u64> {
+    let re = regex::Regex::new(&format!(
+        r"^{}:(\d+):\d+: (?:warning|error): initialization of 'char \(\*\)\[(\d+)\]'",
+        regex::escape(REVEAL_FILE)
+    ))
+    .expect("valid regex");
+    let first = reveal_first_line();
+    stderr
+        .iter()
+        .filter_map(|line| {
+            let c = re.captures(line)?;
+            let index = c[1].parse::<usize>().ok()?.checked_sub(first)?;
+            Some((index, c[2].parse().ok()?))
+        })
+        .collect()
 }
 
 /// The probe's file name.
 fn probe_file(constant: &Constant) -> String {
     format!("uapi-probe-{}.c", constant.c_name)
+}
+
+fn all_headers() -> BTreeSet<&'static str> {
+    STRUCTS
+        .iter()
+        .map(|s| s.header)
+        .chain(CONSTANTS.iter().map(|c| c.header))
+        .collect()
 }
 
 fn preamble(headers: BTreeSet<&str>) -> String {
@@ -224,19 +358,15 @@ fn preamble(headers: BTreeSet<&str>) -> String {
     c
 }
 
-fn constant_assert(c: &mut String, k: &Constant) {
-    assert_line(
+fn assert_line(c: &mut String, item: &Item) {
+    writeln!(
         c,
-        &format!("(unsigned long long)({}) == {}ULL", k.c_name, k.value),
-        &format!(
-            "{} is {} in the agent, not in {}",
-            k.c_name, k.value, k.header
-        ),
-    );
-}
-
-fn assert_line(c: &mut String, condition: &str, message: &str) {
-    writeln!(c, "_Static_assert({condition}, \"{TAG}{message}\");").unwrap();
+        "_Static_assert((unsigned long long)({}) == {}ULL, \"{TAG}{}\");",
+        item.expr,
+        item.value,
+        item.message()
+    )
+    .unwrap();
 }
 
 /// What gcc's diagnostics say.
@@ -371,10 +501,10 @@ mod tests {
             "{c}"
         );
         for line in [
-            r#"_Static_assert(sizeof(struct iommu_option) == 24, "msi-uapi: struct iommu_option is 24 bytes in the agent, not in linux/iommufd.h");"#,
-            r#"_Static_assert(__builtin_offsetof(struct iommu_option, object_id) == 12, "msi-uapi: struct iommu_option.object_id is at offset 12 in the agent, not in linux/iommufd.h");"#,
-            r#"_Static_assert(sizeof(((struct iommu_option *)0)->__reserved) == 2, "msi-uapi: struct iommu_option.__reserved is 2 bytes in the agent, not in linux/iommufd.h");"#,
-            r#"_Static_assert(__builtin_offsetof(struct vfio_device_bind_iommufd, token_uuid_ptr) == 16, "msi-uapi: struct vfio_device_bind_iommufd.token_uuid_ptr is at offset 16 in the agent, not in linux/vfio.h");"#,
+            r#"_Static_assert((unsigned long long)(sizeof(struct iommu_option)) == 24ULL, "msi-uapi: struct iommu_option is 24 bytes in the agent, not in linux/iommufd.h");"#,
+            r#"_Static_assert((unsigned long long)(__builtin_offsetof(struct iommu_option, object_id)) == 12ULL, "msi-uapi: struct iommu_option.object_id is at offset 12 in the agent, not in linux/iommufd.h");"#,
+            r#"_Static_assert((unsigned long long)(sizeof(((struct iommu_option *)0)->__reserved)) == 2ULL, "msi-uapi: struct iommu_option.__reserved is 2 bytes in the agent, not in linux/iommufd.h");"#,
+            r#"_Static_assert((unsigned long long)(__builtin_offsetof(struct vfio_device_bind_iommufd, token_uuid_ptr)) == 16ULL, "msi-uapi: struct vfio_device_bind_iommufd.token_uuid_ptr is at offset 16 in the agent, not in linux/vfio.h");"#,
             r#"_Static_assert((unsigned long long)(IOMMU_OPTION) == 15239ULL, "msi-uapi: IOMMU_OPTION is 15239 in the agent, not in linux/iommufd.h");"#,
             r#"_Static_assert((unsigned long long)(IOMMU_OPTION_HUGE_PAGES) == 1ULL, "msi-uapi: IOMMU_OPTION_HUGE_PAGES is 1 in the agent, not in linux/iommufd.h");"#,
         ] {
@@ -400,7 +530,7 @@ mod tests {
             .find(|c| c.c_name == "IOMMU_OPTION_SW_MSI_START")
             .unwrap();
         let c = probe_unit(start);
-        assert!(c.ends_with("\n#include <linux/types.h>\n#include <linux/iommufd.h>\n\n_Static_assert((unsigned long long)(IOMMU_OPTION_SW_MSI_START) == 2ULL, \"msi-uapi: IOMMU_OPTION_SW_MSI_START is 2 in the agent, not in linux/iommufd.h\");\n"), "{c}");
+        assert!(c.ends_with("\n#include <linux/types.h>\n#include <linux/iommufd.h>\n_Static_assert((unsigned long long)(IOMMU_OPTION_SW_MSI_START) == 2ULL, \"msi-uapi: IOMMU_OPTION_SW_MSI_START is 2 in the agent, not in linux/iommufd.h\");\n"), "{c}");
         assert_eq!(probe_file(start), "uapi-probe-IOMMU_OPTION_SW_MSI_START.c");
     }
 
@@ -473,6 +603,41 @@ mod tests {
         assert!(classify(&stderr, &optional()).unexplained);
     }
 
+    #[test]
+    fn the_kernel_values_are_read_from_the_reveal_diagnostics() {
+        let items = items();
+        let c = reveal_unit(&items);
+        let first = reveal_first_line();
+        let line_of = |expr: &str| {
+            let i = items.iter().position(|i| i.expr == expr).unwrap();
+            assert_eq!(
+                c.lines().nth(first + i - 1).unwrap(),
+                format!("char (*msi_uapi_reveal_{i})[{expr}] = 1;")
+            );
+            (i, first + i)
+        };
+        let (offset, offset_line) = line_of("__builtin_offsetof(struct iommu_option, object_id)");
+        let (start, start_line) = line_of("IOMMU_OPTION_SW_MSI_START");
+        let (huge, huge_line) = line_of("IOMMU_OPTION_HUGE_PAGES");
+        // gcc 12 warns (-Wint-conversion); gcc 14 makes it an error.
+        let stderr = lines(&format!(
+            "uapi-reveal.c:{offset_line}:81: warning: initialization of 'char (*)[16]' from 'int' makes pointer from integer without a cast [-Wint-conversion]\n\
+             uapi-reveal.c:{start_line}:40: error: initialization of 'char (*)[3]' from 'int' makes pointer from integer without a cast [-Wint-conversion]\n\
+             uapi-reveal.c:{huge_line}:27: error: 'IOMMU_OPTION_HUGE_PAGES' undeclared here (not in a function)"
+        ));
+        let values = revealed(&stderr);
+        assert_eq!(values, BTreeMap::from([(offset, 16), (start, 3)]));
+        assert!(!values.contains_key(&huge));
+        assert_eq!(
+            items[offset].mismatch(16),
+            "struct iommu_option.object_id is at offset 12 in the agent, 16 in linux/iommufd.h"
+        );
+        assert_eq!(
+            items[0].mismatch(9),
+            "struct iommu_destroy is 8 bytes in the agent, 9 bytes in linux/iommufd.h"
+        );
+    }
+
     fn fixture() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/uapi/include")
     }
@@ -529,6 +694,23 @@ mod tests {
 
     #[test]
     #[ignore = "needs aarch64-linux-gnu-gcc (cargo xtask test runs it)"]
+    fn a_renamed_field_and_a_dropped_constant_fail_by_name() {
+        let headers = patched_fixture(&[
+            ("\t__u32 fault_id;\n", "\t__u32 fault;\n"),
+            ("\tIOMMU_HWPT_DATA_NONE = 0,\n", ""),
+        ]);
+        let work = tempfile::tempdir().unwrap();
+        let msg = format!("{:#}", check(headers.path(), work.path()).unwrap_err());
+        for part in [
+            "struct iommu_hwpt_alloc has no member fault_id in this kernel's headers",
+            "IOMMU_HWPT_DATA_NONE is not defined in this kernel's headers",
+        ] {
+            assert!(msg.contains(part), "missing {part:?} in\n{msg}");
+        }
+    }
+
+    #[test]
+    #[ignore = "needs aarch64-linux-gnu-gcc (cargo xtask test runs it)"]
     fn a_renumbered_option_and_a_moved_field_fail_by_name() {
         let headers = patched_fixture(&[
             (
@@ -549,13 +731,13 @@ mod tests {
         let msg = format!("{err:#}");
         for part in [
             "the agent's uAPI does not match this kernel's headers: ",
-            "struct iommu_option is 24 bytes in the agent, not in linux/iommufd.h",
-            "struct iommu_option.object_id is at offset 12 in the agent, not in linux/iommufd.h",
-            "struct iommu_option.val64 is at offset 16 in the agent, not in linux/iommufd.h",
-            "IOMMU_OPTION_SW_MSI_START is 2 in the agent, not in linux/iommufd.h",
-            "IOMMU_OPTION_SW_MSI_SIZE is 3 in the agent, not in linux/iommufd.h",
+            "struct iommu_option is 24 bytes in the agent, 32 bytes in linux/iommufd.h; ",
+            "struct iommu_option.object_id is at offset 12 in the agent, 16 in linux/iommufd.h; ",
+            "struct iommu_option.val64 is at offset 16 in the agent, 24 in linux/iommufd.h; ",
+            "IOMMU_OPTION_SW_MSI_START is 2 in the agent, 3 in linux/iommufd.h; ",
+            "IOMMU_OPTION_SW_MSI_SIZE is 3 in the agent, 2 in linux/iommufd.h (headers ",
             // gcc's own output is kept.
-            "error: static assertion failed: \"msi-uapi: ",
+            "error: static assertion failed: \"msi-uapi: struct iommu_option.object_id is at offset 12 in the agent, not in linux/iommufd.h\"",
         ] {
             assert!(msg.contains(part), "missing {part:?} in\n{msg}");
         }
