@@ -212,9 +212,9 @@ impl HwptFlag {
     /// The flag's bit in `iommu_hwpt_alloc.flags`.
     pub fn bit(self) -> u32 {
         match self {
-            HwptFlag::NestParent => 1 << 0,
-            HwptFlag::DirtyTracking => 1 << 1,
-            HwptFlag::Pasid => 1 << 3,
+            HwptFlag::NestParent => msi_uapi::IOMMU_HWPT_ALLOC_NEST_PARENT,
+            HwptFlag::DirtyTracking => msi_uapi::IOMMU_HWPT_ALLOC_DIRTY_TRACKING,
+            HwptFlag::Pasid => msi_uapi::IOMMU_HWPT_ALLOC_PASID,
         }
     }
 }
@@ -256,13 +256,14 @@ const OPTION_NAMES: [(OptionId, &str); 4] = [
 ];
 
 impl OptionId {
-    /// The `option_id` the kernel sees.
+    /// The `option_id` the kernel sees (from `msi-uapi`, whose values each
+    /// kernel stage checks against the kernel's headers).
     pub fn id(self) -> u32 {
         match self {
-            OptionId::RlimitMode => 0,
-            OptionId::HugePages => 1,
-            OptionId::SwMsiStart => 2,
-            OptionId::SwMsiSize => 3,
+            OptionId::RlimitMode => msi_uapi::IOMMU_OPTION_RLIMIT_MODE,
+            OptionId::HugePages => msi_uapi::IOMMU_OPTION_HUGE_PAGES,
+            OptionId::SwMsiStart => msi_uapi::IOMMU_OPTION_SW_MSI_START,
+            OptionId::SwMsiSize => msi_uapi::IOMMU_OPTION_SW_MSI_SIZE,
             OptionId::Raw(id) => id,
         }
     }

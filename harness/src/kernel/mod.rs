@@ -26,6 +26,7 @@ mod run;
 pub mod selftest;
 pub mod source;
 pub mod tree;
+pub mod uapi_check;
 pub mod variants;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::{self, ContentKey, KeyBuilder};
 use crate::error::Error;
 use crate::event::{Reporter, Stage};
+pub use uapi_check::UapiReport;
 pub use variants::{load_variants, SourceSpec, Variant};
 
 use run::{Log, Stream};
@@ -89,6 +91,9 @@ pub struct KernelBuild {
     pub release: String,
     /// The build log in the run's artifact directory (`None` when cached).
     pub log: Option<PathBuf>,
+    /// What the agent's uAPI check found in `headers` (filled in by
+    /// [`build_with`] once the build is found or made).
+    pub uapi: UapiReport,
 }
 
 /// Builds (or finds in the cache) a kernel; the full log goes to `run_dir`.
@@ -116,7 +121,8 @@ pub fn build_with(
         what.push_str(&format!(" with series {}", series.display()));
     }
     reporter.start(Stage::Kernel, &what);
-    let result = build_inner(source, options, reporter, run_dir);
+    let result = build_inner(source, options, reporter, run_dir)
+        .and_then(|b| uapi_check::checked(b, reporter, run_dir));
     if let Ok(b) = &result {
         let how = if b.cached { "cached" } else { "built" };
         reporter.line(
@@ -617,6 +623,7 @@ fn build_inner(
         cached: false,
         release,
         log: Some(log_path),
+        uapi: UapiReport::default(),
     })
 }
 
@@ -657,6 +664,7 @@ fn cached(
         cached: true,
         release: meta.release,
         log: None,
+        uapi: UapiReport::default(),
     })
 }
 
