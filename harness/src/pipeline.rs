@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 
 use crate::event::Reporter;
 use crate::kernel::{self, BuildOptions, KernelBuild, KernelSource};
@@ -63,7 +62,7 @@ pub fn build_kernel(
         ),
     };
     let build = kernel::build_with(source, BuildOptions { series }, reporter, run_dir)?;
-    let has_sw_msi = headers_define(&build.headers, "IOMMU_OPTION_SW_MSI_START")?;
+    let has_sw_msi = build.uapi.defines("IOMMU_OPTION_SW_MSI_START");
     let selftest = kernel::selftest::build_iommufd_selftest(&build, reporter, run_dir)?;
     let input = KernelInput {
         image: build.image.clone(),
@@ -76,14 +75,6 @@ pub fn build_kernel(
         selector,
     };
     Ok((build, input))
-}
-
-/// Whether the exported `linux/iommufd.h` mentions `symbol`.
-pub fn headers_define(include_dir: &Path, symbol: &str) -> anyhow::Result<bool> {
-    let header = include_dir.join("linux/iommufd.h");
-    let text = std::fs::read_to_string(&header)
-        .with_context(|| format!("read exported header {}", header.display()))?;
-    Ok(text.contains(symbol))
 }
 
 /// Host check, kernels, image: everything before the first VM. `series`,
@@ -117,27 +108,4 @@ pub fn prepare(
         results_dir,
         artifacts_dir,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sw_msi_is_read_from_the_exported_header() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("linux")).unwrap();
-        std::fs::write(
-            dir.path().join("linux/iommufd.h"),
-            "IOMMU_OPTION_HUGE_PAGES = 1,\n",
-        )
-        .unwrap();
-        assert!(!headers_define(dir.path(), "IOMMU_OPTION_SW_MSI_START").unwrap());
-        std::fs::write(
-            dir.path().join("linux/iommufd.h"),
-            "IOMMU_OPTION_SW_MSI_START = 2,\n",
-        )
-        .unwrap();
-        assert!(headers_define(dir.path(), "IOMMU_OPTION_SW_MSI_START").unwrap());
-    }
 }

@@ -725,8 +725,8 @@ mod tests {
         let work = tempfile::tempdir().unwrap();
         let err = check(headers.path(), work.path()).unwrap_err();
         assert_eq!(
-            crate::error::exit_code_of(&err),
-            crate::error::ExitCode::Infrastructure
+            crate::outcome::exit_code_of(&err),
+            crate::ExitCode::Infrastructure
         );
         let msg = format!("{err:#}");
         for part in [
