@@ -100,7 +100,7 @@ mod tests {
     use super::*;
 
     fn panic_text(f: impl FnOnce() -> Inputs + std::panic::UnwindSafe) -> String {
-        let err = std::panic::catch_unwind(f).err().expect("no panic");
+        let err = std::panic::catch_unwind(f).expect_err("no panic");
         err.downcast_ref::<String>().cloned().unwrap_or_default()
     }
 

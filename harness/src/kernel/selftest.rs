@@ -502,7 +502,7 @@ mod tests {
         for (variant, input) in &inputs.kernels {
             // A local tree standing in for a variant is not rebuilt here.
             if input.label != *variant {
-                eprintln!("{variant}: skipped ({})", input.label);
+                eprintln!("{variant}: {}, not rebuilt here", input.label);
                 continue;
             }
             let kernel = super::super::build(
