@@ -19,6 +19,8 @@ pub mod outcome;
 pub mod pipeline;
 pub mod scenario;
 pub mod snapshot;
+#[cfg(test)]
+mod testing;
 pub mod trial;
 pub mod vm;
 

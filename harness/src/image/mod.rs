@@ -1,4 +1,4 @@
-//! image stage: the guest initramfs with busybox, dropbear and the agent (issue 4).
+//! image stage: the guest initramfs with busybox, dropbear and the agent.
 //!
 //! `guest-images/image.toml` describes the initramfs as data: pinned Debian
 //! arm64 packages (fetched with the host's apt, checked by sha256, unpacked

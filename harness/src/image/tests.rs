@@ -251,185 +251,75 @@ fn init_prints_the_marker_the_harness_waits_for() {
     }
 }
 
-/// Builds the real image, boots it with the kernel in `MSI_HARNESS_KERNEL`,
-/// waits for the readiness line, runs a command over SSH with the image's
-/// key (libssh2, as the vm stage does) and powers the guest off.
+/// Builds the image again (it must be the one `cargo xtask test` built, from
+/// the cache), boots it through `harness::vm` with the inputs' kernel, one
+/// edu bound to vfio-pci and 16 huge pages, and checks over SSH that `/init`
+/// did what the command line asked.
 #[test]
+#[ignore = "needs a booted guest: run by cargo xtask test"]
 fn vm_boot_and_ssh() {
-    if std::env::var_os("MSI_HARNESS_VM_TESTS").is_none() {
-        eprintln!("skipped: set MSI_HARNESS_VM_TESTS=1 (and MSI_HARNESS_KERNEL=path/to/Image) to boot the image");
-        return;
-    }
-    let image = vm::build_twice();
-    let Some(kernel) = std::env::var_os("MSI_HARNESS_KERNEL") else {
-        eprintln!("boot skipped: MSI_HARNESS_KERNEL (an arm64 Image) is not set");
-        return;
-    };
-    vm::boot_and_ssh(&image, std::path::Path::new(&kernel));
-}
+    let guest = crate::testing::guest();
+    let run_dir = crate::cache::new_run_dir("image-vm-test").unwrap();
+    let t = std::time::Instant::now();
+    let image = build(&crate::event::Quiet, &run_dir).unwrap();
+    eprintln!(
+        "build: {:.2}s cached={} key={}",
+        t.elapsed().as_secs_f64(),
+        image.cached,
+        image.key.short()
+    );
+    assert!(
+        image.cached,
+        "the image `cargo xtask test` built was rebuilt"
+    );
+    assert_eq!(image.initramfs, guest.initramfs);
+    assert_eq!(image.ssh_private_key, guest.ssh_key);
 
-mod vm {
-    use std::io::{BufRead, BufReader, Read};
-    use std::net::{TcpListener, TcpStream};
-    use std::path::Path;
-    use std::process::{Child, Command, Stdio};
-    use std::sync::mpsc;
-    use std::time::{Duration, Instant};
-
-    use super::super::*;
-    use crate::event::Quiet;
-
-    struct KillOnDrop(Child);
-
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    /// Builds the image (or finds it cached), then again: the second run
-    /// must be a cache hit.
-    pub fn build_twice() -> GuestImage {
-        let run_dir = crate::cache::new_run_dir("image-vm-test").unwrap();
-        let reporter = crate::event::TermReporter::new();
-        let t = Instant::now();
-        let image = build(&reporter, &run_dir).unwrap();
-        eprintln!(
-            "build: {:.2}s cached={} key={}",
-            t.elapsed().as_secs_f64(),
-            image.cached,
-            image.key.short()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut cfg = crate::guest::config(
+            &guest.kernel,
+            &image.initramfs,
+            &image.ssh_private_key,
+            &run_dir.join("vm"),
         );
-        let t = Instant::now();
-        let again = build(&Quiet, &run_dir).unwrap();
-        eprintln!(
-            "second build: {:.2}s cached={}",
-            t.elapsed().as_secs_f64(),
-            again.cached
-        );
-        assert!(again.cached);
-        assert_eq!(again.key, image.key);
-        image
-    }
-
-    pub fn boot_and_ssh(image: &GuestImage, kernel: &Path) {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let cmdline = kernel_cmdline(&CmdlineOptions {
-            vfio: vec!["0000:00:02.0".into()],
-            hugepages: Some(16),
-            extra: Vec::new(),
-        });
-        let started = Instant::now();
-        let mut qemu = KillOnDrop(
-            Command::new("qemu-system-aarch64")
-                .args([
-                    "-M",
-                    "virt,gic-version=3,iommu=smmuv3",
-                    "-cpu",
-                    "max",
-                    "-smp",
-                    "2",
-                    "-m",
-                    "1G",
-                ])
-                .args(["-nographic", "-no-reboot", "-kernel"])
-                .arg(kernel)
-                .arg("-initrd")
-                .arg(&image.initramfs)
-                .args(["-append", &cmdline, "-device", "edu,addr=02.0"])
-                .args([
-                    "-netdev",
-                    &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22"),
-                ])
-                .args(["-device", "virtio-net-pci,netdev=n0,addr=03.0"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let (tx, rx) = mpsc::channel();
-        let console = qemu.0.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(console).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = started + Duration::from_secs(60);
-        let mut log = Vec::new();
-        let report = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    let report = ReadyReport::parse(&line);
-                    log.push(line);
-                    if let Some(r) = report {
-                        break r;
-                    }
-                }
-                Err(_) => panic!(
-                    "no {READY_MARKER} within 60 s; console:\n{}",
-                    log.join("\n")
-                ),
-            }
-        };
-        let ready = started.elapsed();
+        cfg.devices = vec![crate::vm::Device::Edu {
+            id: "edu0".into(),
+            dma_mask: None,
+        }];
+        let caps = crate::vm::probe(&cfg.qemu).unwrap();
+        let plan = crate::vm::qemu::plan(&cfg, &caps).unwrap();
+        crate::guest::bind_vfio(&mut cfg, crate::guest::edu_bdfs(&plan), Some(16));
+        cfg.trace_events.clear();
+        let vm = crate::vm::Vm::boot(cfg).await.expect("boot");
+        eprintln!("boot phases:\n{}", vm.boot_timings());
+        let console = fs::read_to_string(vm.run_dir().join("console.log")).unwrap();
+        let ready = console
+            .lines()
+            .find_map(ReadyReport::parse)
+            .unwrap_or_else(|| panic!("no {READY_MARKER} line on the console:\n{console}"));
         assert!(
-            report.problems().is_empty(),
-            "{:?}\n{}",
-            report.problems(),
-            log.join("\n")
+            ready.problems().is_empty(),
+            "{:?}\n{console}",
+            ready.problems()
         );
-
-        let tcp =
-            TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(5))
-                .unwrap();
-        let mut session = ssh2::Session::new().unwrap();
-        session.set_timeout(10_000);
-        session.set_tcp_stream(tcp);
-        session.handshake().unwrap();
-        session
-            .userauth_pubkey_file("root", None, &image.ssh_private_key, None)
-            .unwrap();
-        let mut channel = session.channel_session().unwrap();
-        channel
-            .exec("ls /dev/vfio/devices; cat /proc/cmdline; grep HugePages_Total /proc/meminfo")
-            .unwrap();
-        let mut out = String::new();
-        channel.read_to_string(&mut out).unwrap();
-        channel.wait_close().unwrap();
-        let first_command = started.elapsed();
-        assert_eq!(channel.exit_status().unwrap(), 0);
-        eprintln!(
-            "ready after {:.2}s, first ssh command done after {:.2}s",
-            ready.as_secs_f64(),
-            first_command.as_secs_f64()
-        );
-        eprintln!("{}\n{out}", log.last().unwrap());
+        let bdf = vm.device("edu0").unwrap().bdf.to_string();
+        let out = vm
+            .exec_ok(
+                "ls /dev/vfio/devices; cat /proc/cmdline; grep HugePages_Total /proc/meminfo",
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .unwrap()
+            .stdout_str();
+        eprintln!("{out}");
         assert!(out.contains("vfio0"), "{out}");
-        assert!(out.contains("msi.vfio=0000:00:02.0"), "{out}");
+        assert!(out.contains(&format!("msi.vfio={bdf}")), "{out}");
         assert!(out.contains("HugePages_Total:      16"), "{out}");
-
-        let mut channel = session.channel_session().unwrap();
-        // The connection may die with the guest before an exit status comes.
-        let _ = channel.exec("poweroff -f");
-        let _ = channel.wait_close();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while qemu.0.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "guest did not power off within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("powered off after {:.2}s", started.elapsed().as_secs_f64());
-    }
+        vm.shutdown().await.unwrap();
+    });
 }

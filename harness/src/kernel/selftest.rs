@@ -440,11 +440,9 @@ mod tests {
     /// A tree whose selftest does not compile: the error names the line
     /// and the log. Needs the cross toolchain and a built kernel's headers.
     #[test]
+    #[ignore = "needs the cross toolchain and a built kernel: run by cargo xtask test"]
     fn compile_failure_names_the_line_and_the_log() {
-        if std::env::var_os("MSI_HARNESS_VM_TESTS").is_none() {
-            eprintln!("skipped: set MSI_HARNESS_VM_TESTS=1 to cross-compile the selftest");
-            return;
-        }
+        crate::testing::host_tools();
         let run_dir = tempfile::tempdir().unwrap();
         let quiet = crate::event::Quiet;
         let kernel = super::super::build(
@@ -491,25 +489,9 @@ mod tests {
     /// of the inputs, boot it with huge pages, run it, read its totals.
     /// Needs QEMU, the cross toolchain and `cargo xtask test`'s inputs.
     #[test]
+    #[ignore = "needs booted guests and the cross toolchain: run by cargo xtask test"]
     fn iommufd_selftest_passes_in_the_guest() {
-        if std::env::var_os("MSI_HARNESS_VM_TESTS").is_none() {
-            eprintln!("skipped: set MSI_HARNESS_VM_TESTS=1 to run the iommufd selftest in a guest");
-            return;
-        }
-        let inputs = match crate::pipeline::Inputs::from_env() {
-            Ok(Some(i)) => i,
-            Ok(None) => {
-                eprintln!(
-                    "skipped: {} is unset (`cargo xtask test` sets it)",
-                    crate::pipeline::INPUTS_ENV
-                );
-                return;
-            }
-            Err(e) => {
-                eprintln!("skipped: {e:#}");
-                return;
-            }
-        };
+        let inputs = crate::testing::inputs();
         let run_dir = cache::new_run_dir("selftest").unwrap();
         let quiet = crate::event::Quiet;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -520,7 +502,7 @@ mod tests {
         for (variant, input) in &inputs.kernels {
             // A local tree standing in for a variant is not rebuilt here.
             if input.label != *variant {
-                eprintln!("{variant}: skipped ({})", input.label);
+                eprintln!("{variant}: {}, not rebuilt here", input.label);
                 continue;
             }
             let kernel = super::super::build(

@@ -219,6 +219,7 @@ pub fn check_kernel_tree(path: &Path) -> anyhow::Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::apply::FileState;
     use super::*;
 
     #[test]
@@ -229,17 +230,17 @@ mod tests {
         assert_eq!(escape_pattern("a/b[1]*.c"), "a/b\\[1]\\*.c");
     }
 
-    #[test]
-    fn an_empty_src_is_linked_and_patched_files_never_write_through_to_pristine() {
-        use super::super::apply::FileState;
+    /// An empty src prepared from a small pristine tree: hard links, the
+    /// patched file a copy, the pristine tree as it was. Returns (pristine,
+    /// src, log).
+    fn linked_tree(dir: &Path) -> (PathBuf, PathBuf, Log) {
         use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        let pristine = dir.path().join("pristine");
+        let pristine = dir.join("pristine");
         std::fs::create_dir_all(pristine.join("drivers")).unwrap();
         std::fs::write(pristine.join("drivers/a.c"), "int a;\n").unwrap();
         std::fs::write(pristine.join("drivers/b.c"), "int b;\n").unwrap();
         std::fs::write(pristine.join("gone.c"), "int gone;\n").unwrap();
-        let log = Log::create(&dir.path().join("kernel.log")).unwrap();
+        let log = Log::create(&dir.join("kernel.log")).unwrap();
         let mut applied = Applied::default();
         applied.files.insert(
             "drivers/a.c".into(),
@@ -249,7 +250,7 @@ mod tests {
             }),
         );
         applied.files.insert("gone.c".into(), None);
-        let src = dir.path().join("work/src");
+        let src = dir.join("work/src");
         let prepared = prepare(&pristine, &src, &applied, &log).unwrap();
         assert!(prepared.linked);
         assert_eq!((prepared.written, prepared.deleted), (1, 1));
@@ -274,13 +275,23 @@ mod tests {
             "int a;\n"
         );
         assert!(pristine.join("gone.c").exists());
+        (pristine, src, log)
+    }
 
-        // A later series (rsync over the linked tree) restores a.c and gone.c
-        // and patches b.c; pristine stays as it was.
-        if crate::deps::which("rsync").is_none() {
-            eprintln!("skipped the rsync half: rsync is not installed");
-            return;
-        }
+    #[test]
+    fn an_empty_src_is_linked_and_patched_files_never_write_through_to_pristine() {
+        let dir = tempfile::tempdir().unwrap();
+        linked_tree(dir.path());
+    }
+
+    /// A later series (rsync over the linked tree) restores a.c and gone.c
+    /// and patches b.c; pristine stays as it was.
+    #[test]
+    #[ignore = "needs rsync (cargo xtask deps installs it): run by cargo xtask test"]
+    fn a_second_series_over_a_linked_tree_leaves_pristine_unchanged() {
+        crate::testing::program("rsync");
+        let dir = tempfile::tempdir().unwrap();
+        let (pristine, src, log) = linked_tree(dir.path());
         let mut next = Applied::default();
         next.files.insert(
             "drivers/b.c".into(),
@@ -311,11 +322,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs git (cargo xtask deps installs it): run by cargo xtask test"]
     fn git_tree_keys_follow_head_changes_and_untracked_files_only() {
-        if crate::deps::which("git").is_none() {
-            eprintln!("skipped: git is not installed");
-            return;
-        }
+        crate::testing::program("git");
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let log = Log::create(&root.join("log/kernel.log")).unwrap();

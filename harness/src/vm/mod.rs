@@ -1,5 +1,5 @@
 //! vm stage: QEMU under TCG (`virt`, GICv3 ITS, SMMUv3), QMP, SSH, serial
-//! console, host traces, teardown (issue 5).
+//! console, host traces, teardown.
 //!
 //! [`Vm::boot`] turns a [`VmConfig`] into a running guest that is ready: the
 //! init printed [`READY_MARKER`] and, when SSH is configured, a login

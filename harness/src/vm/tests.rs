@@ -1,60 +1,36 @@
-//! Tests against a real QEMU and guest. They run only with
-//! `MSI_HARNESS_VM_TESTS=1` and need a kernel, an initramfs whose init prints
-//! the readiness marker once dropbear listens, and the matching SSH key:
-//! `MSI_HARNESS_VM_KERNEL`, `MSI_HARNESS_VM_INITRD`, `MSI_HARNESS_VM_SSH_KEY`.
-//! Without the switch each test prints why it skipped and passes.
+//! Tests against a real QEMU and guest: `#[ignore]`d, run by
+//! `cargo xtask test`, which builds the kernel and the image they boot
+//! (`crate::testing::guest`). The others need nothing but Rust.
 //!
 //! VM tests run one at a time (a lock), as they would fight over the CPUs.
 
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::testing::Guest;
 
 static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-struct Inputs {
-    kernel: PathBuf,
-    initrd: PathBuf,
-    key: PathBuf,
-}
-
-fn inputs(test: &str) -> Option<Inputs> {
-    if std::env::var_os("MSI_HARNESS_VM_TESTS").is_none_or(|v| v != "1") {
-        eprintln!("skipped {test}: set MSI_HARNESS_VM_TESTS=1 (plus MSI_HARNESS_VM_KERNEL, MSI_HARNESS_VM_INITRD, MSI_HARNESS_VM_SSH_KEY) to boot a real guest");
-        return None;
-    }
-    let var = |k: &str| {
-        PathBuf::from(
-            std::env::var_os(k)
-                .unwrap_or_else(|| panic!("MSI_HARNESS_VM_TESTS=1 but {k} is not set")),
-        )
-    };
-    Some(Inputs {
-        kernel: var("MSI_HARNESS_VM_KERNEL"),
-        initrd: var("MSI_HARNESS_VM_INITRD"),
-        key: var("MSI_HARNESS_VM_SSH_KEY"),
-    })
-}
-
-fn config(inp: &Inputs, label: &str) -> VmConfig {
+fn config(inp: &Guest, label: &str) -> VmConfig {
     let mut cfg = VmConfig::new(
         inp.kernel.clone(),
-        inp.initrd.clone(),
+        inp.initramfs.clone(),
         crate::cache::new_run_dir(label).unwrap(),
     );
     cfg.ssh = Some(SshConfig {
-        private_key: inp.key.clone(),
+        private_key: inp.ssh_key.clone(),
         user: "root".into(),
     });
     cfg.boot_timeout = Duration::from_secs(30);
     cfg
 }
 
-/// Runs `f` on its own runtime, one VM test at a time.
-fn vm_test<F: std::future::Future<Output = ()>>(name: &str, f: impl FnOnce(Inputs) -> F) {
-    let Some(inp) = inputs(name) else { return };
+/// Runs `f` with the guest `cargo xtask test` built, on its own runtime,
+/// one VM test at a time.
+fn vm_test<F: std::future::Future<Output = ()>>(f: impl FnOnce(Guest) -> F) {
+    let inp = crate::testing::guest();
+    eprintln!("guest: {} ({})", inp.variant, inp.kernel.display());
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -70,8 +46,9 @@ fn gone(pid: i32) -> bool {
 }
 
 #[test]
+#[ignore = "needs a booted guest: run by cargo xtask test"]
 fn boots_to_ssh_and_everything_works() {
-    vm_test("boots_to_ssh_and_everything_works", |inp| async move {
+    vm_test(|inp| async move {
         let mut cfg = config(&inp, "vm-everything");
         cfg.devices = vec![
             Device::Edu {
@@ -255,41 +232,37 @@ fn boots_to_ssh_and_everything_works() {
 
         // An edu MSI aimed at the doorbell's physical address, which its DMA
         // domain does not map: the SMMU faults it and records the event.
-        match build_mmio_tool() {
-            None => eprintln!("edu MSI check skipped: aarch64-linux-gnu-gcc is not on PATH"),
-            Some(tool) => {
-                vm.upload(tool, "/tmp/mmio-write", 0o755, Duration::from_secs(10))
-                    .await
-                    .unwrap();
-                let edu0 = vm.device("edu0").unwrap().clone();
-                let mut cur = vm.trace_cursor();
-                let out = vm
-                    .exec(
-                        &edu_msi_script(&edu0.bdf.to_string()),
-                        Duration::from_secs(10),
-                    )
-                    .await
-                    .unwrap();
-                assert!(out.success(), "{}{}", out.stdout_str(), out.stderr_str());
-                let evs = vm.traces_since(&mut cur, Some(edu0.requester_id)).unwrap();
-                eprintln!("edu0 events: {evs:#?}");
-                assert!(
-                    evs.iter().any(|e| matches!(
-                        e.kind,
-                        TraceKind::SmmuFault {
-                            iova: 0x8090040,
-                            ..
-                        }
-                    )),
-                    "{evs:?}"
-                );
-                assert!(
-                    evs.iter()
-                        .any(|e| matches!(e.kind, TraceKind::SmmuRecordEvent { .. })),
-                    "{evs:?}"
-                );
-            }
-        }
+        let tool = build_mmio_tool();
+        vm.upload(tool, "/tmp/mmio-write", 0o755, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let edu0 = vm.device("edu0").unwrap().clone();
+        let mut cur = vm.trace_cursor();
+        let out = vm
+            .exec(
+                &edu_msi_script(&edu0.bdf.to_string()),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert!(out.success(), "{}{}", out.stdout_str(), out.stderr_str());
+        let evs = vm.traces_since(&mut cur, Some(edu0.requester_id)).unwrap();
+        eprintln!("edu0 events: {evs:#?}");
+        assert!(
+            evs.iter().any(|e| matches!(
+                e.kind,
+                TraceKind::SmmuFault {
+                    iova: 0x8090040,
+                    ..
+                }
+            )),
+            "{evs:?}"
+        );
+        assert!(
+            evs.iter()
+                .any(|e| matches!(e.kind, TraceKind::SmmuRecordEvent { .. })),
+            "{evs:?}"
+        );
 
         // Hotplug into the spare root port (the guest has no pciehp: rescan).
         let placed = vm
@@ -385,11 +358,11 @@ void cmain(long *sp) {
 }
 "#;
 
-fn build_mmio_tool() -> Option<Vec<u8>> {
-    crate::deps::which("aarch64-linux-gnu-gcc")?;
-    let dir = tempfile::tempdir().ok()?;
+fn build_mmio_tool() -> Vec<u8> {
+    crate::testing::program("aarch64-linux-gnu-gcc");
+    let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("mmio.c");
-    std::fs::write(&src, MMIO_WRITE_C).ok()?;
+    std::fs::write(&src, MMIO_WRITE_C).unwrap();
     let out = dir.path().join("mmio-write");
     let st = std::process::Command::new("aarch64-linux-gnu-gcc")
         .args([
@@ -403,123 +376,114 @@ fn build_mmio_tool() -> Option<Vec<u8>> {
         .arg(&out)
         .arg(&src)
         .status()
-        .ok()?;
+        .unwrap();
     assert!(
         st.success(),
         "aarch64-linux-gnu-gcc failed on the mmio tool"
     );
-    std::fs::read(out).ok()
+    std::fs::read(out).unwrap()
 }
 
 #[test]
+#[ignore = "needs a booted guest: run by cargo xtask test"]
 fn a_dropped_vm_leaves_no_qemu_even_when_the_test_panics() {
-    vm_test(
-        "a_dropped_vm_leaves_no_qemu_even_when_the_test_panics",
-        |inp| async move {
-            let vm = Vm::boot(config(&inp, "vm-drop")).await.expect("boot");
-            let pid = vm.pid();
-            assert!(!gone(pid));
-            drop(vm);
-            assert!(gone(pid), "qemu {pid} outlived its handle");
+    vm_test(|inp| async move {
+        let vm = Vm::boot(config(&inp, "vm-drop")).await.expect("boot");
+        let pid = vm.pid();
+        assert!(!gone(pid));
+        drop(vm);
+        assert!(gone(pid), "qemu {pid} outlived its handle");
 
-            // A panicking task that owns a VM: unwinding drops the handle.
-            let cfg = config(&inp, "vm-panic");
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let task = tokio::spawn(async move {
-                let vm = Vm::boot(cfg).await.expect("boot");
-                tx.send(vm.pid()).unwrap();
-                panic!("a failing test holding a vm");
-            });
-            let pid = rx.await.unwrap();
-            assert!(task.await.unwrap_err().is_panic());
-            assert!(gone(pid), "qemu {pid} outlived a panicking test");
-        },
-    );
+        // A panicking task that owns a VM: unwinding drops the handle.
+        let cfg = config(&inp, "vm-panic");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let vm = Vm::boot(cfg).await.expect("boot");
+            tx.send(vm.pid()).unwrap();
+            panic!("a failing test holding a vm");
+        });
+        let pid = rx.await.unwrap();
+        assert!(task.await.unwrap_err().is_panic());
+        assert!(gone(pid), "qemu {pid} outlived a panicking test");
+    });
 }
 
 #[test]
+#[ignore = "needs a booted guest: run by cargo xtask test"]
 fn killing_qemu_mid_command_is_an_infrastructure_error_within_5s() {
-    vm_test(
-        "killing_qemu_mid_command_is_an_infrastructure_error_within_5s",
-        |inp| async move {
-            let vm = Vm::boot(config(&inp, "vm-kill")).await.expect("boot");
-            let pid = vm.pid();
-            let mut session = vm.open_session("cat").await.unwrap();
-            let killer = async {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                Instant::now()
-            };
-            let (exec, killed_at) =
-                tokio::join!(vm.exec("sleep 60", Duration::from_secs(60)), killer);
-            let err = exec.unwrap_err();
-            let waited = killed_at.elapsed();
-            eprintln!(
-                "reported {:.2} s after the kill: {err:#}",
-                waited.as_secs_f64()
-            );
-            assert!(waited < Duration::from_secs(5));
-            assert_eq!(
-                crate::outcome::exit_code_of(&err),
-                crate::ExitCode::Infrastructure
-            );
-            assert!(format!("{err:#}").contains("qemu exited"), "{err:#}");
-            // Later operations fail at once too.
-            let t = Instant::now();
-            assert!(session
-                .request_line("x", Duration::from_secs(30))
-                .await
-                .is_err());
-            assert!(vm.exec("true", Duration::from_secs(30)).await.is_err());
-            assert!(t.elapsed() < Duration::from_secs(2));
-        },
-    );
+    vm_test(|inp| async move {
+        let vm = Vm::boot(config(&inp, "vm-kill")).await.expect("boot");
+        let pid = vm.pid();
+        let mut session = vm.open_session("cat").await.unwrap();
+        let killer = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            Instant::now()
+        };
+        let (exec, killed_at) = tokio::join!(vm.exec("sleep 60", Duration::from_secs(60)), killer);
+        let err = exec.unwrap_err();
+        let waited = killed_at.elapsed();
+        eprintln!(
+            "reported {:.2} s after the kill: {err:#}",
+            waited.as_secs_f64()
+        );
+        assert!(waited < Duration::from_secs(5));
+        assert_eq!(
+            crate::outcome::exit_code_of(&err),
+            crate::ExitCode::Infrastructure
+        );
+        assert!(format!("{err:#}").contains("qemu exited"), "{err:#}");
+        // Later operations fail at once too.
+        let t = Instant::now();
+        assert!(session
+            .request_line("x", Duration::from_secs(30))
+            .await
+            .is_err());
+        assert!(vm.exec("true", Duration::from_secs(30)).await.is_err());
+        assert!(t.elapsed() < Duration::from_secs(2));
+    });
 }
 
 #[test]
+#[ignore = "needs a booted guest: run by cargo xtask test"]
 fn a_guest_panic_is_a_finding_with_the_panic_text() {
-    vm_test(
-        "a_guest_panic_is_a_finding_with_the_panic_text",
-        |inp| async move {
-            let vm = Vm::boot(config(&inp, "vm-panic")).await.expect("boot");
-            let t = Instant::now();
-            let err = vm
-                .exec(
-                    "echo c > /proc/sysrq-trigger; sleep 30",
-                    Duration::from_secs(60),
-                )
-                .await
-                .unwrap_err();
-            eprintln!("reported after {:.2} s: {err:#}", t.elapsed().as_secs_f64());
-            assert!(t.elapsed() < Duration::from_secs(5));
-            assert_eq!(crate::outcome::exit_code_of(&err), crate::ExitCode::Finding);
-            let text = format!("{err:#}");
-            assert!(text.contains("sysrq triggered crash"), "{text}");
-            assert!(text.contains("Call trace"), "{text}");
-        },
-    );
+    vm_test(|inp| async move {
+        let vm = Vm::boot(config(&inp, "vm-panic")).await.expect("boot");
+        let t = Instant::now();
+        let err = vm
+            .exec(
+                "echo c > /proc/sysrq-trigger; sleep 30",
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap_err();
+        eprintln!("reported after {:.2} s: {err:#}", t.elapsed().as_secs_f64());
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert_eq!(crate::outcome::exit_code_of(&err), crate::ExitCode::Finding);
+        let text = format!("{err:#}");
+        assert!(text.contains("sysrq triggered crash"), "{text}");
+        assert!(text.contains("Call trace"), "{text}");
+    });
 }
 
 #[test]
+#[ignore = "needs QEMU and a built kernel and image: run by cargo xtask test"]
 fn qemu_failing_at_startup_is_reported_at_once_with_its_stderr() {
-    vm_test(
-        "qemu_failing_at_startup_is_reported_at_once_with_its_stderr",
-        |inp| async move {
-            let mut cfg = config(&inp, "vm-early-exit");
-            // More RAM than TCG's 32-bit-safe virt can hold without highmem: QEMU refuses at once.
-            cfg.memory_mb = 16 * 1024 * 1024;
-            cfg.boot_timeout = Duration::from_secs(60);
-            let t = Instant::now();
-            let err = Vm::boot(cfg).await.err().expect("boot must fail");
-            eprintln!("reported after {:.2} s: {err:#}", t.elapsed().as_secs_f64());
-            assert!(t.elapsed() < Duration::from_secs(5));
-            let text = format!("{err:#}");
-            assert!(
-                text.contains("qemu exited") && text.contains("--- qemu stderr ---"),
-                "{text}"
-            );
-        },
-    );
+    vm_test(|inp| async move {
+        let mut cfg = config(&inp, "vm-early-exit");
+        // More RAM than TCG's 32-bit-safe virt can hold without highmem: QEMU refuses at once.
+        cfg.memory_mb = 16 * 1024 * 1024;
+        cfg.boot_timeout = Duration::from_secs(60);
+        let t = Instant::now();
+        let err = Vm::boot(cfg).await.err().expect("boot must fail");
+        eprintln!("reported after {:.2} s: {err:#}", t.elapsed().as_secs_f64());
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("qemu exited") && text.contains("--- qemu stderr ---"),
+            "{text}"
+        );
+    });
 }
 
 #[test]
@@ -534,8 +498,9 @@ fn handles_can_cross_tasks() {
 /// ready over SSH within 3 s of QEMU's start on a 2-core host. Not asserted:
 /// a loaded CI machine would make it flaky; `cargo xtask boot` shows it.
 #[test]
+#[ignore = "needs a booted guest: run by cargo xtask test"]
 fn boot_phases_over_five_boots() {
-    vm_test("boot_phases_over_five_boots", |inp| async move {
+    vm_test(|inp| async move {
         let mut totals = Vec::new();
         for i in 0..5 {
             let mut cfg = config(&inp, "vm-boot-time");
@@ -559,8 +524,9 @@ fn boot_phases_over_five_boots() {
 }
 
 #[test]
+#[ignore = "needs QEMU and a built kernel and image: run by cargo xtask test"]
 fn preflight_starts_each_machine_once_and_reports_a_qemu_that_cannot_start() {
-    vm_test("preflight", |inp| async move {
+    vm_test(|inp| async move {
         let good = config(&inp, "vm-preflight-good");
         let same = config(&inp, "vm-preflight-same");
         let n = preflight(vec![good, same])
