@@ -50,7 +50,7 @@ fn run(flags: flags::Test, bless: bool, reporter: &dyn Reporter) -> anyhow::Resu
     let junit = harness::cache::project_root().join("target/nextest/ci/junit.xml");
     // A report left by an earlier run must not stand for this one.
     let _ = std::fs::remove_file(&junit);
-    let nextest = nextest_command(&flags, bless, &inputs, &inputs_file)?;
+    let nextest = nextest_command(&flags, bless, &inputs_file)?;
     eprintln!("=> tests    {}", describe(&nextest));
     let status = { nextest }.status().context("run cargo nextest")?;
 
@@ -111,12 +111,11 @@ impl flags::Test {
     }
 }
 
-/// `cargo nextest run` over the whole workspace with the inputs in its
-/// environment; the VM-gated tests see the first kernel.
+/// `cargo nextest run` over the whole workspace, ignored (VM-gated) tests
+/// included, with the inputs file in its environment.
 fn nextest_command(
     flags: &flags::Test,
     bless: bool,
-    inputs: &harness::scenario::Inputs,
     inputs_file: &Path,
 ) -> anyhow::Result<Command> {
     if harness::deps::which("cargo-nextest").is_none() {
@@ -144,17 +143,6 @@ fn nextest_command(
         cmd.arg(filter);
     }
     cmd.env(harness::scenario::inputs::INPUTS_ENV, inputs_file);
-    cmd.env("MSI_HARNESS_VM_TESTS", "1");
-    if let Some(k) = inputs
-        .kernels
-        .values()
-        .find(|k| k.has_sw_msi)
-        .or_else(|| inputs.kernels.values().next())
-    {
-        cmd.env("MSI_HARNESS_VM_KERNEL", &k.image);
-    }
-    cmd.env("MSI_HARNESS_VM_INITRD", &inputs.initramfs);
-    cmd.env("MSI_HARNESS_VM_SSH_KEY", &inputs.ssh_private_key);
     cmd.env_remove("INSTA_FORCE_PASS");
     // A snapshot mismatch is a finding, not a crash: its diff is the
     // message, a backtrace would only bury it.

@@ -1,5 +1,5 @@
 //! Tests of the image stage: archive reproducibility, cache keys, the
-//! shipped image.toml, and (only with `MSI_HARNESS_VM_TESTS` set) a real
+//! shipped image.toml, and (ignored unless run by `cargo xtask test`) a real
 //! build booted under QEMU and logged into over SSH.
 
 use std::collections::BTreeMap;
