@@ -8,7 +8,7 @@
 //!   [`Prelude::steps`]), first;
 //! - `device` may be left out of a step when the scenario has exactly one
 //!   device (and hotplugs none);
-//! - compound steps ([`Compound`]): `raise_and_wait`, `set_window`;
+//! - compound steps ([`Compound`]): `raise_and_wait`, `enable_msi`, `set_window`;
 //! - `repeat = N` with `steps = [...]`: the body N times, with `{expr}` in
 //!   its strings evaluated for the index `i` = 0, 1, …, N - 1 (see [`template`]).
 //!
@@ -41,6 +41,13 @@ pub enum Compound {
         #[serde(default = "default_wait_timeout_ms")]
         timeout_ms: u64,
     },
+    /// `bus_master` (on), then `msi_enable` with `vectors`; the compound's
+    /// `expect` is the enable's.
+    EnableMsi {
+        device: String,
+        #[serde(default = "one_u32")]
+        vectors: u32,
+    },
     /// `option_set sw_msi_start = start`, then `option_set sw_msi_size =
     /// size`, each expected to work on kernels with the option and to fail
     /// with EOPNOTSUPP on kernels without it.
@@ -54,6 +61,9 @@ pub enum Compound {
 fn one() -> u64 {
     1
 }
+fn one_u32() -> u32 {
+    1
+}
 fn one_hex() -> HexU64 {
     HexU64(1)
 }
@@ -63,13 +73,14 @@ fn default_wait_timeout_ms() -> u64 {
 
 impl Compound {
     /// The compound ops, in declaration order (a test checks them).
-    pub const OPS: [&'static str; 2] = ["raise_and_wait", "set_window"];
+    pub const OPS: [&'static str; 3] = ["raise_and_wait", "enable_msi", "set_window"];
     /// The compound ops that act on a device.
-    pub const DEVICE_OPS: [&'static str; 1] = ["raise_and_wait"];
+    pub const DEVICE_OPS: [&'static str; 2] = ["raise_and_wait", "enable_msi"];
 
     pub fn op(&self) -> &'static str {
         match self {
             Compound::RaiseAndWait { .. } => "raise_and_wait",
+            Compound::EnableMsi { .. } => "enable_msi",
             Compound::SetWindow { .. } => "set_window",
         }
     }
@@ -104,6 +115,25 @@ impl Compound {
                         Step::EduAck {
                             device: device.clone(),
                             value: 1,
+                        },
+                        None,
+                    ),
+                ],
+                Some(1),
+            ),
+            Compound::EnableMsi { device, vectors } => (
+                vec![
+                    (
+                        Step::BusMaster {
+                            device: device.clone(),
+                            enable: true,
+                        },
+                        None,
+                    ),
+                    (
+                        Step::MsiEnable {
+                            device: device.clone(),
+                            vectors: *vectors,
                         },
                         None,
                     ),
@@ -738,6 +768,10 @@ mod tests {
                 device: "d".into(),
                 count: 1,
                 timeout_ms: 1,
+            },
+            Compound::EnableMsi {
+                device: "d".into(),
+                vectors: 1,
             },
             Compound::SetWindow {
                 start: HexU64(0),

@@ -316,6 +316,17 @@ fn raise_and_wait_is_three_steps_with_the_expect_on_the_wait() {
 }
 
 #[test]
+fn enable_msi_is_bus_master_then_msi_enable_with_the_expect() {
+    let s = parse(&format!(
+        "{HEAD}[[step]]\nop = \"enable_msi\"\nexpect = {{ ok = true }}\n"
+    ))
+    .unwrap();
+    assert_eq!(ops(&s), ["bus_master edu0", "msi_enable edu0"]);
+    assert_eq!(s.steps[0].expect, None);
+    assert_eq!(s.steps[1].expect.as_ref().unwrap().common.ok, Some(true));
+}
+
+#[test]
 fn set_window_sets_start_then_size_and_takes_no_expect() {
     let s = parse(&format!(
         "{HEAD}[[step]]\nop = \"set_window\"\nstart = \"0x10000000\"\n"
