@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-
 use crate::event::Reporter;
 use crate::kernel::{self, BuildOptions, KernelBuild, KernelSource};
 pub use crate::scenario::inputs::{Inputs, KernelInput, INPUTS_ENV};

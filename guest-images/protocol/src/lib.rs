@@ -66,7 +66,7 @@
 //! | `bus_master {device, enable=true}` | PCI_COMMAND bit 2 via the VFIO config region | `command` |
 //! | `msi_enable {device, vectors=1}` / `msi_disable {device}` | `VFIO_DEVICE_SET_IRQS` on the MSI index | `vectors` / `done` |
 //! | `edu_raise {device, value=1}` / `edu_ack {device, value=1}` | write edu BAR0 0x60 / 0x64 | `done` |
-//! | `wait_interrupts {device, vector=0, count, timeout_ms}` | count eventfd signals | `interrupts` |
+//! | `wait_interrupts {device, vector=0, count, timeout_ms=2000}` | count eventfd signals | `interrupts` |
 //! | `edu_dma {device, direction, iova, length, timeout_ms=2000}` | one edu DMA (`to_device`/`from_device`) | `dma` |
 //! | `msi_config {device}` | MSI capability from sysfs `config` | `msi_config` |
 //! | `reserved_regions {device}` | iommu group, `type`, `reserved_regions` | `reserved_regions` |
@@ -133,7 +133,7 @@ pub use crate::hex::{HexU64, ParseHexU64Error};
 pub use crate::result::{
     DmaReport, ErrnoError, IovaRange, IrqLine, MsiConfig, ReservedRegions, StepResult, StepValue,
 };
-pub use crate::step::{DmaDirection, HwptFlag, ObjectRef, OptionId, Step};
+pub use crate::step::{DmaDirection, HwptFlag, ObjectRef, OptionId, Step, DEFAULT_WAIT_TIMEOUT_MS};
 
 /// The protocol version both sides must agree on in `hello`. Bump it on any
 /// change to the types of this crate that an older peer would misread.

@@ -119,6 +119,7 @@ pub enum Step {
         #[serde(default)]
         vector: u32,
         count: u64,
+        #[serde(default = "default_wait_timeout_ms")]
         timeout_ms: u64,
     },
     /// One edu DMA of `length` (1..=4096) bytes between `iova` and the device
@@ -156,6 +157,14 @@ fn one_u32() -> u32 {
     1
 }
 
+/// `wait_interrupts`'s `timeout_ms` when a step leaves it out: one edu
+/// interrupt arrives well within it on a loaded TCG guest.
+pub const DEFAULT_WAIT_TIMEOUT_MS: u64 = 2000;
+
+fn default_wait_timeout_ms() -> u64 {
+    DEFAULT_WAIT_TIMEOUT_MS
+}
+
 fn dma_timeout_ms() -> u64 {
     // edu completes a DMA about 100 ms of virtual time after it starts; TCG
     // on a loaded 2-core host can stretch that several times.
@@ -163,6 +172,91 @@ fn dma_timeout_ms() -> u64 {
 }
 
 impl Step {
+    /// Every op, in declaration order. Tests check it against serde's own
+    /// variant names and [`Step::op`], so it cannot drift.
+    pub const OPS: [&'static str; 26] = [
+        "open_device",
+        "bind",
+        "ioas_alloc",
+        "hwpt_alloc",
+        "attach",
+        "detach",
+        "replace",
+        "option_set",
+        "option_get",
+        "ioas_map",
+        "ioas_unmap",
+        "iova_ranges",
+        "destroy",
+        "bus_master",
+        "msi_enable",
+        "msi_disable",
+        "edu_raise",
+        "edu_ack",
+        "wait_interrupts",
+        "edu_dma",
+        "msi_config",
+        "reserved_regions",
+        "proc_interrupts",
+        "dmesg",
+        "close_device",
+        "sleep",
+    ];
+
+    /// The ops whose step has a `device` field (tests check it against the
+    /// serialized steps and [`Step::device`]).
+    pub const DEVICE_OPS: [&'static str; 17] = [
+        "open_device",
+        "bind",
+        "hwpt_alloc",
+        "attach",
+        "detach",
+        "replace",
+        "bus_master",
+        "msi_enable",
+        "msi_disable",
+        "edu_raise",
+        "edu_ack",
+        "wait_interrupts",
+        "edu_dma",
+        "msi_config",
+        "reserved_regions",
+        "proc_interrupts",
+        "close_device",
+    ];
+
+    /// The device the step acts on, if it names one.
+    pub fn device(&self) -> Option<&str> {
+        match self {
+            Step::OpenDevice { device, .. }
+            | Step::Bind { device }
+            | Step::HwptAlloc { device, .. }
+            | Step::Attach { device, .. }
+            | Step::Detach { device }
+            | Step::Replace { device, .. }
+            | Step::BusMaster { device, .. }
+            | Step::MsiEnable { device, .. }
+            | Step::MsiDisable { device }
+            | Step::EduRaise { device, .. }
+            | Step::EduAck { device, .. }
+            | Step::WaitInterrupts { device, .. }
+            | Step::EduDma { device, .. }
+            | Step::MsiConfig { device }
+            | Step::ReservedRegions { device }
+            | Step::ProcInterrupts { device }
+            | Step::CloseDevice { device } => Some(device),
+            Step::IoasAlloc { .. }
+            | Step::OptionSet { .. }
+            | Step::OptionGet { .. }
+            | Step::IoasMap { .. }
+            | Step::IoasUnmap { .. }
+            | Step::IovaRanges { .. }
+            | Step::Destroy { .. }
+            | Step::Dmesg {}
+            | Step::Sleep { .. } => None,
+        }
+    }
+
     /// The `op` tag of this step (`"option_set"`), for logs and messages.
     pub fn op(&self) -> &'static str {
         match self {

@@ -117,6 +117,63 @@ fn sample_covers_every_op() {
 }
 
 #[test]
+fn op_list_is_every_variant_in_order() {
+    let mut ops: Vec<&str> = all_steps().iter().map(Step::op).collect();
+    ops.dedup();
+    assert_eq!(ops, Step::OPS);
+    for step in all_steps() {
+        let json = serde_json::to_value(&step).unwrap();
+        assert_eq!(json["op"], step.op(), "{json}");
+    }
+    // serde's own list of variants, as its error for an unknown op gives it.
+    let err = serde_json::from_str::<Step>(r#"{"op":"no_such_op"}"#)
+        .unwrap_err()
+        .to_string();
+    let listed: Vec<&str> = err
+        .split("expected one of")
+        .nth(1)
+        .unwrap()
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .collect();
+    assert_eq!(listed, Step::OPS, "{err}");
+}
+
+#[test]
+fn device_accessor_and_device_ops_agree_with_the_wire_format() {
+    for step in all_steps() {
+        let json = serde_json::to_value(&step).unwrap();
+        assert_eq!(
+            json.get("device").and_then(|d| d.as_str()),
+            step.device(),
+            "{json}"
+        );
+        assert_eq!(
+            Step::DEVICE_OPS.contains(&step.op()),
+            step.device().is_some(),
+            "{json}"
+        );
+    }
+}
+
+#[test]
+fn wait_interrupts_timeout_defaults_to_2000_ms() {
+    let step: Step =
+        serde_json::from_str(r#"{"op":"wait_interrupts","device":"edu0","count":1}"#).unwrap();
+    assert!(
+        matches!(
+            step,
+            Step::WaitInterrupts {
+                timeout_ms: 2000,
+                ..
+            }
+        ),
+        "{step:?}"
+    );
+}
+
+#[test]
 fn every_step_round_trips_through_json() {
     for step in all_steps() {
         let json = serde_json::to_string(&step).unwrap();

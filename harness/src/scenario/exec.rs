@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use msi_protocol::{Request, Response, Step, StepResult, StepValue, PROTOCOL_VERSION};
 
-use super::format::{Action, DeviceSpec, ExpectFields, HostStep, Scenario, ScenarioStep};
 use super::inputs::{Inputs, KernelInput};
+use super::model::{
+    Action, DeviceSpec, ExpectFields, HostStep, MachineType, Requirement, Scenario, ScenarioStep,
+    SmmuStageSpec,
+};
 use crate::vm::{self, Machine, SmmuStage, TraceCursor, Vm, VmConfig};
 use crate::Error;
 
@@ -113,9 +116,7 @@ pub async fn run(
         .await
         .context("qemu probe task")??;
     for req in &scenario.requires {
-        if matches!(req.as_str(), "edu" | "e1000e" | "pcie-pci-bridge")
-            && !caps.devices.contains(req)
-        {
+        if req.qemu_device().is_some_and(|d| !caps.devices.contains(d)) {
             return Ok(Completion::Skipped {
                 reason: format!(
                     "requires QEMU device `{req}`, which {} lacks",
@@ -176,14 +177,14 @@ fn missing_requirement(
     kernel: &KernelInput,
 ) -> anyhow::Result<Option<String>> {
     for req in &scenario.requires {
-        match req.as_str() {
-            "sw_msi_option" if !kernel.has_sw_msi => {
+        match req {
+            Requirement::SwMsiOption if !kernel.has_sw_msi => {
                 return Ok(Some(format!(
                     "requires sw_msi_option: {} has no IOMMU_OPTION_SW_MSI_*",
                     kernel.label
                 )))
             }
-            "nest_parent" => {
+            Requirement::NestParent => {
                 let config = std::fs::read_to_string(&kernel.config)
                     .with_context(|| format!("read kernel config {}", kernel.config.display()))?;
                 if !config.lines().any(|l| l == "CONFIG_ARM_SMMU_V3_IOMMUFD=y") {
@@ -214,15 +215,15 @@ pub fn vm_config(
         &inputs.ssh_private_key,
         run_dir,
     );
-    cfg.machine = match m.machine.as_str() {
-        "virt" => Machine::Virt,
-        other => Machine::Versioned(other.to_string()),
+    cfg.machine = match m.machine {
+        MachineType::Virt => Machine::Virt,
+        other => Machine::Versioned(other.name().to_string()),
     };
-    cfg.iommu = vm::Iommu::SmmuV3(match m.smmu_stage.as_deref() {
-        Some("nested") => SmmuStage::Nested,
-        Some("1") => SmmuStage::Stage1,
-        Some("2") => SmmuStage::Stage2,
-        _ => SmmuStage::MachineDefault,
+    cfg.iommu = vm::Iommu::SmmuV3(match m.smmu_stage {
+        Some(SmmuStageSpec::Nested) => SmmuStage::Nested,
+        Some(SmmuStageSpec::Stage1) => SmmuStage::Stage1,
+        Some(SmmuStageSpec::Stage2) => SmmuStage::Stage2,
+        None => SmmuStage::MachineDefault,
     });
     cfg.smp = m.smp;
     cfg.memory_mb = m.memory_mb;

@@ -1,19 +1,32 @@
 //! scenario stage: declarative TOML steps run against a fresh VM.
 //!
-//! [`format`] reads and validates `scenarios/<name>.toml` (errors carry
-//! `file:line:col`); [`exec`] boots a VM for one (scenario, kernel variant),
-//! runs the steps through one agent session and collects per-step
-//! observations; [`inputs`] is the contract with `cargo xtask test`.
+//! A scenario file (`scenarios/<name>.toml`) becomes a [`Scenario`] in
+//! four steps: [`parse`] reads the document, [`source`] turns TOML spans
+//! into `file:line:col` for every error, [`expand`] turns preludes, repeats
+//! and compound steps into the flat steps that run, and [`validate`]
+//! checks the cross-field rules; [`model`] holds the types. [`exec`] boots
+//! a VM for one (scenario, kernel variant), runs the steps through one
+//! agent session and collects per-step observations; [`inputs`] is the
+//! contract with `cargo xtask test`.
 
 pub mod exec;
-pub mod format;
+pub mod expand;
 pub mod inputs;
+pub mod model;
+mod parse;
+mod source;
+mod validate;
 
-pub use format::{
-    Action, DeviceSpec, Expect, ExpectFields, HostStep, MachineSpec, Pos, Scenario, ScenarioError,
-    ScenarioStep,
-};
+#[cfg(test)]
+mod tests;
+
+pub use expand::{all_ops, Compound};
 pub use inputs::{Inputs, KernelInput};
+pub use model::{
+    Action, DeviceSpec, Expect, ExpectFields, HostStep, MachineSpec, MachineType, Pos, Prelude,
+    Requirement, Scenario, ScenarioError, ScenarioStep, SmmuStageSpec,
+};
+pub use source::display_path;
 
 use std::path::{Path, PathBuf};
 

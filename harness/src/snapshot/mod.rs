@@ -168,7 +168,7 @@ pub fn compare(scenario: &Scenario, doc: &SnapshotDoc) -> Result<(), String> {
     r.map_err(|_| {
         format!(
             "snapshot {name} does not match {} (diff above; accept with `cargo xtask bless` or INSTA_UPDATE=always)",
-            crate::scenario::format::display_path(&snapshot_dir().join(format!("{name}.snap"))),
+            crate::scenario::display_path(&snapshot_dir().join(format!("{name}.snap"))),
         )
     })
 }
