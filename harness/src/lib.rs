@@ -14,6 +14,7 @@ pub mod event;
 pub mod image;
 pub mod kernel;
 pub mod pipeline;
+pub mod process;
 pub mod scenario;
 pub mod snapshot;
 pub mod vm;

@@ -47,13 +47,13 @@ impl KernelInput {
     /// The `cargo xtask test` command that re-runs `scenario` on this kernel.
     pub fn reproducer(&self, variant: &str, scenario: &str) -> String {
         let selector = if self.selector.is_empty() {
-            format!("--variant {}", crate::vm::sh_quote(variant))
+            format!("--variant {}", crate::process::quote(variant))
         } else {
             self.selector.clone()
         };
         format!(
             "cargo xtask test {selector} {}",
-            crate::vm::sh_quote(scenario)
+            crate::process::quote(scenario)
         )
     }
 }
@@ -128,10 +128,10 @@ pub fn build_kernel(
     reporter: &dyn Reporter,
     run_dir: &Path,
 ) -> anyhow::Result<(KernelBuild, KernelInput)> {
-    let q = |p: &Path| crate::vm::sh_quote(&p.display().to_string());
+    let q = |p: &Path| crate::process::quote(&p.display().to_string());
     let (source, label, selector) = match request {
         KernelRequest::Variant(v) => {
-            let mut selector = format!("--variant {}", crate::vm::sh_quote(v));
+            let mut selector = format!("--variant {}", crate::process::quote(v));
             if let Some(series) = series {
                 let series = std::fs::canonicalize(series).unwrap_or_else(|_| series.to_path_buf());
                 selector.push_str(&format!(" --series {}", q(&series)));
@@ -144,7 +144,7 @@ pub fn build_kernel(
             format!(
                 "--kernel-tree {} --as {}",
                 q(path),
-                crate::vm::sh_quote(as_variant)
+                crate::process::quote(as_variant)
             ),
         ),
     };

@@ -22,14 +22,12 @@
 pub mod apply;
 pub mod kconfig;
 pub mod patch;
-mod run;
 pub mod selftest;
 pub mod source;
 pub mod tree;
 pub mod variants;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -40,7 +38,7 @@ use crate::error::Error;
 use crate::event::{Reporter, Stage};
 pub use variants::{load_variants, SourceSpec, Variant};
 
-use run::{Log, Stream};
+use crate::process::{self, Cmd, Io, Log, Stream};
 
 /// Bumped whenever this module changes how a kernel is built, so that old
 /// cache entries are not mistaken for new ones.
@@ -280,11 +278,9 @@ fn read_series(files: &[PathBuf]) -> anyhow::Result<(Vec<patch::Patch>, Vec<Vec<
 }
 
 fn toolchain_version(log: &Log) -> anyhow::Result<String> {
-    let out = run::output(
-        Command::new(COMPILER).arg("--version"),
-        log,
-        Duration::from_secs(60),
-    )?;
+    let out = process::cmd(COMPILER)
+        .arg("--version")
+        .output(Duration::from_secs(60), log)?;
     Ok(out.lines().next().unwrap_or_default().trim().to_string())
 }
 
@@ -470,7 +466,7 @@ fn build_inner(
             "configuring: allnoconfig + fragments + olddefconfig",
         );
         make.run(&["allnoconfig"], &log, CONFIG_TIMEOUT, None)?;
-        let mut merge = Command::new("sh");
+        let mut merge = process::cmd("sh");
         merge
             .arg(src.join("scripts/kconfig/merge_config.sh"))
             .args(["-m", "-O"])
@@ -479,18 +475,11 @@ fn build_inner(
             .args(&plan.fragments)
             .current_dir(&build)
             .env_remove("KCONFIG_CONFIG");
-        let done = run::run(
-            &mut merge,
-            &log,
-            CONFIG_TIMEOUT,
-            false,
-            &mut |_, _| {},
-            &mut || {},
-        )?;
+        let done = merge.run(CONFIG_TIMEOUT, Io::log(&log))?;
         if !done.status.success() {
             return Err(Error::infra(format!(
                 "merge_config.sh failed: {} (log: {})",
-                run::tail(&done.stderr, 10),
+                done.tail(10),
                 log.path().display()
             ))
             .into());
@@ -823,11 +812,11 @@ impl std::fmt::Display for CcacheCounts {
 }
 
 impl Make {
-    fn command(&self, targets: &[&str]) -> Command {
+    fn command(&self, targets: &[&str]) -> Cmd {
         let jobs = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        let mut cmd = Command::new("make");
+        let mut cmd = process::cmd("make");
         cmd.arg("-C")
             .arg(&self.src)
             .arg(format!("O={}", self.build.display()))
@@ -866,7 +855,7 @@ impl Make {
         timeout: Duration,
         progress: Option<(&dyn Reporter, Option<u64>)>,
     ) -> anyhow::Result<u64> {
-        let mut cmd = self.command(targets);
+        let cmd = self.command(targets);
         let mut cc = 0u64;
         let mut errors = ErrorLines::default();
         let mut on_line = |stream: Stream, line: &str| {
@@ -885,7 +874,11 @@ impl Make {
             }
             errors.push(line);
         };
-        let done = run::run(&mut cmd, log, timeout, false, &mut on_line, &mut || {})?;
+        let io = Io {
+            on_line: Some(&mut on_line),
+            ..Io::log(log)
+        };
+        let done = cmd.run(timeout, io)?;
         if !done.status.success() {
             let mut lines = errors.finish();
             if lines.is_empty() {
