@@ -27,6 +27,11 @@ fn gone(pid: i32) -> bool {
     false
 }
 
+/// The pid a script wrote to `file`, once it has.
+fn pid_in(file: &Path) -> Option<i32> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
 fn sh(script: &str) -> Cmd {
     let mut c = cmd("sh");
     c.arg("-c").arg(script);
@@ -65,6 +70,39 @@ fn the_deadline_kills_the_whole_group_including_grandchildren() {
     );
 }
 
+/// The bug this module fixed: a timed-out `make` lost its leader only.
+#[test]
+fn a_timed_out_make_loses_its_jobs_too() {
+    if crate::deps::which("make").is_none() {
+        eprintln!("skipped: make is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Makefile"),
+        // Each job's shell starts a process make does not know of.
+        "all: a b\na b:\n\tsleep 100 & echo $$! > $@.pid; wait\n",
+    )
+    .unwrap();
+    let err = cmd("make")
+        .arg("-j2")
+        .arg("-C")
+        .arg(dir.path())
+        .run(Duration::from_secs(2), Io::quiet())
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("did not finish within 2.0 s"),
+        "{err}"
+    );
+    for job in ["a", "b"] {
+        let pid = pid_in(&dir.path().join(format!("{job}.pid"))).unwrap();
+        assert!(
+            gone(pid),
+            "make's job {job} (pid {pid}) outlived the deadline"
+        );
+    }
+}
+
 #[test]
 fn a_grandchild_holding_the_pipes_does_not_hold_the_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -84,11 +122,7 @@ fn a_grandchild_holding_the_pipes_does_not_hold_the_run() {
         started.elapsed()
     );
     assert_eq!(done.stdout_text(), "hi\n");
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = pid_in(&pid_file).unwrap();
     assert!(gone(pid), "the lingering grandchild {pid} was not killed");
 
     // Nor past the deadline when that comes first.
@@ -147,8 +181,7 @@ fn dropping_a_running_command_kills_its_group() {
     let leader = running.pid();
     let until = Instant::now() + Duration::from_secs(10);
     let grandchild = loop {
-        let text = std::fs::read_to_string(&pid_file).unwrap_or_default();
-        if let Ok(pid) = text.trim().parse::<i32>() {
+        if let Some(pid) = pid_in(&pid_file) {
             break pid;
         }
         assert!(Instant::now() < until, "the script did not start");
