@@ -17,6 +17,8 @@ pub mod kernel;
 pub mod ktap;
 pub mod outcome;
 pub mod pipeline;
+pub mod process;
+pub mod programs;
 pub mod scenario;
 pub mod snapshot;
 #[cfg(test)]

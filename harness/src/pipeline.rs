@@ -40,10 +40,10 @@ pub fn build_kernel(
     reporter: &dyn Reporter,
     run_dir: &Path,
 ) -> anyhow::Result<(KernelBuild, KernelInput)> {
-    let q = |p: &Path| crate::vm::sh_quote(&p.display().to_string());
+    let q = |p: &Path| crate::process::quote(&p.display().to_string());
     let (source, label, selector) = match request {
         KernelRequest::Variant(v) => {
-            let mut selector = format!("--variant {}", crate::vm::sh_quote(v));
+            let mut selector = format!("--variant {}", crate::process::quote(v));
             if let Some(series) = series {
                 let series = std::fs::canonicalize(series).unwrap_or_else(|_| series.to_path_buf());
                 selector.push_str(&format!(" --series {}", q(&series)));
@@ -56,7 +56,7 @@ pub fn build_kernel(
             format!(
                 "--kernel-tree {} --as {}",
                 q(path),
-                crate::vm::sh_quote(as_variant)
+                crate::process::quote(as_variant)
             ),
         ),
     };

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 /// then what wires stages together.
 const LAYERS: &[&[&str]] = &[
     &["error"],
-    &["cache", "event", "outcome", "ktap"],
+    &["cache", "event", "outcome", "ktap", "programs"],
+    &["process"],
     &["deps"],
     // The stages.
     &["kernel"],

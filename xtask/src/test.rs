@@ -1,16 +1,20 @@
 //! `test` and `bless`: the whole pipeline, then the tests through nextest.
 
 use std::path::Path;
-use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use harness::event::Reporter;
 use harness::outcome::TestsEnd;
 use harness::pipeline::{self, KernelRequest};
+use harness::process::{self, Cmd, Io, Stdout};
 use harness::ExitCode;
 
 use crate::flags;
+
+/// The whole nextest run: the suite takes minutes (README), nextest ends a
+/// hung test itself after ten; hours mean nextest itself is stuck.
+const NEXTEST_TIMEOUT: Duration = Duration::from_secs(3 * 3600);
 
 /// The variants `cargo xtask test` runs when none is named.
 const DEFAULT_VARIANTS: &[&str] = &["upstream-6.18", "sw-msi-rfcv2"];
@@ -52,7 +56,14 @@ fn run(flags: flags::Test, bless: bool, reporter: &dyn Reporter) -> anyhow::Resu
     let _ = std::fs::remove_file(&junit);
     let nextest = nextest_command(&flags, bless, &inputs_file)?;
     eprintln!("=> tests    {}", describe(&nextest));
-    let status = { nextest }.status().context("run cargo nextest")?;
+    let io = Io {
+        stdout: Stdout::Inherit,
+        ..Io::quiet()
+    };
+    let status = nextest
+        .run(NEXTEST_TIMEOUT, io)
+        .context("run cargo nextest")?
+        .status;
 
     if junit.exists() {
         std::fs::copy(&junit, run_dir.join("junit.xml")).context("copy junit.xml")?;
@@ -66,12 +77,12 @@ fn run(flags: flags::Test, bless: bool, reporter: &dyn Reporter) -> anyhow::Resu
         run_dir.display()
     );
     if bless {
-        let out = Command::new("git")
+        let out = process::cmd("git")
             .args(["status", "--short", "--", "scenarios/snapshots"])
             .current_dir(harness::cache::project_root())
-            .output();
+            .run(Duration::from_secs(60), Io::quiet());
         if let Ok(out) = out {
-            let changed = String::from_utf8_lossy(&out.stdout);
+            let changed = out.stdout_text();
             if changed.trim().is_empty() {
                 println!("no snapshot changed");
             } else {
@@ -113,11 +124,7 @@ impl flags::Test {
 
 /// `cargo nextest run` over the whole workspace, ignored (VM-gated) tests
 /// included, with the inputs file in its environment.
-fn nextest_command(
-    flags: &flags::Test,
-    bless: bool,
-    inputs_file: &Path,
-) -> anyhow::Result<Command> {
+fn nextest_command(flags: &flags::Test, bless: bool, inputs_file: &Path) -> anyhow::Result<Cmd> {
     if harness::deps::which("cargo-nextest").is_none() {
         return Err(harness::Error::infra(
             "cargo-nextest is not installed: run `cargo install --locked cargo-nextest`",
@@ -125,7 +132,7 @@ fn nextest_command(
         .into());
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    let mut cmd = process::cmd(cargo);
     cmd.current_dir(harness::cache::project_root());
     cmd.args([
         "nextest",
@@ -166,10 +173,6 @@ fn malformed_scenarios() -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-fn describe(cmd: &Command) -> String {
-    let args: Vec<String> = cmd
-        .get_args()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    format!("cargo {}", args.join(" "))
+fn describe(cmd: &Cmd) -> String {
+    format!("cargo {}", process::display(cmd.get_args()))
 }

@@ -4,14 +4,13 @@
 //! no-op build is quick. The binary's sha256 then goes into the image key,
 //! so an unchanged agent leaves the cached image valid.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use super::proc;
 use crate::cache::project_root;
 use crate::error::Error;
 use crate::event::{Reporter, Stage};
+use crate::process::{self, Io, Log, Stdout, Stream};
 
 pub const PACKAGE: &str = "msi-agent";
 pub const TARGET: &str = "aarch64-unknown-linux-musl";
@@ -22,30 +21,36 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Runs `cargo build --release -p msi-agent --target aarch64-unknown-linux-musl`
 /// in the workspace and returns the executable cargo reports (which honours
 /// `CARGO_TARGET_DIR` and any configured target dir).
-pub fn build(reporter: &dyn Reporter, log: &Path) -> anyhow::Result<PathBuf> {
+pub fn build(reporter: &dyn Reporter, log: &Log) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(&cargo);
+    let mut cmd = process::cmd(&cargo);
     cmd.args(["build", "--release", "-p", PACKAGE, "--target", TARGET])
         .arg("--message-format=json-render-diagnostics")
         .current_dir(project_root());
-    let out = proc::run(
-        &mut cmd,
-        "cargo build of the guest agent",
-        BUILD_TIMEOUT,
-        log,
-        false,
-        &|line| {
-            let l = line.trim_start();
-            if l.starts_with("Compiling")
+    let mut on_line = |stream: Stream, line: &str| {
+        let l = line.trim_start();
+        if stream == Stream::Stderr
+            && (l.starts_with("Compiling")
                 || l.starts_with("error")
-                || l.starts_with("warning: unused")
-            {
-                reporter.line(Stage::Image, l.to_string());
-            }
-        },
-    )?;
-    if !out.success {
-        let hint = if out.stderr.contains("target may not be installed") {
+                || l.starts_with("warning: unused"))
+        {
+            reporter.line(Stage::Image, l.to_string());
+        }
+    };
+    // Stdout is cargo's JSON messages: kept for the executable's path, not
+    // logged.
+    let io = Io {
+        stdout: Stdout::Keep,
+        on_line: Some(&mut on_line),
+        ..Io::log(log)
+    };
+    let out = cmd.run(BUILD_TIMEOUT, io)?;
+    if !out.success() {
+        let hint = if out
+            .stderr
+            .iter()
+            .any(|l| l.contains("target may not be installed"))
+        {
             format!(" (install the target: `rustup target add {TARGET}`)")
         } else {
             String::new()
@@ -54,14 +59,14 @@ pub fn build(reporter: &dyn Reporter, log: &Path) -> anyhow::Result<PathBuf> {
             "the guest agent did not build (`cargo build --release -p {PACKAGE} --target {TARGET}`, {}){hint}; \
              cargo said:\n{}",
             out.status,
-            out.stderr_tail(20)
+            out.tail(20)
         ))
         .into());
     }
-    executable(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| {
+    executable(&out.stdout_text()).ok_or_else(|| {
         Error::infra(format!(
             "cargo built {PACKAGE} but reported no executable for it (see {})",
-            log.display()
+            log.path().display()
         ))
         .into()
     })

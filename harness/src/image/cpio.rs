@@ -337,20 +337,16 @@ mod tests {
         crate::testing::program("cpio");
         let mut bytes = Vec::new();
         write(&sample(), &mut bytes).unwrap();
-        let mut child = std::process::Command::new("cpio")
+        let out = crate::process::cmd("cpio")
             .args(["-t", "--quiet"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
+            .stdin_bytes(bytes)
+            .run(
+                std::time::Duration::from_secs(60),
+                crate::process::Io::quiet(),
+            )
             .unwrap();
-        child.stdin.take().unwrap().write_all(&bytes).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success());
-        let listed: Vec<String> = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(String::from)
-            .collect();
+        assert!(out.success());
+        let listed: Vec<String> = out.stdout_text().lines().map(String::from).collect();
         let want: Vec<String> = sample().keys().cloned().collect();
         assert_eq!(listed, want);
     }

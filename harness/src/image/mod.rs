@@ -17,7 +17,6 @@ pub mod spec;
 
 mod agent;
 mod packages;
-mod proc;
 mod ssh_key;
 
 use std::collections::BTreeMap;
@@ -32,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::{cache_dir, project_root, sha256_file, ContentKey, KeyBuilder};
 use crate::error::Error;
 use crate::event::{Reporter, Stage};
+use crate::process::Log;
 use cpio::{Entry, Kind, Tree};
 use spec::{Content, Generated, Package, Spec};
 
@@ -99,7 +99,7 @@ pub fn build(reporter: &dyn Reporter, run_dir: &Path) -> anyhow::Result<GuestIma
 
 fn build_inner(reporter: &dyn Reporter, run_dir: &Path) -> anyhow::Result<GuestImage> {
     fs::create_dir_all(run_dir).with_context(|| format!("create {}", run_dir.display()))?;
-    let log = run_dir.join("image.log");
+    let log = Log::create(&run_dir.join("image.log"))?;
     let root = project_root();
     let guest_dir = root.join("guest-images");
     let spec_path = root.join(SPEC_FILE);

@@ -9,17 +9,16 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context;
 
 use super::cpio::{Entry, Kind, Tree};
-use super::proc;
 use super::spec::Package;
 use crate::cache::sha256_file;
 use crate::error::Error;
 use crate::event::{Reporter, Stage};
+use crate::process::{self, Finished, Io, Log};
 
 /// The cached `.deb` of each package, in image.toml order; fetches what is
 /// missing (in one apt call) and checks every file's sha256.
@@ -28,7 +27,7 @@ pub fn fetch(
     arch: &str,
     downloads: &Path,
     reporter: &dyn Reporter,
-    log: &Path,
+    log: &Log,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let mut missing = Vec::new();
     for p in packages {
@@ -69,7 +68,7 @@ fn download(
     arch: &str,
     downloads: &Path,
     reporter: &dyn Reporter,
-    log: &Path,
+    log: &Log,
 ) -> anyhow::Result<()> {
     let names: Vec<String> = missing
         .iter()
@@ -87,18 +86,12 @@ fn download(
         .with_context(|| format!("create temp dir in {}", downloads.display()))?;
     // apt drops to its `_apt` user to download when it can; let it write here.
     let _ = fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755));
-    let out = proc::run(
-        Command::new("apt-get")
-            .args(["download", "-q"])
-            .args(&names)
-            .current_dir(tmp.path()),
-        "apt-get download",
-        Duration::from_secs(600),
-        log,
-        true,
-        &|_| {},
-    )?;
-    if !out.success {
+    let out = process::cmd("apt-get")
+        .args(["download", "-q"])
+        .args(&names)
+        .current_dir(tmp.path())
+        .run(Duration::from_secs(600), Io::log(log))?;
+    if !out.success() {
         return Err(diagnose(missing, arch, &out, log));
     }
     let mut mismatches = Vec::new();
@@ -147,19 +140,15 @@ fn download(
 /// Turns a failed `apt-get download` into an actionable message: a pin the
 /// archive no longer has (with the versions it does have), a package apt does
 /// not know at all, or else apt's own words.
-fn diagnose(missing: &[&Package], arch: &str, out: &proc::Output, log: &Path) -> anyhow::Error {
+fn diagnose(missing: &[&Package], arch: &str, out: &Finished, log: &Log) -> anyhow::Error {
     let mut problems = Vec::new();
     for p in missing {
         let query = format!("{}:{arch}", p.name);
-        let versions = match proc::run(
-            Command::new("apt-cache").args(["madison", &query]),
-            "apt-cache madison",
-            Duration::from_secs(60),
-            log,
-            true,
-            &|_| {},
-        ) {
-            Ok(o) => madison_versions(&String::from_utf8_lossy(&o.stdout)),
+        let versions = match process::cmd("apt-cache")
+            .args(["madison", &query])
+            .run(Duration::from_secs(60), Io::log(log))
+        {
+            Ok(o) => madison_versions(&o.stdout_text()),
             Err(e) => return e,
         };
         if versions.is_empty() {
@@ -182,7 +171,7 @@ fn diagnose(missing: &[&Package], arch: &str, out: &proc::Output, log: &Path) ->
             "apt-get download failed ({}) although apt lists every pinned version; the package lists \
              may be stale (try `apt-get update`). apt said:\n{}",
             out.status,
-            out.stderr_tail(10)
+            out.tail(10)
         ));
     }
     Error::infra(problems.join("\n")).into()
@@ -210,27 +199,24 @@ pub fn unpack(
     debs: &[(String, PathBuf)],
     exclude: &[String],
     work: &Path,
-    log: &Path,
+    log: &Log,
 ) -> anyhow::Result<(Tree, BTreeMap<String, String>)> {
     let mut tree = Tree::new();
     let mut origin: BTreeMap<String, String> = BTreeMap::new();
     for (name, deb) in debs {
         let dir = work.join(name);
         fs::create_dir_all(&dir)?;
-        let out = proc::run(
-            Command::new("dpkg").arg("-x").arg(deb).arg(&dir),
-            "dpkg -x",
-            Duration::from_secs(120),
-            log,
-            true,
-            &|_| {},
-        )?;
-        if !out.success {
+        let out = process::cmd("dpkg")
+            .arg("-x")
+            .arg(deb)
+            .arg(&dir)
+            .run(Duration::from_secs(120), Io::log(log))?;
+        if !out.success() {
             return Err(Error::infra(format!(
                 "dpkg -x {} failed ({}): {}",
                 deb.display(),
                 out.status,
-                out.stderr_tail(5)
+                out.tail(5)
             ))
             .into());
         }

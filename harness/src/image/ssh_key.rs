@@ -4,37 +4,30 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use super::proc;
 use crate::error::Error;
+use crate::process::{self, Io, Log};
 
 pub const PRIVATE: &str = "id_key";
 pub const PUBLIC: &str = "id_key.pub";
 
 /// Makes `dir/id_key` and `dir/id_key.pub` (ed25519: dropbear 2022.83 and
 /// libssh2 with OpenSSL both speak it) and returns the public key line.
-pub fn generate(dir: &Path, comment: &str, log: &Path) -> anyhow::Result<String> {
+pub fn generate(dir: &Path, comment: &str, log: &Log) -> anyhow::Result<String> {
     let private = dir.join(PRIVATE);
-    let out = proc::run(
-        Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
-            .arg(&private),
-        "ssh-keygen",
-        Duration::from_secs(60),
-        log,
-        true,
-        &|_| {},
-    )
-    .map_err(|e| e.context("install openssh-client for ssh-keygen (`cargo xtask deps`)"))?;
-    if !out.success {
+    let out = process::cmd("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(&private)
+        .run(Duration::from_secs(60), Io::log(log))
+        .map_err(|e| e.context("install openssh-client for ssh-keygen (`cargo xtask deps`)"))?;
+    if !out.success() {
         return Err(Error::infra(format!(
             "ssh-keygen failed ({}): {}",
             out.status,
-            out.stderr_tail(5)
+            out.tail(5)
         ))
         .into());
     }

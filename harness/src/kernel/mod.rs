@@ -22,7 +22,6 @@
 pub mod apply;
 pub mod kconfig;
 pub mod patch;
-mod run;
 pub mod selftest;
 pub mod source;
 pub mod tree;
@@ -30,7 +29,6 @@ pub mod uapi_check;
 pub mod variants;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -42,7 +40,7 @@ use crate::event::{Reporter, Stage};
 pub use uapi_check::UapiReport;
 pub use variants::{load_variants, SourceSpec, Variant};
 
-use run::{Log, Stream};
+use crate::process::{self, Cmd, Io, Log, Stream};
 
 /// Bumped whenever this module changes how a kernel is built, so that old
 /// cache entries are not mistaken for new ones.
@@ -286,11 +284,9 @@ fn read_series(files: &[PathBuf]) -> anyhow::Result<(Vec<patch::Patch>, Vec<Vec<
 }
 
 fn toolchain_version(log: &Log) -> anyhow::Result<String> {
-    let out = run::output(
-        Command::new(COMPILER).arg("--version"),
-        log,
-        Duration::from_secs(60),
-    )?;
+    let out = process::cmd(COMPILER)
+        .arg("--version")
+        .output(Duration::from_secs(60), log)?;
     Ok(out.lines().next().unwrap_or_default().trim().to_string())
 }
 
@@ -476,7 +472,7 @@ fn build_inner(
             "configuring: allnoconfig + fragments + olddefconfig",
         );
         make.run(&["allnoconfig"], &log, CONFIG_TIMEOUT, None)?;
-        let mut merge = Command::new("sh");
+        let mut merge = process::cmd("sh");
         merge
             .arg(src.join("scripts/kconfig/merge_config.sh"))
             .args(["-m", "-O"])
@@ -485,18 +481,11 @@ fn build_inner(
             .args(&plan.fragments)
             .current_dir(&build)
             .env_remove("KCONFIG_CONFIG");
-        let done = run::run(
-            &mut merge,
-            &log,
-            CONFIG_TIMEOUT,
-            false,
-            &mut |_, _| {},
-            &mut || {},
-        )?;
+        let done = merge.run(CONFIG_TIMEOUT, Io::log(&log))?;
         if !done.status.success() {
             return Err(Error::infra(format!(
                 "merge_config.sh failed: {} (log: {})",
-                run::tail(&done.stderr, 10),
+                done.tail(10),
                 log.path().display()
             ))
             .into());
@@ -831,11 +820,11 @@ impl std::fmt::Display for CcacheCounts {
 }
 
 impl Make {
-    fn command(&self, targets: &[&str]) -> Command {
+    fn command(&self, targets: &[&str]) -> Cmd {
         let jobs = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        let mut cmd = Command::new("make");
+        let mut cmd = process::cmd("make");
         cmd.arg("-C")
             .arg(&self.src)
             .arg(format!("O={}", self.build.display()))
@@ -874,7 +863,7 @@ impl Make {
         timeout: Duration,
         progress: Option<(&dyn Reporter, Option<u64>)>,
     ) -> anyhow::Result<u64> {
-        let mut cmd = self.command(targets);
+        let cmd = self.command(targets);
         let mut cc = 0u64;
         let mut errors = ErrorLines::default();
         let mut on_line = |stream: Stream, line: &str| {
@@ -893,7 +882,11 @@ impl Make {
             }
             errors.push(line);
         };
-        let done = run::run(&mut cmd, log, timeout, false, &mut on_line, &mut || {})?;
+        let io = Io {
+            on_line: Some(&mut on_line),
+            ..Io::log(log)
+        };
+        let done = cmd.run(timeout, io)?;
         if !done.status.success() {
             let mut lines = errors.finish();
             if lines.is_empty() {

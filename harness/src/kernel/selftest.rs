@@ -17,18 +17,17 @@
 //! `.deb`'s sha256 is part of the key.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::run::{self, Log};
 use super::variants::PinnedDeb;
 use super::{require_tool, toolchain_version, KernelBuild, COMPILER};
 use crate::cache::{self, KeyBuilder};
 use crate::error::Error;
 use crate::event::{Reporter, Stage};
 pub use crate::ktap::{failed_tests, parse_ktap, KtapTotals};
+use crate::process::{self, Io, Log};
 
 /// Bumped whenever this module changes how the selftest is built.
 pub const SELFTEST_STEP_VERSION: u32 = 1;
@@ -145,7 +144,7 @@ fn build_inner(
             log.path().display()
         ),
     );
-    let mut cc = Command::new(COMPILER);
+    let mut cc = process::cmd(COMPILER);
     cc.args(CFLAGS)
         .arg("-isystem")
         .arg(&build.headers)
@@ -166,14 +165,7 @@ fn build_inner(
         .env("LC_ALL", "C")
         // Object files and temporaries stay out of the source tree.
         .current_dir(&tmp);
-    let done = run::run(
-        &mut cc,
-        &log,
-        COMPILE_TIMEOUT,
-        false,
-        &mut |_, _| {},
-        &mut || {},
-    )?;
+    let done = cc.run(COMPILE_TIMEOUT, Io::log(&log))?;
     if !done.status.success() {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(Error::infra(format!(
@@ -350,16 +342,10 @@ fn ensure_libcap(
     std::fs::create_dir_all(&tmp)?;
     // apt drops to its `_apt` user to download when it can; let it write here.
     let _ = std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755));
-    let fetched = run::run(
-        Command::new("apt-get")
-            .args(["download", "-q", &wanted])
-            .current_dir(&tmp),
-        log,
-        FETCH_TIMEOUT,
-        false,
-        &mut |_, _| {},
-        &mut || {},
-    )?;
+    let fetched = process::cmd("apt-get")
+        .args(["download", "-q", &wanted])
+        .current_dir(&tmp)
+        .run(FETCH_TIMEOUT, Io::log(log))?;
     if !fetched.status.success() {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(Error::infra(format!(
@@ -367,7 +353,7 @@ fn ensure_libcap(
              and its package lists: `cargo xtask deps`; if the archive dropped this version, \
              update [selftest.libcap] in kernel-configs/kernels.toml from \
              `apt-cache madison {}:arm64`)",
-            run::tail(&fetched.stderr, 5),
+            fetched.tail(5),
             pin.package
         ))
         .into());
@@ -385,14 +371,11 @@ fn ensure_libcap(
         ))
         .into());
     }
-    run::output(
-        Command::new("dpkg")
-            .arg("-x")
-            .arg(&deb)
-            .arg(tmp.join("root")),
-        log,
-        FETCH_TIMEOUT,
-    )?;
+    process::cmd("dpkg")
+        .arg("-x")
+        .arg(&deb)
+        .arg(tmp.join("root"))
+        .output(FETCH_TIMEOUT, log)?;
     if !tmp.join("root").join(LIBCAP_ARCHIVE).is_file() {
         return Err(Error::infra(format!("{} has no {LIBCAP_ARCHIVE}", deb.display())).into());
     }

@@ -14,16 +14,15 @@
 //! serves for some versions.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::run::{self, Log};
 use super::variants::SourceSpec;
 use crate::cache;
 use crate::error::Error;
 use crate::event::{Reporter, Stage};
+use crate::process::{self, Cmd, Io, Log};
 
 const APT_TIMEOUT: Duration = Duration::from_secs(300);
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -90,14 +89,11 @@ pub fn ensure_pristine(
         SourceSpec::DebianBinary { member, .. } => {
             // The .deb's data holds the tarball; unpack the .deb, then it.
             let deb_dir = tmp.join(".deb");
-            run::output(
-                Command::new("dpkg-deb")
-                    .arg("-x")
-                    .arg(&archive)
-                    .arg(&deb_dir),
-                log,
-                EXTRACT_TIMEOUT,
-            )?;
+            process::cmd("dpkg-deb")
+                .arg("-x")
+                .arg(&archive)
+                .arg(&deb_dir)
+                .output(EXTRACT_TIMEOUT, log)?;
             let inner = deb_dir.join(member);
             if !inner.is_file() {
                 return Err(Error::infra(format!(
@@ -113,16 +109,13 @@ pub fn ensure_pristine(
     let tree = tmp.join("tree");
     std::fs::create_dir_all(&tree)?;
     // GNU tar detects the compression itself; it refuses `..` members.
-    run::output(
-        Command::new("tar")
-            .arg("-xf")
-            .arg(&tarball)
-            .arg("-C")
-            .arg(&tree),
-        log,
-        EXTRACT_TIMEOUT,
-    )
-    .with_context(|| format!("extract {}", tarball.display()))?;
+    process::cmd("tar")
+        .arg("-xf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&tree)
+        .output(EXTRACT_TIMEOUT, log)
+        .with_context(|| format!("extract {}", tarball.display()))?;
     // A kernel tarball holds one top directory (linux-6.18.15/); use it.
     let entries: Vec<PathBuf> = std::fs::read_dir(&tree)?
         .filter_map(|e| e.ok())
@@ -236,9 +229,9 @@ impl PrivateApt {
     }
 
     /// `program` with options that point apt at the private state only.
-    fn command(&self, program: &str) -> Command {
+    fn command(&self, program: &str) -> Cmd {
         let d = |s: &str| self.dir.join(s).to_string_lossy().into_owned();
-        let mut cmd = Command::new(program);
+        let mut cmd = process::cmd(program);
         for (k, v) in [
             ("Dir::Etc::SourceList", d("etc/sources.list")),
             ("Dir::Etc::SourceParts", d("etc/sources.list.d")),
@@ -321,12 +314,10 @@ fn fetch_debian(
         Stage::Kernel,
         format!("looking up {package} {version} in {suite}"),
     );
-    run::output(
-        apt.command("apt-get").args(["-q", "update"]),
-        log,
-        APT_TIMEOUT,
-    )
-    .context("apt-get update (private kernel-source lists)")?;
+    apt.command("apt-get")
+        .args(["-q", "update"])
+        .output(APT_TIMEOUT, log)
+        .context("apt-get update (private kernel-source lists)")?;
     let what = format!("{package}={version}");
     let mut query = apt.command("apt-get");
     query.arg("--print-uris").arg("-q").arg("-y");
@@ -335,7 +326,7 @@ fn fetch_debian(
     } else {
         query.arg("source").arg(&what);
     }
-    let listing = match run::output(&mut query, log, APT_TIMEOUT) {
+    let listing = match query.output(APT_TIMEOUT, log) {
         Ok(text) => text,
         // "Can not find version", "Unable to find a source package",
         // "Version '...' for '...' was not found".
@@ -386,17 +377,14 @@ fn fetch_debian(
             );
         }
     };
-    let done = run::run(
-        &mut cmd,
-        log,
-        DOWNLOAD_TIMEOUT,
-        true,
-        &mut |_, _| {},
-        &mut tick,
-    )?;
+    let io = Io {
+        on_tick: Some(&mut tick),
+        ..Io::log(log)
+    };
+    let done = cmd.run(DOWNLOAD_TIMEOUT, io)?;
     if !done.status.success() {
         let _ = std::fs::remove_file(&partial);
-        let why = run::tail(&done.stderr, 3);
+        let why = done.tail(3);
         if why.contains("404") {
             let how = format!("is listed, but its file {name} answers 404 Not Found");
             return Err(vanished(&apt, package, version, suite, binary, log, &how));
@@ -453,7 +441,8 @@ fn vanished(
     } else {
         cmd.arg("showsrc").arg(package);
     }
-    let versions = run::output(&mut cmd, log, APT_TIMEOUT)
+    let versions = cmd
+        .output(APT_TIMEOUT, log)
         .map(|text| available_versions(&text, binary))
         .unwrap_or_default();
     let list = if versions.is_empty() {

@@ -18,15 +18,14 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 
 use super::apply::Applied;
-use super::run::{self, Log};
 use crate::cache::{ContentKey, KeyBuilder};
 use crate::error::Error;
+use crate::process::{self, Io, Log, Stdout};
 
 const RSYNC_TIMEOUT: Duration = Duration::from_secs(1800);
 const GIT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -59,9 +58,12 @@ pub fn prepare(
         if let Some(parent) = src.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let mut cmd = Command::new("cp");
-        cmd.arg("-al").arg(pristine).arg(src);
-        run::output(&mut cmd, log, RSYNC_TIMEOUT).context("link the pristine source")?;
+        process::cmd("cp")
+            .arg("-al")
+            .arg(pristine)
+            .arg(src)
+            .output(RSYNC_TIMEOUT, log)
+            .context("link the pristine source")?;
         prepared.linked = true;
     }
     let out = if prepared.linked {
@@ -80,12 +82,13 @@ pub fn prepare(
             writeln!(list, "/{}", escape_pattern(path))?;
         }
         drop(list);
-        let mut cmd = Command::new("rsync");
+        let mut cmd = process::cmd("rsync");
         cmd.args(["-a", "--delete", "--itemize-changes"])
             .arg(format!("--exclude-from={}", exclude.display()))
             .arg(format!("{}/", pristine.display()))
             .arg(format!("{}/", src.display()));
-        run::output(&mut cmd, log, RSYNC_TIMEOUT).context("copy the pristine source")?
+        cmd.output(RSYNC_TIMEOUT, log)
+            .context("copy the pristine source")?
     };
     let now = SystemTime::now();
     for rel in received_files(&out) {
@@ -165,12 +168,18 @@ pub fn tree_key(path: &Path, log: &Log) -> anyhow::Result<ContentKey> {
         super::require_tool("git")?;
         let git = |args: &[&str]| -> anyhow::Result<Vec<u8>> {
             // --no-optional-locks: do not even refresh the user's index.
-            let mut cmd = Command::new("git");
-            cmd.arg("--no-optional-locks")
+            let io = Io {
+                stdout: Stdout::Keep,
+                ..Io::log(log)
+            };
+            let done = process::cmd("git")
+                .arg("--no-optional-locks")
                 .arg("-C")
                 .arg(path)
-                .args(args);
-            run::capture(&mut cmd, log, GIT_TIMEOUT)
+                .args(args)
+                .run(GIT_TIMEOUT, io)?
+                .check()?;
+            Ok(done.stdout)
         };
         log.line(&format!("# keying git tree {}", path.display()));
         key.bytes("head", &git(&["rev-parse", "HEAD"])?);
@@ -329,7 +338,7 @@ mod tests {
         let root = dir.path();
         let log = Log::create(&root.join("log/kernel.log")).unwrap();
         let git = |args: &[&str]| {
-            let ok = Command::new("git")
+            let ok = process::cmd("git")
                 .args([
                     "-c",
                     "user.name=t",
@@ -339,9 +348,8 @@ mod tests {
                 ])
                 .arg(root.join("t"))
                 .args(args)
-                .output()
+                .run(Duration::from_secs(60), Io::quiet())
                 .unwrap()
-                .status
                 .success();
             assert!(ok, "git {args:?}");
         };

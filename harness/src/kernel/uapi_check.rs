@@ -24,15 +24,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use msi_uapi::{Constant, Presence, CONSTANTS, STRUCTS};
 
-use super::run::{self, Log};
 use super::KernelBuild;
 use crate::error::Error;
 use crate::event::{Reporter, Stage};
+use crate::process::{self, Io, Log};
 
 /// What a kernel's headers say about the agent's uAPI, beyond "it matches".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -103,7 +102,7 @@ pub fn check(include_dir: &Path, work_dir: &Path) -> anyhow::Result<UapiReport> 
             "the agent's uAPI does not match this kernel's headers: {} ({where_})\n\
              the agent's definitions are in guest-images/uapi/src/lib.rs; gcc said:\n{}",
             problems.join("; "),
-            run::tail(&done.stderr, 20)
+            stderr_tail(&done.stderr, 20)
         ))
         .into());
     }
@@ -112,7 +111,7 @@ pub fn check(include_dir: &Path, work_dir: &Path) -> anyhow::Result<UapiReport> 
     if !done.status.success() && (verdict.unexplained || verdict.absent.is_empty()) {
         return Err(Error::infra(format!(
             "the uAPI check did not compile against this kernel's headers ({where_}): {}",
-            run::tail(&done.stderr, 20)
+            stderr_tail(&done.stderr, 20)
         ))
         .into());
     }
@@ -132,8 +131,8 @@ fn gcc_syntax_check(
     work_dir: &Path,
     files: &[String],
     log: &Log,
-) -> anyhow::Result<run::Finished> {
-    let mut gcc = Command::new("aarch64-linux-gnu-gcc");
+) -> anyhow::Result<process::Finished> {
+    let mut gcc = process::cmd("aarch64-linux-gnu-gcc");
     gcc.args(["-fsyntax-only", "-nostdinc", "-std=gnu11"])
         .arg("-fdiagnostics-plain-output")
         .arg("-I")
@@ -141,7 +140,12 @@ fn gcc_syntax_check(
         .args(files)
         .current_dir(work_dir)
         .env("LC_ALL", "C");
-    run::run(&mut gcc, log, TIMEOUT, true, &mut |_, _| {}, &mut || {})
+    gcc.run(TIMEOUT, Io::log(log))
+}
+
+/// The last `n` lines of gcc's diagnostics.
+fn stderr_tail(lines: &[String], n: usize) -> String {
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// `problems` with the kernel's value where [`reveal_unit`] can show it

@@ -40,13 +40,13 @@ impl KernelInput {
     /// The `cargo xtask test` command that re-runs `scenario` on this kernel.
     pub fn reproducer(&self, variant: &str, scenario: &str) -> String {
         let selector = if self.selector.is_empty() {
-            format!("--variant {}", crate::vm::sh_quote(variant))
+            format!("--variant {}", crate::process::quote(variant))
         } else {
             self.selector.clone()
         };
         format!(
             "cargo xtask test {selector} {}",
-            crate::vm::sh_quote(scenario)
+            crate::process::quote(scenario)
         )
     }
 }

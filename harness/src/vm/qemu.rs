@@ -608,10 +608,7 @@ impl QemuPlan {
 /// Quotes argv for a POSIX shell, so that the saved command line can be
 /// pasted and run as is.
 pub fn shell_quote(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| super::ssh::sh_quote(a))
-        .collect::<Vec<_>>()
-        .join(" ")
+    crate::process::display(argv)
 }
 
 /// Probes `qemu` (cached per binary path, size and mtime).
@@ -1192,7 +1189,7 @@ mod tests {
         .into();
         assert_eq!(
             shell_quote(&argv),
-            r"qemu -append 'console=ttyAMA0 panic=-1' -device edu,id=a 'it'\''s'"
+            r#"qemu -append 'console=ttyAMA0 panic=-1' -device 'edu,id=a' "it's""#
         );
         assert!(glob_match("smmuv3_translate_*", "smmuv3_translate_success"));
         assert!(!glob_match("smmuv3_translate_*", "smmuv3_record_event"));

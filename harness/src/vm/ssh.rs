@@ -106,18 +106,9 @@ pub struct Conn {
 /// libssh2's "would block".
 const EAGAIN: ssh2::ErrorCode = ssh2::ErrorCode::Session(-37);
 
-/// Single quotes for a POSIX shell: values built into guest commands go
-/// through this.
-pub fn sh_quote(s: &str) -> String {
-    let safe = !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@+%".contains(&b));
-    if safe {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
+/// Values built into guest commands are quoted with this (busybox ash reads
+/// shlex's quoting back as the same word).
+pub use crate::process::quote as sh_quote;
 
 /// One connection attempt.
 pub fn connect_once(t: &SshTarget, timeout: Duration) -> Result<Conn, SshError> {
@@ -608,7 +599,7 @@ mod tests {
     fn quoting_keeps_values_single_words() {
         assert_eq!(sh_quote("0000:00:02.0"), "0000:00:02.0");
         assert_eq!(sh_quote("a b"), "'a b'");
-        assert_eq!(sh_quote("it's"), r"'it'\''s'");
+        assert_eq!(sh_quote("it's"), r#""it's""#);
         assert_eq!(sh_quote(""), "''");
         assert_eq!(sh_quote("$(reboot)"), "'$(reboot)'");
     }
