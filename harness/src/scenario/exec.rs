@@ -753,6 +753,48 @@ mod tests {
     use super::*;
     use msi_protocol::{ErrnoError, HexU64, MsiConfig};
 
+    /// A scenario boots the harness's guest (`crate::guest`), the one
+    /// `cargo xtask boot` and `shell` boot: same trace events, boot
+    /// deadline, SSH and command-line contract.
+    #[test]
+    fn a_scenario_boots_the_harness_guest() {
+        let s = Scenario::parse(
+            Path::new("x.toml"),
+            "x.toml",
+            "description = \"d\"\n[machine]\ntrace = true\n[[step]]\nop = \"sleep\"\nms = 1\n",
+        )
+        .unwrap();
+        let kernel = KernelInput {
+            image: "/k/Image".into(),
+            headers: "/k/include".into(),
+            config: "/k/config".into(),
+            release: "6.18.15".into(),
+            has_sw_msi: true,
+            label: "v".into(),
+            iommufd_selftest: None,
+            selector: String::new(),
+        };
+        let inputs = Inputs {
+            kernels: Default::default(),
+            initramfs: "/i/initramfs".into(),
+            ssh_private_key: "/i/key".into(),
+            results_dir: "/r".into(),
+            artifacts_dir: "/a".into(),
+        };
+        let got = vm_config(&s, &kernel, &inputs, Path::new("/run"));
+        let want = crate::guest::config(
+            Path::new("/k/Image"),
+            Path::new("/i/initramfs"),
+            Path::new("/i/key"),
+            Path::new("/run"),
+        );
+        assert_eq!(got.trace_events, want.trace_events);
+        assert_eq!(got.boot_timeout, want.boot_timeout);
+        assert_eq!(got.ssh, want.ssh);
+        assert_eq!(got.append, want.append);
+        assert_eq!((&got.kernel, &got.initrd), (&want.kernel, &want.initrd));
+    }
+
     #[test]
     fn expectations_are_checked() {
         let eop = StepResult::Err(ErrnoError::new(95, "IOMMU_OPTION"));
