@@ -292,22 +292,9 @@ impl Cmd {
             readers.push(Reader::new(Stream::Stdout, out_r));
             readers.push(Reader::new(Stream::Stderr, err_r));
         }
-        let parent = std::process::id() as i32;
         expr = expr.before_spawn(move |command| {
             command.process_group(0);
-            // SAFETY: the closure makes only async-signal-safe calls.
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    // The harness may have died before prctl took effect.
-                    if libc::getppid() != parent {
-                        libc::_exit(1);
-                    }
-                    Ok(())
-                });
-            }
+            die_with_the_harness(command, libc::SIGTERM);
             Ok(())
         });
         let started = Instant::now();
@@ -336,6 +323,27 @@ impl Cmd {
 
 /// `NAME=value … program args`, quoted for a shell (removed variables are
 /// not shown).
+/// Makes the child of `command` get `signal` when the thread that spawns
+/// it dies (`PR_SET_PDEATHSIG`), and exit at once if the harness is already
+/// gone: a child never outlives the harness. Shared with QEMU's spawn in
+/// `vm::process`.
+pub fn die_with_the_harness(command: &mut std::process::Command, signal: libc::c_int) {
+    let parent = std::process::id() as i32;
+    // SAFETY: the closure makes only async-signal-safe calls.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The harness may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
 impl fmt::Display for Cmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (name, value) in &self.env {

@@ -93,7 +93,6 @@ impl QemuProcess {
             cond: Condvar::new(),
         });
         let shared2 = Arc::clone(&shared);
-        let parent = std::process::id() as i32;
         std::thread::Builder::new()
             .name("qemu-waiter".into())
             .spawn(move || {
@@ -103,19 +102,7 @@ impl QemuProcess {
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
                     .process_group(0);
-                // SAFETY: the closure only makes async-signal-safe calls.
-                unsafe {
-                    cmd.pre_exec(move || {
-                        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                            return Err(io::Error::last_os_error());
-                        }
-                        // The harness may have died before prctl took effect.
-                        if libc::getppid() != parent {
-                            libc::_exit(1);
-                        }
-                        Ok(())
-                    });
-                }
+                crate::process::die_with_the_harness(&mut cmd, libc::SIGKILL);
                 let mut child = match cmd.spawn() {
                     Ok(c) => c,
                     Err(e) => {
