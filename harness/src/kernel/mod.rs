@@ -21,9 +21,12 @@
 
 pub mod apply;
 pub mod kconfig;
+mod make;
 pub mod patch;
+mod plan;
 pub mod selftest;
 pub mod source;
+mod store;
 pub mod tree;
 pub mod uapi_check;
 pub mod variants;
@@ -32,15 +35,20 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
 
-use crate::cache::{self, ContentKey, KeyBuilder};
+use crate::cache::{self, ContentKey};
 use crate::error::Error;
 use crate::event::{Reporter, Stage};
+pub use make::CcacheCounts;
+use make::{other_full_build_cc, toolchain_version, Make, Stats};
+use plan::{plan, Plan};
+pub use plan::{series_files, BuildOptions, KernelSource, KeyInputs};
+pub(crate) use store::lock;
+use store::{cached, publish, Metadata};
 pub use uapi_check::UapiReport;
 pub use variants::{load_variants, SourceSpec, Variant};
 
-use crate::process::{self, Cmd, Io, Log, Stream};
+use crate::process::Log;
 
 /// Bumped whenever this module changes how a kernel is built, so that old
 /// cache entries are not mistaken for new ones.
@@ -53,22 +61,6 @@ const TARGET: &str = "Image";
 /// A cold build takes 12-15 min on 2 cores; allow slow machines plenty.
 const MAKE_TIMEOUT: Duration = Duration::from_secs(3 * 3600);
 const CONFIG_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// What to build.
-#[derive(Debug, Clone, Copy)]
-pub enum KernelSource<'a> {
-    /// A variant of `kernel-configs/kernels.toml`, by name.
-    Variant(&'a str),
-    /// A local kernel tree, built as it is (never modified).
-    Tree { path: &'a Path },
-}
-
-/// Optional changes to what a variant builds.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BuildOptions<'a> {
-    /// A patch file or mbox that replaces the variant's patch directory.
-    pub series: Option<&'a Path>,
-}
 
 /// A built kernel.
 #[derive(Debug, Clone)]
@@ -185,230 +177,6 @@ const BUILD_TOOLS: &[&str] = &[
     "make", COMPILER, "gcc", "ccache", "flex", "bison", "bc", "tar", "xz", "rsync",
 ];
 
-/// What the cache key is computed from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyInputs {
-    /// The source archive's sha256, or a local tree's content key.
-    pub source: String,
-    /// Each patch file's bytes, in order.
-    pub patches: Vec<Vec<u8>>,
-    /// Each fragment's settings ([`kconfig::canonical`]: comments do not
-    /// count), in merge order.
-    pub fragments: Vec<Vec<u8>>,
-    /// First line of `aarch64-linux-gnu-gcc --version`.
-    pub toolchain: String,
-}
-
-impl KeyInputs {
-    /// The key of the patched source (and so of its uapi headers).
-    pub fn source_key(&self) -> ContentKey {
-        let mut k = KeyBuilder::new();
-        k.str("step", &KERNEL_STEP_VERSION.to_string())
-            .str("source", &self.source);
-        k.str("patches", &self.patches.len().to_string());
-        for p in &self.patches {
-            k.bytes("patch", p);
-        }
-        k.finish()
-    }
-
-    /// The key of the configured source.
-    fn config_key(&self) -> ContentKey {
-        let mut k = KeyBuilder::new();
-        k.str("tree", &self.source_key().0);
-        k.str("fragments", &self.fragments.len().to_string());
-        for f in &self.fragments {
-            k.bytes("fragment", f);
-        }
-        k.str("toolchain", &self.toolchain).str("arch", ARCH);
-        k.finish()
-    }
-
-    /// The key of the built kernel.
-    pub fn build_key(&self) -> ContentKey {
-        KeyBuilder::new()
-            .str("config", &self.config_key().0)
-            .str("cross", CROSS_COMPILE)
-            .str("target", TARGET)
-            .finish()
-    }
-}
-
-/// Everything resolved before anything is built.
-struct Plan {
-    name: String,
-    /// A variant's source spec, or `None` for a local tree.
-    spec: Option<SourceSpec>,
-    /// The local tree, for tree builds.
-    tree: Option<PathBuf>,
-    patches: Vec<patch::Patch>,
-    fragments: Vec<PathBuf>,
-    requests: Vec<kconfig::Request>,
-    inputs: KeyInputs,
-    /// Series files, for metadata.
-    series_files: Vec<PathBuf>,
-}
-
-/// The series files of a patch directory: `*.patch`, in name order.
-pub fn series_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| {
-            Error::infra(format!(
-                "cannot read patch directory {}: {e}",
-                dir.display()
-            ))
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "patch") && p.is_file())
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
-/// Reads and parses series files; a mangled mail or malformed patch is an
-/// error naming the file.
-fn read_series(files: &[PathBuf]) -> anyhow::Result<(Vec<patch::Patch>, Vec<Vec<u8>>)> {
-    let mut patches = Vec::new();
-    let mut bytes = Vec::new();
-    for f in files {
-        let data = std::fs::read(f)
-            .map_err(|e| Error::infra(format!("cannot read patch {}: {e}", f.display())))?;
-        let name = f
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        patches.extend(patch::parse(&name, &data).map_err(|e| Error::infra(e.to_string()))?);
-        bytes.push(data);
-    }
-    Ok((patches, bytes))
-}
-
-fn toolchain_version(log: &Log) -> anyhow::Result<String> {
-    let out = process::cmd(COMPILER)
-        .arg("--version")
-        .output(Duration::from_secs(60), log)?;
-    Ok(out.lines().next().unwrap_or_default().trim().to_string())
-}
-
-fn plan(source: KernelSource, options: BuildOptions, log: &Log) -> anyhow::Result<Plan> {
-    let root = cache::project_root();
-    let file = variants::load_file(&variants::kernels_toml(&root))?;
-    let toolchain = toolchain_version(log)?;
-    let (name, spec, tree, series_files, fragments, source_id) = match source {
-        KernelSource::Variant(wanted) => {
-            let Some(v) = file.variants.iter().find(|v| v.name == wanted) else {
-                let names: Vec<&str> = file.variants.iter().map(|v| v.name.as_str()).collect();
-                return Err(Error::infra(format!(
-                    "no kernel variant `{wanted}` in kernel-configs/kernels.toml (variants: {})",
-                    names.join(", ")
-                ))
-                .into());
-            };
-            let series = match (options.series, &v.patches) {
-                // A directory is a series directory like the variants' own.
-                (Some(s), _) if s.is_dir() => series_files(s)?,
-                (Some(s), _) => vec![s.to_path_buf()],
-                (None, Some(dir)) => series_files(dir)?,
-                (None, None) => Vec::new(),
-            };
-            match &v.source {
-                SourceSpec::Tree { path, .. } => {
-                    if options.series.is_some() {
-                        return Err(Error::infra("a tree is built as it is: --series needs a variant with a downloaded source").into());
-                    }
-                    let path = tree::check_kernel_tree(path)?;
-                    let key = tree::tree_key(&path, log)?;
-                    (
-                        v.name.clone(),
-                        None,
-                        Some(path),
-                        series,
-                        v.fragments.clone(),
-                        key.0,
-                    )
-                }
-                spec => {
-                    let sha = source::source_sha256(spec)?;
-                    (
-                        v.name.clone(),
-                        Some(spec.clone()),
-                        None,
-                        series,
-                        v.fragments.clone(),
-                        sha,
-                    )
-                }
-            }
-        }
-        KernelSource::Tree { path } => {
-            if options.series.is_some() {
-                return Err(Error::infra("--series cannot be combined with --kernel-tree: the tree is built as it is, never modified").into());
-            }
-            let path = tree::check_kernel_tree(path)?;
-            let key = tree::tree_key(&path, log)?;
-            let base = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let where_ = KeyBuilder::new()
-                .str("path", &path.to_string_lossy())
-                .finish();
-            let name = format!("tree-{base}-{}", &where_.0[..8]);
-            (
-                name,
-                None,
-                Some(path),
-                Vec::new(),
-                file.default_fragments.clone(),
-                key.0,
-            )
-        }
-    };
-    let (patches, patch_bytes) = read_series(&series_files)?;
-    let mut requests = Vec::new();
-    let mut fragment_bytes = Vec::new();
-    for f in &fragments {
-        let settings = kconfig::read_fragment(f)?;
-        fragment_bytes.push(kconfig::canonical(&settings).into_bytes());
-        requests.extend(settings);
-    }
-    Ok(Plan {
-        name,
-        spec,
-        tree,
-        patches,
-        fragments,
-        requests,
-        inputs: KeyInputs {
-            source: source_id,
-            patches: patch_bytes,
-            fragments: fragment_bytes,
-            toolchain,
-        },
-        series_files,
-    })
-}
-
-/// What is stored next to a finished build.
-#[derive(Debug, Serialize, Deserialize)]
-struct Metadata {
-    name: String,
-    key: String,
-    source_key: String,
-    release: String,
-    source: String,
-    series: Vec<String>,
-    fragments: Vec<String>,
-    toolchain: String,
-    step_version: u32,
-}
-
-/// What a variant's last full build compiled, for the progress estimate.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Stats {
-    full_build_cc: u64,
-}
-
 fn build_inner(
     source: KernelSource,
     options: BuildOptions,
@@ -472,24 +240,7 @@ fn build_inner(
             "configuring: allnoconfig + fragments + olddefconfig",
         );
         make.run(&["allnoconfig"], &log, CONFIG_TIMEOUT, None)?;
-        let mut merge = process::cmd("sh");
-        merge
-            .arg(src.join("scripts/kconfig/merge_config.sh"))
-            .args(["-m", "-O"])
-            .arg(&build)
-            .arg(build.join(".config"))
-            .args(&plan.fragments)
-            .current_dir(&build)
-            .env_remove("KCONFIG_CONFIG");
-        let done = merge.run(CONFIG_TIMEOUT, Io::log(&log))?;
-        if !done.status.success() {
-            return Err(Error::infra(format!(
-                "merge_config.sh failed: {} (log: {})",
-                done.tail(10),
-                log.path().display()
-            ))
-            .into());
-        }
+        make.merge_config(&plan.fragments, &log)?;
         make.run(&["olddefconfig"], &log, CONFIG_TIMEOUT, None)?;
     }
     let final_config = std::fs::read_to_string(build.join(".config"))
@@ -616,47 +367,6 @@ fn build_inner(
     })
 }
 
-/// The object count of any other variant's last full build.
-fn other_full_build_cc(work: &Path) -> Option<u64> {
-    let parent = work.parent()?;
-    std::fs::read_dir(parent)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .find_map(|e| {
-            let data = std::fs::read(e.path().join("stats.json")).ok()?;
-            let stats: Stats = serde_json::from_slice(&data).ok()?;
-            (stats.full_build_cc > 0).then_some(stats.full_build_cc)
-        })
-}
-
-/// The finished build for `key`, if the cache has all of it.
-fn cached(
-    plan: &Plan,
-    key: &ContentKey,
-    out_dir: &Path,
-    headers_dir: &Path,
-    source_tree: &Path,
-) -> Option<KernelBuild> {
-    let meta: Metadata =
-        serde_json::from_slice(&std::fs::read(out_dir.join("metadata.json")).ok()?).ok()?;
-    let complete = meta.key == key.0
-        && out_dir.join(TARGET).is_file()
-        && out_dir.join("config").is_file()
-        && headers_dir.join("include").is_dir();
-    complete.then(|| KernelBuild {
-        name: plan.name.clone(),
-        image: out_dir.join(TARGET),
-        config: out_dir.join("config"),
-        headers: headers_dir.join("include"),
-        source_tree: source_tree.to_path_buf(),
-        key: key.clone(),
-        cached: true,
-        release: meta.release,
-        log: None,
-        uapi: UapiReport::default(),
-    })
-}
-
 /// Makes `work/src` the pristine source plus the series, unless it already
 /// is (`src.key`).
 fn prepare_variant_tree(
@@ -714,377 +424,9 @@ fn prepare_variant_tree(
     Ok(src)
 }
 
-/// An exclusive lock on a work directory; waits (with a deadline) while
-/// another build of the same variant runs.
-/// Moves a finished `tmp` directory to `dest`. When another process got
-/// there first (`done` exists) its copy is kept: both hold the same content.
-fn publish(tmp: &Path, dest: &Path, done: &Path) -> anyhow::Result<()> {
-    if done.exists() {
-        let _ = std::fs::remove_dir_all(tmp);
-        return Ok(());
-    }
-    // An incomplete leftover of a killed run.
-    let _ = std::fs::remove_dir_all(dest);
-    match std::fs::rename(tmp, dest) {
-        Ok(()) => Ok(()),
-        Err(_) if done.exists() => {
-            let _ = std::fs::remove_dir_all(tmp);
-            Ok(())
-        }
-        Err(e) => Err(e).with_context(|| format!("move {} to {}", tmp.display(), dest.display())),
-    }
-}
-
-pub(crate) fn lock(path: &Path, reporter: &dyn Reporter) -> anyhow::Result<std::fs::File> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("open {}", path.display()))?;
-    let started = Instant::now();
-    let mut said = false;
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                if !said {
-                    reporter.line(
-                        Stage::Kernel,
-                        format!("waiting for another build holding {}", path.display()),
-                    );
-                    said = true;
-                }
-                if started.elapsed() > MAKE_TIMEOUT {
-                    return Err(Error::infra(format!(
-                        "{} stayed locked by another build for too long",
-                        path.display()
-                    ))
-                    .into());
-                }
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).context(format!("lock {}", path.display()))
-            }
-        }
-    }
-}
-
-/// `make` with the harness's fixed arguments and ccache environment.
-struct Make {
-    src: PathBuf,
-    build: PathBuf,
-    cache_root: PathBuf,
-    /// ccache's per-compile log for this build (`CCACHE_STATSLOG`), read
-    /// into [`CcacheCounts`]; ccache's own counters are shared by all
-    /// builds and processes.
-    stats_log: PathBuf,
-}
-
-/// What ccache did for one build's compiles.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct CcacheCounts {
-    /// Hits found from the source and its includes' hashes alone.
-    pub direct: u64,
-    /// Hits that needed the preprocessor to run first.
-    pub preprocessed: u64,
-    pub misses: u64,
-}
-
-impl CcacheCounts {
-    /// Counts from a `CCACHE_STATSLOG` file: a `# file` line, then one line
-    /// per statistic, for each compile.
-    pub fn parse(log: &str) -> CcacheCounts {
-        let mut c = CcacheCounts::default();
-        for line in log.lines().map(str::trim) {
-            match line {
-                "direct_cache_hit" => c.direct += 1,
-                "preprocessed_cache_hit" => c.preprocessed += 1,
-                "cache_miss" => c.misses += 1,
-                _ => {}
-            }
-        }
-        c
-    }
-}
-
-impl std::fmt::Display for CcacheCounts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} direct hits, {} preprocessed hits, {} misses",
-            self.direct, self.preprocessed, self.misses
-        )
-    }
-}
-
-impl Make {
-    fn command(&self, targets: &[&str]) -> Cmd {
-        let jobs = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        let mut cmd = process::cmd("make");
-        cmd.arg("-C")
-            .arg(&self.src)
-            .arg(format!("O={}", self.build.display()))
-            .arg(format!("ARCH={ARCH}"))
-            .arg(format!("CROSS_COMPILE={CROSS_COMPILE}"))
-            .arg(format!("CC=ccache {COMPILER}"))
-            // A git tree not at a clean tag would otherwise get a `+` in its
-            // release (scripts/setlocalversion), and every snapshot that
-            // holds the release would differ from a tarball build's.
-            .arg("LOCALVERSION=")
-            .arg(format!("-j{jobs}"))
-            .args(targets)
-            .env("CCACHE_DIR", self.cache_root.join("ccache"))
-            .env("CCACHE_BASEDIR", self.cache_root.join("kernel/work"))
-            .env("CCACHE_NOHASHDIR", "1")
-            .env("CCACHE_MAXSIZE", "5G")
-            // Prepared trees get every mtime set to "now", and ccache's
-            // direct mode distrusts an include file newer than the compile's
-            // start: without this a second variant hits only after running
-            // the preprocessor (4 min instead of 1). Nothing edits a tree
-            // while it builds.
-            .env("CCACHE_SLOPPINESS", "include_file_mtime,include_file_ctime")
-            .env("CCACHE_STATSLOG", &self.stats_log)
-            .env_remove("KCONFIG_CONFIG")
-            .env_remove("KBUILD_OUTPUT");
-        cmd
-    }
-
-    /// Runs make; counts compiled objects (" CC " lines) for the progress
-    /// bar and returns their number. On failure the error carries the
-    /// compiler's error lines.
-    fn run(
-        &self,
-        targets: &[&str],
-        log: &Log,
-        timeout: Duration,
-        progress: Option<(&dyn Reporter, Option<u64>)>,
-    ) -> anyhow::Result<u64> {
-        let cmd = self.command(targets);
-        let mut cc = 0u64;
-        let mut errors = ErrorLines::default();
-        let mut on_line = |stream: Stream, line: &str| {
-            if stream == Stream::Stdout && line.contains(" CC ") {
-                cc += 1;
-                match progress {
-                    Some((reporter, Some(expected))) => {
-                        reporter.progress(Stage::Kernel, cc, Some(expected.max(cc)))
-                    }
-                    // Without an estimate, a line every so often is enough.
-                    Some((reporter, None)) if cc.is_multiple_of(50) => {
-                        reporter.progress(Stage::Kernel, cc, None)
-                    }
-                    _ => {}
-                }
-            }
-            errors.push(line);
-        };
-        let io = Io {
-            on_line: Some(&mut on_line),
-            ..Io::log(log)
-        };
-        let done = cmd.run(timeout, io)?;
-        if !done.status.success() {
-            let mut lines = errors.finish();
-            if lines.is_empty() {
-                lines = done.stderr[done.stderr.len().saturating_sub(15)..].to_vec();
-            }
-            return Err(Error::infra(format!(
-                "make {} failed ({}):\n{}\nfull log: {}",
-                targets.join(" "),
-                done.status,
-                lines.join("\n"),
-                log.path().display()
-            ))
-            .into());
-        }
-        Ok(cc)
-    }
-}
-
-/// The lines of make output worth showing after a failure: compiler and
-/// linker errors with their source excerpts, then make's first `***` line
-/// (all of them, up to a few, when there is no compiler error: "source tree
-/// is not clean" and the like).
-#[derive(Default)]
-struct ErrorLines {
-    compiler: Vec<String>,
-    make: Vec<String>,
-    /// Excerpt lines still to keep after an error line.
-    excerpt: usize,
-}
-
-impl ErrorLines {
-    const MAX: usize = 40;
-
-    fn push(&mut self, line: &str) {
-        if line.contains("***") {
-            if !line.contains("Waiting for unfinished jobs") && self.make.len() < 10 {
-                self.make.push(line.to_string());
-            }
-            self.excerpt = 0;
-            return;
-        }
-        if self.compiler.len() >= Self::MAX {
-            return;
-        }
-        let is_error = line.contains("error:")
-            || line.contains("undefined reference")
-            || line.contains("No rule to make target");
-        if is_error {
-            // Paths are relative to the build directory; make them relative
-            // to the source tree.
-            self.compiler
-                .push(line.strip_prefix("../src/").unwrap_or(line).to_string());
-            self.excerpt = 3;
-        } else if self.excerpt > 0 && line.contains('|') {
-            self.compiler.push(line.to_string());
-            self.excerpt -= 1;
-        } else {
-            self.excerpt = 0;
-        }
-    }
-
-    fn finish(self) -> Vec<String> {
-        let mut out = self.compiler;
-        let make_lines = if out.is_empty() { self.make.len() } else { 1 };
-        out.extend(self.make.into_iter().take(make_lines));
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn inputs() -> KeyInputs {
-        KeyInputs {
-            source: "fdf4".into(),
-            patches: vec![b"patch one\n".to_vec(), b"patch two\n".to_vec()],
-            fragments: vec![b"CONFIG_PCI=y\n".to_vec()],
-            toolchain: "aarch64-linux-gnu-gcc (Debian 12.2.0-14) 12.2.0".into(),
-        }
-    }
-
-    #[test]
-    fn ccache_stats_log_is_counted_per_compile() {
-        let log = "# a.c\ncache_miss\ndirect_cache_miss\npreprocessed_cache_miss\n\
-                   # b.c\ndirect_cache_hit\nlocal_storage_hit\n\
-                   # c.c\ndirect_cache_miss\npreprocessed_cache_hit\n";
-        let c = CcacheCounts::parse(log);
-        assert_eq!(
-            c,
-            CcacheCounts {
-                direct: 1,
-                preprocessed: 1,
-                misses: 1
-            }
-        );
-        assert_eq!(
-            c.to_string(),
-            "1 direct hits, 1 preprocessed hits, 1 misses"
-        );
-    }
-
-    #[test]
-    fn keys_change_when_and_only_when_an_input_changes() {
-        let base = inputs();
-        assert_eq!(base.build_key(), inputs().build_key());
-        assert_eq!(base.source_key(), inputs().source_key());
-        let variants: Vec<(&str, KeyInputs, bool)> = vec![
-            (
-                "source",
-                KeyInputs {
-                    source: "fdf5".into(),
-                    ..inputs()
-                },
-                true,
-            ),
-            (
-                "patch line",
-                KeyInputs {
-                    patches: vec![b"patch one\n".to_vec(), b"patch 2\n".to_vec()],
-                    ..inputs()
-                },
-                true,
-            ),
-            (
-                "patch order",
-                KeyInputs {
-                    patches: vec![b"patch two\n".to_vec(), b"patch one\n".to_vec()],
-                    ..inputs()
-                },
-                true,
-            ),
-            (
-                "no patches",
-                KeyInputs {
-                    patches: vec![],
-                    ..inputs()
-                },
-                true,
-            ),
-            (
-                "fragment",
-                KeyInputs {
-                    fragments: vec![b"CONFIG_PCI=n\n".to_vec()],
-                    ..inputs()
-                },
-                false,
-            ),
-            (
-                "toolchain",
-                KeyInputs {
-                    toolchain: "gcc 13".into(),
-                    ..inputs()
-                },
-                false,
-            ),
-        ];
-        for (what, changed, source_too) in variants {
-            assert_ne!(
-                changed.build_key(),
-                base.build_key(),
-                "{what} must change the build key"
-            );
-            assert_eq!(
-                changed.source_key() != base.source_key(),
-                source_too,
-                "{what}: source key"
-            );
-        }
-    }
-
-    #[test]
-    fn series_dir_keys_follow_patch_files_only() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("0002-b.patch"), "b").unwrap();
-        std::fs::write(dir.path().join("0001-a.patch"), "a").unwrap();
-        std::fs::write(dir.path().join("README.md"), "notes").unwrap();
-        std::fs::write(dir.path().join("original-mail.eml"), "mail").unwrap();
-        let files = series_files(dir.path()).unwrap();
-        let names: Vec<_> = files
-            .iter()
-            .map(|f| f.file_name().unwrap().to_owned())
-            .collect();
-        assert_eq!(names, ["0001-a.patch", "0002-b.patch"]);
-        let key = |files: &[PathBuf]| {
-            let bytes = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
-            KeyInputs {
-                patches: bytes,
-                ..inputs()
-            }
-            .build_key()
-        };
-        let k1 = key(&files);
-        std::fs::write(dir.path().join("README.md"), "other notes").unwrap();
-        assert_eq!(key(&series_files(dir.path()).unwrap()), k1);
-        std::fs::write(dir.path().join("0002-b.patch"), "B").unwrap();
-        assert_ne!(key(&series_files(dir.path()).unwrap()), k1);
-    }
 
     /// The stage's promise, end to end: needs the cross toolchain and, on
     /// a cold cache, network and minutes of compiling.
@@ -1127,31 +469,5 @@ mod tests {
             "cached rebuild check: {:.3} s",
             started.elapsed().as_secs_f64()
         );
-    }
-
-    #[test]
-    fn compiler_errors_are_kept_with_their_excerpt() {
-        let mut e = ErrorLines::default();
-        for l in [
-            "  CC      drivers/iommu/iommufd/ioas.o",
-            "../src/drivers/iommu/iommufd/ioas.c:630:9: error: 'x' undeclared (first use in this function)",
-            "  630 |         x = 1;",
-            "      |         ^",
-            "  CC      other.o",
-            "make[6]: *** [../src/scripts/Makefile.build:287: drivers/iommu/iommufd/ioas.o] Error 1",
-            "make[4]: *** Waiting for unfinished jobs....",
-            "make[5]: *** [../src/scripts/Makefile.build:544: drivers/iommu/iommufd] Error 2",
-        ] {
-            e.push(l);
-        }
-        let lines = e.finish();
-        assert_eq!(lines.len(), 4, "{lines:?}");
-        assert!(lines[0].starts_with("drivers/iommu/iommufd/ioas.c:630:9: error: 'x' undeclared"));
-        assert!(lines[2].ends_with('^'));
-        assert!(lines[3].starts_with("make[6]: ***"));
-        let mut e = ErrorLines::default();
-        e.push("***");
-        e.push("*** The source tree is not clean, please run 'make ARCH=arm64 mrproper'");
-        assert_eq!(e.finish().len(), 2);
     }
 }

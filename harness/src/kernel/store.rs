@@ -1,0 +1,115 @@
+//! The kernel cache's finished entries: the metadata stored next to a
+//! build, looking a build up by key, exclusive locks on work directories,
+//! and publishing a finished directory by atomic rename.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::cache::ContentKey;
+use crate::error::Error;
+use crate::event::{Reporter, Stage};
+
+use super::plan::Plan;
+use super::{KernelBuild, UapiReport, MAKE_TIMEOUT, TARGET};
+
+/// What is stored next to a finished build.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Metadata {
+    pub(super) name: String,
+    pub(super) key: String,
+    pub(super) source_key: String,
+    pub(super) release: String,
+    pub(super) source: String,
+    pub(super) series: Vec<String>,
+    pub(super) fragments: Vec<String>,
+    pub(super) toolchain: String,
+    pub(super) step_version: u32,
+}
+
+/// The finished build for `key`, if the cache has all of it.
+pub(super) fn cached(
+    plan: &Plan,
+    key: &ContentKey,
+    out_dir: &Path,
+    headers_dir: &Path,
+    source_tree: &Path,
+) -> Option<KernelBuild> {
+    let meta: Metadata =
+        serde_json::from_slice(&std::fs::read(out_dir.join("metadata.json")).ok()?).ok()?;
+    let complete = meta.key == key.0
+        && out_dir.join(TARGET).is_file()
+        && out_dir.join("config").is_file()
+        && headers_dir.join("include").is_dir();
+    complete.then(|| KernelBuild {
+        name: plan.name.clone(),
+        image: out_dir.join(TARGET),
+        config: out_dir.join("config"),
+        headers: headers_dir.join("include"),
+        source_tree: source_tree.to_path_buf(),
+        key: key.clone(),
+        cached: true,
+        release: meta.release,
+        log: None,
+        uapi: UapiReport::default(),
+    })
+}
+
+/// Moves a finished `tmp` directory to `dest`. When another process got
+/// there first (`done` exists) its copy is kept: both hold the same content.
+pub(super) fn publish(tmp: &Path, dest: &Path, done: &Path) -> anyhow::Result<()> {
+    if done.exists() {
+        let _ = std::fs::remove_dir_all(tmp);
+        return Ok(());
+    }
+    // An incomplete leftover of a killed run.
+    let _ = std::fs::remove_dir_all(dest);
+    match std::fs::rename(tmp, dest) {
+        Ok(()) => Ok(()),
+        Err(_) if done.exists() => {
+            let _ = std::fs::remove_dir_all(tmp);
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("move {} to {}", tmp.display(), dest.display())),
+    }
+}
+
+/// An exclusive lock on a work directory; waits (with a deadline) while
+/// another build of the same variant runs.
+pub(crate) fn lock(path: &Path, reporter: &dyn Reporter) -> anyhow::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if !said {
+                    reporter.line(
+                        Stage::Kernel,
+                        format!("waiting for another build holding {}", path.display()),
+                    );
+                    said = true;
+                }
+                if started.elapsed() > MAKE_TIMEOUT {
+                    return Err(Error::infra(format!(
+                        "{} stayed locked by another build for too long",
+                        path.display()
+                    ))
+                    .into());
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).context(format!("lock {}", path.display()))
+            }
+        }
+    }
+}
