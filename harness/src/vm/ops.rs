@@ -61,7 +61,7 @@ impl Session {
 
 impl Vm {
     /// Runs a shell command in the guest. Build `cmd` from values with
-    /// [`sh_quote`].
+    /// [`sh_quote`](super::sh_quote).
     pub async fn exec(&self, cmd: &str, timeout: Duration) -> anyhow::Result<ExecOutput> {
         self.with_conn(cmd, timeout, move |conn, cmd| {
             ssh::exec(conn, &cmd, &[], timeout)
