@@ -1,158 +1,14 @@
-//! The QEMU command line, built from types, and what a QEMU binary can do.
-//!
-//! [`VmConfig`] describes a guest; [`QemuCaps`] is what a given
-//! `qemu-system-aarch64` supports (probed once per binary and cached);
-//! [`plan`] checks one against the other and lays the PCI topology out, so
-//! that every device's guest BDF and requester id are known before boot, and
-//! [`QemuPlan::argv`] turns the result into argv. Nothing here goes through a
-//! shell: values become single argv entries, and ids are checked against
-//! QEMU's id syntax so they cannot smuggle extra `-device` options in.
-//!
-//! A configuration this QEMU cannot run is [`Unsupported`] (the scenario is
-//! skipped with the reason), not an error.
+//! The plan for one boot: [`plan`] checks a [`VmConfig`] against
+//! [`QemuCaps`], picks the machine for the SMMU stage, and lays the PCI
+//! topology out, so that every device's guest BDF and requester id are known
+//! before QEMU starts.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, UNIX_EPOCH};
 
-use anyhow::Context;
-use serde::{Deserialize, Serialize};
-
-use crate::cache::{self, KeyBuilder};
-
-/// The machine type.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Machine {
-    /// `virt`, unless the SMMU stage asks for an older machine version (see
-    /// [`SmmuStage`]).
-    Virt,
-    /// A versioned machine such as `virt-9.0`.
-    Versioned(String),
-}
-
-/// Which translation stages the SMMUv3 implements.
-///
-/// On QEMU ≥ 10.0, `virt` forces a nested SMMU (S1+S2) whatever
-/// `-global arm-smmuv3.stage=` says, so with [`Machine::Virt`] an explicit
-/// S1 or S2 runs on `virt-9.0`, which honours the global (see
-/// `resolve_machine` for what was measured).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SmmuStage {
-    /// Whatever the machine does by default.
-    MachineDefault,
-    Stage1,
-    Stage2,
-    Nested,
-}
-
-/// The IOMMU on the PCIe root complex.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Iommu {
-    None,
-    SmmuV3(SmmuStage),
-}
-
-/// A PCI device under test. Ids become QEMU `id=`s and must match
-/// `[A-Za-z][A-Za-z0-9_.-]*`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Device {
-    /// QEMU's `edu` (1234:11e8): one MSI vector, DMA engine. `dma_mask`
-    /// widens its 28-bit default DMA mask.
-    Edu { id: String, dma_mask: Option<u64> },
-    /// Two `edu` as functions 0 and 1 of one slot. Without ACS, Linux puts
-    /// the functions of a multifunction device in one iommu group, while
-    /// each keeps its own requester id: the shared-group case that works.
-    EduPairMultifunction {
-        ids: [String; 2],
-        dma_mask: Option<u64>,
-    },
-    /// Two `edu` behind one `pcie-pci-bridge`: both DMA with the bridge's
-    /// alias requester id `(secondary bus, 0)`. Measured on Linux 6.18: the
-    /// first gets an iommu group (shared with the bridge), the second is
-    /// refused ("Aliasing StreamID 0x100 ... unsupported, expect DMA to be
-    /// broken") and has none. Use [`Device::EduPairMultifunction`] for a
-    /// shared group; this one is for the aliasing case itself.
-    EduPairBehindBridge {
-        bridge_id: String,
-        ids: [String; 2],
-        dma_mask: Option<u64>,
-    },
-    /// Intel 82574L (`e1000e`): MSI-X with several vectors. No backend is
-    /// attached; it is there to be bound to vfio-pci.
-    E1000e { id: String },
-}
-
-/// Host port forwarding for SSH into the guest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SshConfig {
-    /// Private key whose public half is in the image's authorized_keys.
-    pub private_key: PathBuf,
-    pub user: String,
-}
-
-/// Everything needed to boot one guest.
-#[derive(Debug, Clone)]
-pub struct VmConfig {
-    /// The QEMU binary (`qemu-system-aarch64` from PATH if relative).
-    pub qemu: PathBuf,
-    pub machine: Machine,
-    pub iommu: Iommu,
-    /// `-cpu` model; `max` gives every feature TCG has.
-    pub cpu: String,
-    pub smp: u32,
-    pub memory_mb: u32,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub append: String,
-    pub devices: Vec<Device>,
-    /// Empty `pcie-root-port`s for hotplugging devices later (ids
-    /// `hp0`, `hp1`...).
-    pub hotplug_ports: u32,
-    /// `Some`: user networking with an SSH port forward on 127.0.0.1;
-    /// `None`: `-nic none`.
-    pub ssh: Option<SshConfig>,
-    /// Trace event names or globs (`smmuv3_translate_*`) enabled from the
-    /// start; more can be enabled at run time over QMP.
-    pub trace_events: Vec<String>,
-    /// Where the run's artifacts go (created if missing).
-    pub run_dir: PathBuf,
-    /// From QEMU start to the readiness marker (and SSH, if configured).
-    pub boot_timeout: Duration,
-    /// Start with the CPUs stopped (`-S`) and stop at QMP: the machine and
-    /// every device exist, no guest code has run (the pre-flight check).
-    pub start_paused: bool,
-}
-
-impl VmConfig {
-    /// A config with the harness's defaults for everything but the inputs.
-    pub fn new(kernel: PathBuf, initrd: PathBuf, run_dir: PathBuf) -> VmConfig {
-        VmConfig {
-            qemu: PathBuf::from("qemu-system-aarch64"),
-            machine: Machine::Virt,
-            iommu: Iommu::SmmuV3(SmmuStage::MachineDefault),
-            cpu: "max".into(),
-            smp: 2,
-            memory_mb: 1024,
-            kernel,
-            initrd,
-            append: crate::image::kernel_cmdline(&Default::default()),
-            devices: Vec::new(),
-            hotplug_ports: 0,
-            ssh: None,
-            trace_events: Vec::new(),
-            run_dir,
-            boot_timeout: Duration::from_secs(60),
-            start_paused: false,
-        }
-    }
-}
-
-/// NICs load an iPXE option ROM by default (Debian's `ipxe-qemu`, only a
-/// Recommends of qemu-system-arm); a directly booted kernel never runs it,
-/// so no NIC asks for one and the package is not needed.
-pub const NO_OPTION_ROM: &str = "romfile=";
+use super::argv::{path_arg, NO_OPTION_ROM};
+use super::{Device, Iommu, Machine, QemuCaps, SmmuStage, VmConfig};
 
 /// A PCI address in the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -208,21 +64,6 @@ impl PlacedDevice {
     }
 }
 
-/// What one QEMU binary supports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QemuCaps {
-    pub path: PathBuf,
-    /// `(major, minor, micro)`.
-    pub version: (u32, u32, u32),
-    pub version_line: String,
-    pub machines: BTreeSet<String>,
-    /// User-creatable devices (`-device help`).
-    pub devices: BTreeSet<String>,
-    /// Properties of `-M virt`.
-    pub virt_props: BTreeSet<String>,
-    pub trace_events: BTreeSet<String>,
-}
-
 /// Why this QEMU cannot run a configuration: the scenario is skipped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
@@ -243,19 +84,11 @@ pub struct QemuPlan {
     pub machine: String,
     pub devices: Vec<PlacedDevice>,
     pub(crate) args: Vec<String>,
-    trace_events: Vec<String>,
-}
-
-/// Paths and ports only known at spawn time.
-#[derive(Debug, Clone)]
-pub struct Runtime<'a> {
-    pub qmp_socket: &'a Path,
-    pub trace_file: &'a Path,
-    pub ssh_port: Option<u16>,
+    pub(super) trace_events: Vec<String>,
 }
 
 /// Slot of the SSH NIC on the root bus.
-const NIC_SLOT: u8 = 1;
+pub(super) const NIC_SLOT: u8 = 1;
 /// First root-bus slot for devices under test.
 const FIRST_DEVICE_SLOT: u8 = 2;
 /// Slots on a bridge's secondary bus for an edu pair.
@@ -558,177 +391,6 @@ pub enum PlanError {
     Invalid(String),
 }
 
-impl QemuPlan {
-    /// The full argv (without the program) for these runtime paths.
-    pub fn argv(&self, rt: &Runtime<'_>) -> anyhow::Result<Vec<String>> {
-        let mut argv = self.args.clone();
-        let sock = path_arg(rt.qmp_socket)?;
-        argv.extend([
-            "-chardev".to_string(),
-            format!(
-                "socket,id=qmp,path={},server=on,wait=off",
-                escape_opt(&sock)
-            ),
-            "-mon".to_string(),
-            "chardev=qmp,mode=control".to_string(),
-        ]);
-        match rt.ssh_port {
-            Some(port) => {
-                // restrict=on: the guest reaches nothing outside; the
-                // forward still works.
-                argv.push("-netdev".into());
-                argv.push(format!(
-                    "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"
-                ));
-                argv.push("-device".into());
-                argv.push(format!(
-                    "virtio-net-pci,netdev=net0,bus=pcie.0,addr={NIC_SLOT:#x},{NO_OPTION_ROM}"
-                ));
-            }
-            None => {
-                argv.push("-nic".into());
-                argv.push("none".into());
-            }
-        }
-        // Every `-trace` option sets the file anew (to stderr when it has no
-        // `file=`), so each one names it.
-        let file = escape_opt(&path_arg(rt.trace_file)?);
-        if self.trace_events.is_empty() {
-            argv.push("-trace".into());
-            argv.push(format!("file={file}"));
-        }
-        for pattern in &self.trace_events {
-            argv.push("-trace".into());
-            argv.push(format!("enable={pattern},file={file}"));
-        }
-        Ok(argv)
-    }
-}
-
-/// Quotes argv for a POSIX shell, so that the saved command line can be
-/// pasted and run as is.
-pub fn shell_quote(argv: &[String]) -> String {
-    crate::process::display(argv)
-}
-
-/// Probes `qemu` (cached per binary path, size and mtime).
-pub fn probe(qemu: &Path) -> anyhow::Result<QemuCaps> {
-    let path = resolve_program(qemu)?;
-    let meta = std::fs::metadata(&path).with_context(|| format!("stat {}", path.display()))?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let key = KeyBuilder::new()
-        .str("probe-format", "1")
-        .str("path", &path.to_string_lossy())
-        .str("size", &meta.len().to_string())
-        .str("mtime", &mtime.to_string())
-        .finish();
-    let cache_file = cache::cache_dir("qemu")?.join(format!("caps-{}.json", key.short()));
-    if let Ok(text) = std::fs::read_to_string(&cache_file) {
-        if let Ok(caps) = serde_json::from_str::<QemuCaps>(&text) {
-            return Ok(caps);
-        }
-    }
-    let caps = probe_uncached(&path)?;
-    cache::write_atomic(&cache_file, serde_json::to_string_pretty(&caps)?.as_bytes())?;
-    Ok(caps)
-}
-
-fn probe_uncached(path: &Path) -> anyhow::Result<QemuCaps> {
-    let run = |args: &[&str]| -> anyhow::Result<String> {
-        let out = Command::new(path)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .with_context(|| format!("run {} {}", path.display(), args.join(" ")))?;
-        if !out.status.success() {
-            anyhow::bail!(
-                "`{} {}` failed ({}): {}",
-                path.display(),
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    let version_text = run(&["--version"])?;
-    let version_line = version_text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    let version = parse_version(&version_line)
-        .with_context(|| format!("cannot read a version from `{version_line}`"))?;
-    Ok(QemuCaps {
-        path: path.to_path_buf(),
-        version,
-        version_line,
-        machines: parse_machines(&run(&["-machine", "help"])?),
-        devices: parse_devices(&run(&["-device", "help"])?),
-        virt_props: parse_props(&run(&["-machine", "virt,help"])?),
-        trace_events: run(&["-trace", "help"])?
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.contains(' '))
-            .map(String::from)
-            .collect(),
-    })
-}
-
-fn resolve_program(p: &Path) -> anyhow::Result<PathBuf> {
-    if p.components().count() > 1 {
-        return Ok(p.to_path_buf());
-    }
-    crate::deps::which(&p.to_string_lossy()).ok_or_else(|| {
-        crate::Error::infra(format!(
-            "{} is not on PATH: install qemu-system-arm (cargo xtask deps)",
-            p.display()
-        ))
-        .into()
-    })
-}
-
-fn parse_version(line: &str) -> Option<(u32, u32, u32)> {
-    let rest = line.split("version ").nth(1)?;
-    let v = rest
-        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .next()?;
-    let mut parts = v.split('.').map(|p| p.parse::<u32>());
-    Some((
-        parts.next()?.ok()?,
-        parts.next().unwrap_or(Ok(0)).ok()?,
-        parts.next().unwrap_or(Ok(0)).ok()?,
-    ))
-}
-
-fn parse_machines(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .skip_while(|l| !l.starts_with("Supported machines"))
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next().map(String::from))
-        .collect()
-}
-
-fn parse_devices(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("name \""))
-        .filter_map(|l| l.split('"').next().map(String::from))
-        .collect()
-}
-
-fn parse_props(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter_map(|l| l.trim().split_once('=').map(|(k, _)| k.to_string()))
-        .filter(|k| !k.contains(' '))
-        .collect()
-}
-
 /// The machine to run and the `arm-smmuv3.stage` global to pass, if any.
 ///
 /// Measured on QEMU 10.0.2 (SMMU IDR features as Linux prints them):
@@ -857,19 +519,8 @@ fn check_id_like(what: &str, s: &str, glob: bool) -> Result<(), PlanError> {
     }
 }
 
-/// QEMU's option parser splits on `,`; a literal comma is written twice.
-fn escape_opt(s: &str) -> String {
-    s.replace(',', ",,")
-}
-
-fn path_arg(p: &Path) -> anyhow::Result<String> {
-    p.to_str()
-        .map(String::from)
-        .with_context(|| format!("path is not UTF-8: {}", p.display()))
-}
-
 /// `*` and `?` globbing, as QEMU's trace patterns.
-fn glob_match(pattern: &str, name: &str) -> bool {
+pub(super) fn glob_match(pattern: &str, name: &str) -> bool {
     fn go(p: &[u8], n: &[u8]) -> bool {
         match (p.first(), n.first()) {
             (None, None) => true,
@@ -885,6 +536,7 @@ fn glob_match(pattern: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vm::qemu::{Runtime, SshConfig};
 
     /// What QEMU 10.0.2 reports, trimmed to what the plan looks at.
     fn caps_10() -> QemuCaps {
@@ -1143,56 +795,5 @@ mod tests {
         assert!(bad(vec![edu("hp0")], &[]).contains("reserved"));
         assert!(bad(vec![], &["smmuv3_nosuch"]).contains("matches no event"));
         assert!(bad((0..31).map(|i| edu(&format!("e{i}"))).collect(), &[]).contains("more than 30"));
-    }
-
-    #[test]
-    fn help_outputs_are_parsed() {
-        assert_eq!(
-            parse_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)"),
-            Some((10, 0, 2))
-        );
-        assert_eq!(
-            parse_version("QEMU emulator version 7.2.19"),
-            Some((7, 2, 19))
-        );
-        let machines = parse_machines(
-            "Supported machines are:\nvirt                 QEMU 10.0 ARM Virtual Machine (alias of virt-10.0)\nvirt-10.0            QEMU 10.0 ARM Virtual Machine\nnone                 empty machine\n",
-        );
-        assert_eq!(
-            machines.into_iter().collect::<Vec<_>>(),
-            ["none", "virt", "virt-10.0"]
-        );
-        let devices = parse_devices(
-            "Controller/Bridge/Hub devices:\nname \"pcie-pci-bridge\", bus PCI\n\nMisc devices:\nname \"edu\", bus PCI\nname \"virtio-net-pci\", bus PCI, alias \"virtio-net\"\n",
-        );
-        assert_eq!(
-            devices.into_iter().collect::<Vec<_>>(),
-            ["edu", "pcie-pci-bridge", "virtio-net-pci"]
-        );
-        let props = parse_props(
-            "virt-10.0-machine options:\n  acpi=<OnOffAuto>       - Enable ACPI\n  iommu=<string>         - Set the IOMMU type. Valid values are none and smmuv3\n",
-        );
-        assert!(props.contains("iommu") && props.contains("acpi"));
-    }
-
-    #[test]
-    fn command_lines_are_quoted_for_a_shell() {
-        let argv: Vec<String> = [
-            "qemu",
-            "-append",
-            "console=ttyAMA0 panic=-1",
-            "-device",
-            "edu,id=a",
-            "it's",
-        ]
-        .map(String::from)
-        .into();
-        assert_eq!(
-            shell_quote(&argv),
-            r#"qemu -append 'console=ttyAMA0 panic=-1' -device 'edu,id=a' "it's""#
-        );
-        assert!(glob_match("smmuv3_translate_*", "smmuv3_translate_success"));
-        assert!(!glob_match("smmuv3_translate_*", "smmuv3_record_event"));
-        assert!(glob_match("gicv3_its_cmd_ma?d", "gicv3_its_cmd_mapd"));
     }
 }

@@ -1,0 +1,287 @@
+//! Booting a guest: [`Vm::boot`] from a [`VmConfig`] to a ready guest, and
+//! the [`BootTimings`] it records.
+
+use std::fmt;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::console::{Console, Stderr};
+use super::error::{is_port_clash, wrap};
+use super::process::QemuProcess;
+use super::qemu::{self, PlanError, QemuPlan, Runtime};
+use super::{
+    artifact, probe, qmp, ssh, BootError, Health, QemuCaps, Qmp, SshState, Vm, VmConfig,
+    READY_MARKER,
+};
+use crate::Error;
+
+/// How long boot phases took, from QEMU's spawn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootTimings {
+    /// First line on the serial console (the kernel's banner).
+    pub kernel_first_line: Option<Duration>,
+    /// `Run /init as init process` (absent with `quiet`).
+    pub init_started: Option<Duration>,
+    /// The readiness marker.
+    pub ready: Duration,
+    /// First successful SSH login, when SSH is configured.
+    pub ssh_ready: Option<Duration>,
+}
+
+impl BootTimings {
+    /// QEMU start to ready (SSH included when configured).
+    pub fn total(&self) -> Duration {
+        self.ssh_ready.unwrap_or(self.ready)
+    }
+}
+
+impl fmt::Display for BootTimings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = |d: Option<Duration>| {
+            d.map_or("-".to_string(), |d| format!("{:.3} s", d.as_secs_f64()))
+        };
+        writeln!(
+            f,
+            "qemu start → kernel first line  {}",
+            s(self.kernel_first_line)
+        )?;
+        writeln!(
+            f,
+            "qemu start → /init              {}",
+            s(self.init_started)
+        )?;
+        writeln!(f, "qemu start → {READY_MARKER}  {}", s(Some(self.ready)))?;
+        if self.ssh_ready.is_some() {
+            writeln!(f, "qemu start → ssh login          {}", s(self.ssh_ready))?;
+        }
+        write!(
+            f,
+            "total                           {}",
+            s(Some(self.total()))
+        )
+    }
+}
+
+impl Vm {
+    /// Starts QEMU and returns when the guest is ready.
+    pub async fn boot(cfg: VmConfig) -> anyhow::Result<Vm> {
+        let qemu_path = cfg.qemu.clone();
+        let caps = tokio::task::spawn_blocking(move || probe(&qemu_path))
+            .await
+            .context("qemu probe task")?
+            .with_context(|| format!("probe {}", cfg.qemu.display()))?;
+        let plan = match qemu::plan(&cfg, &caps) {
+            Ok(p) => p,
+            Err(PlanError::Unsupported(u)) => {
+                let msg = "this qemu cannot run the vm config (skip it)".to_string();
+                return Err(wrap(BootError::Unsupported(u), msg));
+            }
+            Err(PlanError::Invalid(m)) => {
+                let msg = "invalid vm config".to_string();
+                return Err(wrap(BootError::InvalidConfig(m), msg));
+            }
+        };
+        for (what, p) in [("kernel", &cfg.kernel), ("initrd", &cfg.initrd)] {
+            if !p.is_file() {
+                return Err(Error::infra(format!("{what} {} does not exist", p.display())).into());
+            }
+        }
+        if let Some(s) = &cfg.ssh {
+            if !s.private_key.is_file() {
+                return Err(Error::infra(format!(
+                    "ssh key {} does not exist",
+                    s.private_key.display()
+                ))
+                .into());
+            }
+        }
+        fs::create_dir_all(&cfg.run_dir)
+            .with_context(|| format!("create run dir {}", cfg.run_dir.display()))?;
+        // A fresh port can be taken between our probe and QEMU's bind; QEMU
+        // then fails at once and we try another.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Vm::boot_once(&cfg, &plan, &caps).await {
+                Err(e) if attempt < 3 && is_port_clash(&e) => continue,
+                r => return r,
+            }
+        }
+    }
+
+    async fn boot_once(cfg: &VmConfig, plan: &QemuPlan, caps: &QemuCaps) -> anyhow::Result<Vm> {
+        let run_dir = cfg.run_dir.clone();
+        let sock_dir = tempfile::Builder::new()
+            .prefix("msi-harness-qmp-")
+            .tempdir()
+            .context("create qmp socket dir")?;
+        fs::set_permissions(sock_dir.path(), fs::Permissions::from_mode(0o700))?;
+        let qmp_socket = sock_dir.path().join("qmp.sock");
+        let trace_file = artifact(&run_dir, "trace.log");
+        let ssh_port = match &cfg.ssh {
+            Some(_) => Some(free_port().context("pick a local port for ssh")?),
+            None => None,
+        };
+        let argv = plan.argv(&Runtime {
+            qmp_socket: &qmp_socket,
+            trace_file: &trace_file,
+            ssh_port,
+        })?;
+        let mut full = vec![caps.path.display().to_string()];
+        full.extend(argv.iter().cloned());
+        let command_line = qemu::shell_quote(&full);
+        // Runnable as is: it recreates the private socket dir (gone after
+        // the run). The console is on stdout with signals off, so Ctrl-C
+        // goes to the guest; stop QEMU with `kill` or QMP `quit`.
+        fs::write(
+            artifact(&run_dir, "qemu-cmdline.sh"),
+            format!(
+                "#!/bin/sh\n# {} as msi-harness ran it; console on stdout, Ctrl-C goes to the guest.\nmkdir -p -m 0700 {}\nexec {command_line}\n",
+                caps.version_line,
+                qemu::shell_quote(&[sock_dir.path().display().to_string()])
+            ),
+        )?;
+        let _ = fs::set_permissions(
+            artifact(&run_dir, "qemu-cmdline.sh"),
+            fs::Permissions::from_mode(0o755),
+        );
+
+        let sp = QemuProcess::spawn(caps.path.clone().into_os_string(), argv).map_err(|e| {
+            let msg = "qemu did not start".to_string();
+            wrap(
+                BootError::Spawn {
+                    qemu: caps.path.display().to_string(),
+                    source: e,
+                },
+                msg,
+            )
+        })?;
+        let started = sp.started;
+        let process = sp.process;
+        let console = Console::spawn(sp.stdout, &artifact(&run_dir, "console.log"), started)?;
+        let stderr = Stderr::spawn(sp.stderr, &artifact(&run_dir, "qemu-stderr.log"))?;
+        let health = Health {
+            console,
+            stderr,
+            exit: process.exit_watch(),
+            started,
+            run_dir: run_dir.clone(),
+        };
+        let deadline = started + cfg.boot_timeout;
+        let boot_err = |e: BootError, waited: &str| -> anyhow::Error {
+            let msg = format!(
+                "boot, waiting for {waited} ({:.1} s after qemu start)\n--- last console lines ---\n{}\n(artifacts: {})",
+                started.elapsed().as_secs_f64(),
+                health.console.tail(20),
+                run_dir.display()
+            );
+            wrap(e, msg)
+        };
+
+        let transcript = qmp::Transcript::create(&artifact(&run_dir, "qmp.log"), started)?;
+        let alive = {
+            let exit = process.exit_watch();
+            move || exit.borrow().is_none()
+        };
+        let qmp = health
+            .guard("qmp connect", async {
+                Qmp::connect(&qmp_socket, Duration::from_secs(10), transcript, alive)
+                    .await
+                    .map_err(|e| boot_err(e.into(), "the qmp socket"))
+            })
+            .await?;
+
+        // A paused start stops here: QMP answers only once QEMU's
+        // initialisation is over, so the machine and every device exist.
+        let ready = if cfg.start_paused {
+            Duration::ZERO
+        } else {
+            // Ready marker.
+            let waiting = async {
+                let mut rx = health.console.watch();
+                loop {
+                    if let Some(t) = health.console.lock().ready {
+                        return Ok(t);
+                    }
+                    if rx.changed().await.is_err() {
+                        // Console closed: the guard reports QEMU's exit.
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            health
+                .guard("boot", async {
+                    match tokio::time::timeout_at(deadline.into(), waiting).await {
+                        Ok(r) => r,
+                        Err(_) => Err(boot_err(
+                            BootError::Timeout {
+                                waiting_for: "readiness marker on the console",
+                                after: cfg.boot_timeout,
+                            },
+                            READY_MARKER,
+                        )),
+                    }
+                })
+                .await?
+        };
+
+        let mut ssh_state = None;
+        let mut ssh_ready = None;
+        if let (Some(s), Some(port), false) = (&cfg.ssh, ssh_port, cfg.start_paused) {
+            let target = ssh::SshTarget {
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                user: s.user.clone(),
+                key: s.private_key.clone(),
+            };
+            let t2 = target.clone();
+            let h2 = health.clone();
+            let conn = health
+                .guard("ssh login", async move {
+                    tokio::task::spawn_blocking(move || {
+                        ssh::connect_until(&t2, deadline, &|| h2.gone_now())
+                    })
+                    .await
+                    .context("ssh connect task")?
+                    .map_err(|e| boot_err(e.into(), "ssh login"))
+                })
+                .await?;
+            ssh_ready = Some(started.elapsed());
+            ssh_state = Some(SshState {
+                target,
+                conn: Arc::new(Mutex::new(Some(conn))),
+            });
+        }
+        let (kernel_first_line, init_started) = {
+            let st = health.console.lock();
+            (st.first_line, st.init_started)
+        };
+        Ok(Vm {
+            process,
+            health,
+            qmp,
+            ssh: ssh_state,
+            plan: plan.clone(),
+            trace_file,
+            timings: BootTimings {
+                kernel_first_line,
+                init_started,
+                ready,
+                ssh_ready,
+            },
+            ssh_port,
+            command_line,
+            sessions: Default::default(),
+            _sock_dir: sock_dir,
+        })
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (released before QEMU binds it).
+fn free_port() -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(l.local_addr()?.port())
+}
