@@ -20,6 +20,7 @@ pub fn run(file: &Path, variant: &str, inputs: &Inputs) -> TrialResult {
     let mut result = TrialResult {
         scenario: name.clone(),
         variant: variant.to_string(),
+        kernel_release: String::new(),
         outcome: Outcome::INFRASTRUCTURE,
         reason: None,
         interrupts_delivered: 0,
@@ -90,6 +91,7 @@ fn run_steps(
         Completion::Skipped { reason } => return Ok(Ended::Skipped(reason)),
         Completion::Ran(e) => e,
     };
+    result.kernel_release = exec.kernel_release.clone();
     result.interrupts_delivered = exec.interrupts_delivered;
     result.msi_addresses = exec.msi_addresses.clone();
     let doc = SnapshotDoc::new(&scenario, variant, &exec);

@@ -143,7 +143,10 @@ pub(super) fn plan(source: KernelSource, options: BuildOptions, log: &Log) -> an
                 // A directory is a series directory like the variants' own.
                 (Some(s), _) if s.is_dir() => series_files(s)?,
                 (Some(s), _) => vec![s.to_path_buf()],
-                (None, Some(dir)) => series_files(dir)?,
+                // A variant's `patches` is a series directory or one file
+                // (an mbox as archived).
+                (None, Some(dir)) if dir.is_dir() => series_files(dir)?,
+                (None, Some(file)) => vec![file.clone()],
                 (None, None) => Vec::new(),
             };
             match &v.source {

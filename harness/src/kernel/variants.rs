@@ -330,10 +330,10 @@ pub fn parse(file: &Path, text: &str) -> Result<KernelsFile, Error> {
         let patches = match &v.patches {
             Some(p) => {
                 let dir = resolve(p.get_ref());
-                if !dir.is_dir() {
+                if !dir.exists() {
                     return Err(at(
                         p.span(),
-                        format!("patch directory {} does not exist", dir.display()),
+                        format!("patch series {} does not exist", dir.display()),
                     ));
                 }
                 if matches!(source, SourceSpec::Tree { .. }) {

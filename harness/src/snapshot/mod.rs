@@ -25,6 +25,10 @@ use observe::Observations;
 pub struct SnapshotDoc {
     pub scenario: String,
     pub variant: String,
+    /// Not part of the snapshot (a tree of another release, or one that
+    /// `setlocalversion` marks `6.18.15+`, must compare by behaviour): the
+    /// trial's result file records it.
+    #[serde(skip)]
     pub kernel_release: String,
     pub machine: String,
     pub devices: Vec<PlacedDevice>,

@@ -171,18 +171,28 @@ fn is_smmu_event(line: &str) -> bool {
 }
 
 /// Strips the printk timestamp and the numbers that change from run to
-/// run (PID, CPU) from a kernel line.
+/// run (PID, CPU) from a kernel line, and the build layout from source
+/// paths: a WARN names `../src/drivers/...` when the kernel was built out of
+/// tree (the variants' `build`→`src` layout), an absolute path or `drivers/...`
+/// for other layouts; the snapshot says `drivers/...` for all of them.
 pub fn normalise_kernel_line(line: &str) -> String {
-    static RES: std::sync::OnceLock<[Regex; 2]> = std::sync::OnceLock::new();
-    let [stamp, pid] = RES.get_or_init(|| {
+    static RES: std::sync::OnceLock<[Regex; 3]> = std::sync::OnceLock::new();
+    let [stamp, pid, path] = RES.get_or_init(|| {
         [
             Regex::new(r"^\s*\[\s*\d+\.\d+\]\s?").expect("valid regex"),
             Regex::new(r"CPU: \d+ (UID: \d+ )?PID: \d+").expect("valid regex"),
+            // The shortest prefix (none if possible) before a kernel top-level directory, in a
+            // `dir/file.c:LINE` path.
+            Regex::new(
+                r"(^|[\s(])(?:[^\s(]*?/)??((?:arch|block|crypto|drivers|fs|include|init|io_uring|ipc|kernel|lib|mm|net|rust|security|sound|virt)/[^\s:]+:\d+)",
+            )
+            .expect("valid regex"),
         ]
     });
     let line = line.trim_end_matches(['\r', '\n']);
     let line = stamp.replace(line, "");
-    pid.replace_all(&line, "CPU: N PID: N").into_owned()
+    let line = pid.replace_all(&line, "CPU: N PID: N");
+    path.replace_all(&line, "$1$2").into_owned()
 }
 
 #[cfg(test)]
@@ -208,5 +218,27 @@ mod tests {
         assert_eq!(o.smmu_translations[0].iova, "0x8000040");
         assert_eq!(o.its_writes[0].count, 2);
         assert_eq!(o.kernel, vec!["WARNING: CPU: N PID: N at drivers/iommu/io-pgtable-arm.c:395 __arm_lpae_map+0x1/0x2".to_string()]);
+    }
+
+    #[test]
+    fn source_paths_lose_the_build_layout() {
+        let want = "WARNING: CPU: N PID: N at drivers/iommu/io-pgtable-arm.c:370 __arm_lpae_map+0x498/0x4dc";
+        for line in [
+            "[   12.5] WARNING: CPU: 0 PID: 77 at ../src/drivers/iommu/io-pgtable-arm.c:370 __arm_lpae_map+0x498/0x4dc",
+            "[   12.5] WARNING: CPU: 1 PID: 78 at drivers/iommu/io-pgtable-arm.c:370 __arm_lpae_map+0x498/0x4dc",
+            "WARNING: CPU: 1 PID: 78 at /home/r/linux/drivers/iommu/io-pgtable-arm.c:370 __arm_lpae_map+0x498/0x4dc",
+        ] {
+            assert_eq!(normalise_kernel_line(line), want, "{line}");
+        }
+        // A path inside the tree that names another top-level directory's
+        // name (drivers/net) keeps its own first component.
+        assert_eq!(
+            normalise_kernel_line("WARNING: at drivers/net/x.c:1 f"),
+            "WARNING: at drivers/net/x.c:1 f"
+        );
+        assert_eq!(
+            normalise_kernel_line("kernel BUG at ../src/mm/slub.c:42!"),
+            "kernel BUG at mm/slub.c:42!"
+        );
     }
 }

@@ -217,6 +217,7 @@ mod tests {
         TrialResult {
             scenario: s.into(),
             variant: v.into(),
+            kernel_release: "6.18.15".into(),
             outcome,
             reason: (outcome != Outcome::Pass).then(|| "because".to_string()),
             interrupts_delivered: 2,

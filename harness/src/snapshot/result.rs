@@ -13,6 +13,10 @@ pub use crate::outcome::{Failure, Outcome};
 pub struct TrialResult {
     pub scenario: String,
     pub variant: String,
+    /// `uname -r` of the guest. Kept here, not in the snapshot: a
+    /// reviewer's tree of another release must compare by behaviour.
+    #[serde(default)]
+    pub kernel_release: String,
     /// How it ended (`crate::outcome` decides what that means for the run).
     pub outcome: Outcome,
     /// Why it failed or was skipped (several lines possible).
