@@ -69,12 +69,16 @@ pub fn exit_code_of(err: &anyhow::Error) -> ExitCode {
     failure_of(err).exit_code()
 }
 
-/// How one trial ended. Serialised as one word: `pass`, `skip`, `finding`,
-/// `infrastructure`.
+/// How one trial ended. Serialised as one word: `pass`, `known`, `skip`,
+/// `finding`, `infrastructure`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "&'static str", try_from = "String")]
 pub enum Outcome {
     Pass,
+    /// Everything held but findings declared as known (understood,
+    /// reported, not fixed yet: `scenarios/known-findings.toml`), each of
+    /// which happened as declared.
+    Known,
     /// Not applicable to this kernel or QEMU (the reason is recorded).
     Skip,
     Fail(Failure),
@@ -87,6 +91,7 @@ impl Outcome {
     pub fn word(self) -> &'static str {
         match self {
             Outcome::Pass => "pass",
+            Outcome::Known => "known",
             Outcome::Skip => "skip",
             Outcome::Fail(Failure::Finding) => "finding",
             Outcome::Fail(Failure::Infrastructure) => "infrastructure",
@@ -99,7 +104,7 @@ impl Outcome {
 
     pub fn exit_code(self) -> ExitCode {
         match self {
-            Outcome::Pass | Outcome::Skip => ExitCode::Pass,
+            Outcome::Pass | Outcome::Known | Outcome::Skip => ExitCode::Pass,
             Outcome::Fail(f) => f.exit_code(),
         }
     }
@@ -116,6 +121,7 @@ impl TryFrom<String> for Outcome {
     fn try_from(s: String) -> Result<Outcome, String> {
         [
             Outcome::Pass,
+            Outcome::Known,
             Outcome::Skip,
             Outcome::FINDING,
             Outcome::INFRASTRUCTURE,
@@ -123,7 +129,7 @@ impl TryFrom<String> for Outcome {
         .into_iter()
         .find(|o| o.word() == s)
         .ok_or_else(|| {
-            format!("unknown outcome `{s}`: expected pass, skip, finding or infrastructure")
+            format!("unknown outcome `{s}`: expected pass, known, skip, finding or infrastructure")
         })
     }
 }

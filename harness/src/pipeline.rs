@@ -62,6 +62,15 @@ pub fn build_kernel(
     };
     let build = kernel::build_with(source, BuildOptions { series }, reporter, run_dir)?;
     let has_sw_msi = build.uapi.defines("IOMMU_OPTION_SW_MSI_START");
+    let sw_msi = dialect_of(request.variant())?;
+    if let Some(dialect) = &sw_msi {
+        let work_dir = run_dir.join(format!("uapi-check-{}", build.name));
+        kernel::uapi_check::check_dialect(&build.headers, &work_dir, dialect)?;
+        reporter.line(
+            crate::event::Stage::Kernel,
+            format!("SW_MSI dialect {}", dialect.summary()),
+        );
+    }
     let selftest = kernel::selftest::build_iommufd_selftest(&build, reporter, run_dir)?;
     let input = KernelInput {
         image: build.image.clone(),
@@ -69,11 +78,45 @@ pub fn build_kernel(
         config: build.config.clone(),
         release: build.release.clone(),
         has_sw_msi,
+        sw_msi,
         label,
         iommufd_selftest: Some(selftest),
         selector,
     };
     Ok((build, input))
+}
+
+/// The SW_MSI dialect `kernels.toml` declares for `variant` (`None` for
+/// a name that is not a variant, such as `xtask kernel`'s `tree`).
+fn dialect_of(variant: &str) -> anyhow::Result<Option<kernel::Dialect>> {
+    let variants = kernel::load_variants(&crate::cache::project_root())?;
+    Ok(variants
+        .into_iter()
+        .find(|v| v.name == variant)
+        .and_then(|v| v.sw_msi))
+}
+
+/// Whether a kernel's headers and its variant's declaration agree that it
+/// has the SW_MSI options: scenarios translate through the dialect, so a
+/// kernel with the options but no dialect (or the reverse) cannot be run.
+fn check_declared(variant: &str, input: &KernelInput) -> anyhow::Result<()> {
+    match (&input.sw_msi, input.has_sw_msi) {
+        (Some(d), false) => Err(crate::error::Error::infra(format!(
+            "{}: kernel-configs/kernels.toml says variant {variant} speaks SW_MSI dialect {}, \
+             but the kernel's <linux/iommufd.h> has no IOMMU_OPTION_SW_MSI_START",
+            input.label, d.name
+        ))
+        .into()),
+        (None, true) => Err(crate::error::Error::infra(format!(
+            "{}: the kernel's <linux/iommufd.h> defines IOMMU_OPTION_SW_MSI_START, but variant \
+             {variant} declares no `sw_msi` dialect in kernel-configs/kernels.toml: compare it \
+             as a variant that does (`--kernel-tree PATH --as sw-msi-rfcv2`, or \
+             `--variant sw-msi-rfcv2 --series FILE`), or declare one",
+            input.label
+        ))
+        .into()),
+        _ => Ok(()),
+    }
 }
 
 /// Host check, kernels, image: everything before the first VM. `series`,
@@ -93,6 +136,7 @@ pub fn prepare(
             KernelRequest::Tree { .. } => None,
         };
         let (_, input) = build_kernel(request, series, reporter, run_dir)?;
+        check_declared(request.variant(), &input)?;
         built.insert(request.variant().to_string(), input);
     }
     let image = image::build(reporter, run_dir)?;

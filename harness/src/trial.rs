@@ -34,6 +34,7 @@ pub fn run(file: &Path, variant: &str, inputs: &Inputs) -> TrialResult {
     };
     let (outcome, reason) = match run_steps(file, variant, inputs, &mut result) {
         Ok(Ended::Passed) => (Outcome::Pass, None),
+        Ok(Ended::Known(reasons)) => (Outcome::Known, Some(reasons)),
         Ok(Ended::Skipped(reason)) => (Outcome::Skip, Some(reason)),
         Err((outcome, reason)) => (outcome, Some(reason)),
     };
@@ -61,6 +62,8 @@ pub fn failure_message(result: &TrialResult) -> String {
 
 enum Ended {
     Passed,
+    /// Every failure was a declared known finding (the reasons).
+    Known(String),
     Skipped(String),
 }
 
@@ -102,17 +105,24 @@ fn run_steps(
         serde_json::to_string_pretty(&doc).unwrap_or_default(),
     );
 
+    let known = crate::scenario::known::load(&crate::scenario::scenarios_dir(), variant)
+        .map_err(|e| infra(e.to_string()))?;
+    let judged = crate::scenario::known::judge(&scenario.name, &exec.expectation_failures, &known);
     let mut problems = Vec::new();
     if let Some(a) = &exec.aborted {
         problems.push(format!("scenario stopped: {a}"));
     }
     problems.extend(exec.attribution_problems.iter().cloned());
-    problems.extend(exec.expectation_failures.iter().cloned());
+    problems.extend(judged.unexplained.iter().cloned());
+    problems.extend(judged.gone.iter().cloned());
     if let Err(e) = snapshot::compare(&scenario, &doc) {
         problems.push(e);
     }
     if problems.is_empty() {
-        return Ok(Ended::Passed);
+        if judged.known.is_empty() {
+            return Ok(Ended::Passed);
+        }
+        return Ok(Ended::Known(judged.known.join("\n")));
     }
     // A scenario that could not run to its end, or whose kernel lines could
     // not be attributed to their steps, says nothing reliable about the
@@ -122,5 +132,6 @@ fn run_steps(
     } else {
         Outcome::FINDING
     };
+    problems.extend(judged.known);
     Err((outcome, problems.join("\n")))
 }

@@ -101,6 +101,14 @@ fn vm_trial(file: &Path, variant: &str, inputs: &Inputs) -> Result<(), Failed> {
     let result = harness::trial::run(file, variant, inputs);
     match result.outcome {
         Outcome::Pass => Ok(()),
+        Outcome::Known => {
+            eprintln!(
+                "known findings in {}: {}",
+                result.name(),
+                result.reason.as_deref().unwrap_or("")
+            );
+            Ok(())
+        }
         Outcome::Skip => {
             // libtest-mimic has no run-time skip: say so and pass (the result
             // file and the summary say "skip").

@@ -548,6 +548,72 @@ fn every_scenario_has_its_snapshots_and_none_is_orphaned() {
     );
 }
 
+/// Every `expect.dialect.NAME` names a `[dialect.NAME]` of kernels.toml, and
+/// every known finding (`scenarios/known-findings/<variant>.toml`) names a
+/// variant, a scenario and one of its steps: a typo would otherwise make an
+/// expectation or a declaration silently apply to nothing.
+#[test]
+fn dialects_and_known_findings_name_what_exists() {
+    let kernels =
+        harness::kernel::variants::load_file(&root().join("kernel-configs/kernels.toml")).unwrap();
+    let mut problems = Vec::new();
+    let mut steps_of = std::collections::BTreeMap::new();
+    for file in harness::scenario::discover(&root().join("scenarios")).unwrap() {
+        let scenario = harness::scenario::Scenario::load(&file).unwrap();
+        for step in &scenario.steps {
+            for name in step.expect.iter().flat_map(|e| e.dialect.keys()) {
+                if !kernels.dialects.contains_key(name) {
+                    problems.push(format!(
+                        "{}:{}:{}: expect.dialect.{name}: kernels.toml has no [dialect.{name}] (dialects: {})",
+                        scenario.display_path,
+                        step.expect_pos.line,
+                        step.expect_pos.col,
+                        kernels.dialects.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ));
+                }
+            }
+        }
+        steps_of.insert(scenario.name.clone(), scenario.steps.len());
+    }
+    let dir = root().join("scenarios/known-findings");
+    for entry in std::fs::read_dir(&dir).into_iter().flatten() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let Some(variant) = name.strip_suffix(".toml") else {
+            problems.push(format!(
+                "scenarios/known-findings/{name}: not a `<variant>.toml`"
+            ));
+            continue;
+        };
+        if !kernels.variants.iter().any(|v| v.name == variant) {
+            problems.push(format!(
+                "scenarios/known-findings/{name}: kernels.toml has no variant `{variant}`"
+            ));
+        }
+        let known = match harness::scenario::known::load(&root().join("scenarios"), variant) {
+            Ok(k) => k,
+            Err(e) => {
+                problems.push(e.to_string());
+                continue;
+            }
+        };
+        for k in known {
+            match steps_of.get(&k.scenario) {
+                None => problems.push(format!("{}: no scenario `{}`", k.at, k.scenario)),
+                Some(&n) if k.step == 0 || k.step > n => problems.push(format!(
+                    "{}: {} has steps 1..={n}, not {}",
+                    k.at, k.scenario, k.step
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    fail_if_any(
+        &problems,
+        "dialects or known findings name what does not exist:",
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 3. Only harness::vm starts QEMU.
 

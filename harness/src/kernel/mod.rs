@@ -20,6 +20,7 @@
 //!   compiled for one variant is a hit for the others).
 
 pub mod apply;
+pub mod dialect;
 pub mod kconfig;
 mod make;
 pub mod patch;
@@ -39,6 +40,7 @@ use anyhow::Context;
 use crate::cache::{self, ContentKey};
 use crate::error::Error;
 use crate::event::{Reporter, Stage};
+pub use dialect::Dialect;
 pub use make::CcacheCounts;
 use make::{other_full_build_cc, toolchain_version, Make, Stats};
 use plan::{plan, Plan};

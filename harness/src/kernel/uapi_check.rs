@@ -124,6 +124,62 @@ pub fn check(include_dir: &Path, work_dir: &Path) -> anyhow::Result<UapiReport> 
     })
 }
 
+/// The C file of [`check_dialect`].
+pub const DIALECT_FILE: &str = "uapi-dialect.c";
+
+/// The C file that asserts a dialect's option ids against the headers.
+pub fn dialect_unit(dialect: &super::Dialect) -> String {
+    let mut c = preamble(["linux/iommufd.h"].into());
+    for (name, value) in dialect.option_ids() {
+        writeln!(
+            c,
+            "_Static_assert({name} == {value}, \"{TAG}dialect {d} says {name} = {value}\");",
+            d = dialect.name
+        )
+        .unwrap();
+    }
+    c
+}
+
+/// Checks that the kernel's headers give the SW_MSI options the ids that
+/// `dialect` (the variant's declaration in `kernels.toml`) says: option ids
+/// are data, since respins and other series reuse them.
+pub fn check_dialect(
+    include_dir: &Path,
+    work_dir: &Path,
+    dialect: &super::Dialect,
+) -> anyhow::Result<()> {
+    crate::deps::require_tool(COMPILER)?;
+    std::fs::create_dir_all(work_dir)?;
+    write_file(&work_dir.join(DIALECT_FILE), &dialect_unit(dialect))?;
+    let log = Log::create(&work_dir.join("gcc-dialect.log"))?;
+    let done = gcc_syntax_check(include_dir, work_dir, &[DIALECT_FILE.into()], &log)?;
+    if done.status.success() {
+        return Ok(());
+    }
+    let said: Vec<&str> = done
+        .stderr
+        .iter()
+        .filter_map(|l| {
+            l.split_once(TAG)
+                .map(|(_, m)| m.trim_end_matches(['"', '\'', ')', ';']))
+        })
+        .collect();
+    let what = if said.is_empty() {
+        stderr_tail(&done.stderr, 10)
+    } else {
+        format!("{}: the headers disagree", said.join("; "))
+    };
+    Err(Error::infra(format!(
+        "SW_MSI dialect {} does not fit this kernel's <linux/iommufd.h> ({}): {what} \
+         (fix `[dialect.{}]` in kernel-configs/kernels.toml or the variant's `sw_msi`)",
+        dialect.name,
+        include_dir.display(),
+        dialect.name
+    ))
+    .into())
+}
+
 /// `aarch64-linux-gnu-gcc -fsyntax-only` of `files` in `work_dir`, seeing
 /// no headers but those in `include_dir`, diagnostics plain and in English.
 fn gcc_syntax_check(

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use super::dialect::Dialect;
 use toml::Spanned;
 
 use crate::error::Error;
@@ -67,6 +69,9 @@ pub struct Variant {
     pub patches: Option<PathBuf>,
     /// Config fragments, in merge order (absolute paths).
     pub fragments: Vec<PathBuf>,
+    /// How the kernel speaks IOMMU_OPTION_SW_MSI_*; `None`: it has no such
+    /// options.
+    pub sw_msi: Option<Dialect>,
 }
 
 /// The parsed file: variants, and the fragments `--kernel-tree` builds use.
@@ -77,6 +82,8 @@ pub struct KernelsFile {
     /// `[selftest.libcap]`: the arm64 libcap-dev the iommufd kselftest
     /// links statically.
     pub selftest_libcap: Option<PinnedDeb>,
+    /// `[dialect.NAME]`, by name.
+    pub dialects: BTreeMap<String, Dialect>,
 }
 
 /// An arm64 Debian package pinned by version and the sha256 of its `.deb`.
@@ -109,6 +116,8 @@ struct RawFile {
     #[serde(default)]
     variant: Vec<Spanned<RawVariant>>,
     selftest: Option<RawSelftest>,
+    #[serde(default)]
+    dialect: BTreeMap<String, Dialect>,
 }
 
 #[derive(Deserialize)]
@@ -133,6 +142,8 @@ struct RawVariant {
     source: Spanned<String>,
     patches: Option<Spanned<String>>,
     fragments: Option<Vec<Spanned<String>>>,
+    /// The name of its `[dialect.NAME]`.
+    sw_msi: Option<Spanned<String>>,
 }
 
 /// Reads the project's `kernel-configs/kernels.toml`.
@@ -196,6 +207,19 @@ pub fn parse(file: &Path, text: &str) -> Result<KernelsFile, Error> {
             .collect()
     };
     let default_fragments = fragment_list(raw.fragments.get_ref())?;
+    let dialects: BTreeMap<String, Dialect> = raw
+        .dialect
+        .iter()
+        .map(|(name, d)| {
+            (
+                name.clone(),
+                Dialect {
+                    name: name.clone(),
+                    ..d.clone()
+                },
+            )
+        })
+        .collect();
 
     let mut sources = BTreeMap::new();
     for (name, spanned) in &raw.source {
@@ -351,18 +375,33 @@ pub fn parse(file: &Path, text: &str) -> Result<KernelsFile, Error> {
             Some(list) => fragment_list(list)?,
             None => default_fragments.clone(),
         };
+        let sw_msi = match &v.sw_msi {
+            Some(d) => Some(dialects.get(d.get_ref()).cloned().ok_or_else(|| {
+                at(
+                    d.span(),
+                    format!(
+                        "no [dialect.{}] in this file (dialects: {})",
+                        d.get_ref(),
+                        dialects.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            })?),
+            None => None,
+        };
         variants.push(Variant {
             name: name.clone(),
             description: v.description.clone(),
             source,
             patches,
             fragments,
+            sw_msi,
         });
     }
     Ok(KernelsFile {
         variants,
         default_fragments,
         selftest_libcap: raw.selftest.and_then(|s| s.libcap),
+        dialects,
     })
 }
 

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use msi_protocol::{Request, Response, Step, StepResult, StepValue, PROTOCOL_VERSION};
+use msi_protocol::{
+    ObjectRef, OptionId, Request, Response, Step, StepResult, StepValue, PROTOCOL_VERSION,
+};
 
 use super::inputs::{Inputs, KernelInput};
 use super::model::{
@@ -57,8 +59,8 @@ pub struct Execution {
     /// What the console said before the first step, raw.
     pub boot_console: Vec<String>,
     pub steps: Vec<StepRecord>,
-    /// One sentence per expectation that did not hold.
-    pub expectation_failures: Vec<String>,
+    /// One sentence per expectation that did not hold, with its step.
+    pub expectation_failures: Vec<super::known::FailedExpectation>,
     /// A step the agent could not perform, or a protocol error: the scenario
     /// stopped there (the trial fails as infrastructure).
     pub aborted: Option<String>,
@@ -280,6 +282,8 @@ struct Runner<'a> {
     /// SMMU events queued in earlier steps whose kernel report has not
     /// reached the console yet.
     owed_smmu_reports: usize,
+    /// How this kernel speaks the SW_MSI options.
+    sw_msi: Option<&'a crate::kernel::Dialect>,
 }
 
 async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Result<Execution> {
@@ -292,6 +296,7 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
         hotplugged: 0,
         selftest: kernel.iommufd_selftest.as_deref(),
         owed_smmu_reports: 0,
+        sw_msi: kernel.sw_msi.as_ref(),
     };
     let mut devices = Vec::new();
     for d in vm.devices().iter().filter(|d| !d.infrastructure) {
@@ -444,16 +449,20 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
                 _ => {}
             }
             if let Some(expect) = &step.expect {
-                for fields in expect.for_variant(kernel.has_sw_msi) {
+                for fields in expect.for_variant(dialect_name(kernel)) {
                     for failure in check(fields, r) {
-                        exec.expectation_failures.push(format!(
-                            "{}:{}:{}: step {} ({}): {failure}",
-                            scenario.display_path,
-                            step.expect_pos.line,
-                            step.expect_pos.col,
-                            step.index,
-                            step.action.op()
-                        ));
+                        exec.expectation_failures
+                            .push(super::known::FailedExpectation {
+                                step: step.index,
+                                message: format!(
+                                    "{}:{}:{}: step {} ({}): {failure}",
+                                    scenario.display_path,
+                                    step.expect_pos.line,
+                                    step.expect_pos.col,
+                                    step.index,
+                                    step.action.op()
+                                ),
+                            });
                     }
                 }
             }
@@ -477,6 +486,60 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
     Ok(exec)
 }
 
+/// The name `expect.dialect.NAME` tables are chosen by; `Some("")` for a
+/// kernel with the options but no declared dialect (only `with_sw_msi`
+/// applies), `None` for one without them.
+fn dialect_name(kernel: &KernelInput) -> Option<&str> {
+    match &kernel.sw_msi {
+        Some(d) => Some(d.name.as_str()),
+        None => kernel.has_sw_msi.then_some(""),
+    }
+}
+
+/// Addresses a "this device's MSI window" option step the way `dialect`
+/// speaks: its object (the context, or the device), its option id, and the
+/// SIZE in its unit (scenarios write MiB). Kernels without the options get
+/// msi-uapi's ids on object 0, and answer EOPNOTSUPP.
+fn window_step(
+    step: &mut Step,
+    device: &str,
+    dialect: Option<&crate::kernel::Dialect>,
+) -> Result<(), String> {
+    use crate::kernel::dialect::Scope;
+    let (option, object, value) = match step {
+        Step::OptionSet {
+            option,
+            object,
+            value,
+        } => (option, object, Some(value)),
+        Step::OptionGet { option, object } => (option, object, None),
+        _ => return Ok(()),
+    };
+    let Some(d) = dialect else {
+        *object = ObjectRef::Id(0);
+        return Ok(());
+    };
+    *object = match d.scope {
+        Scope::Context => ObjectRef::Id(0),
+        Scope::Device => ObjectRef::Name(device.to_string()),
+    };
+    let is_size = *option == OptionId::SwMsiSize;
+    *option = OptionId::from_id(if is_size {
+        d.size_option
+    } else {
+        d.start_option
+    });
+    if let (true, Some(value)) = (is_size, value) {
+        value.0 = d.size_unit.value_of_mib(value.0).ok_or_else(|| {
+            format!(
+                "a SIZE of {:#x} MiB does not fit dialect {}'s unit",
+                value.0, d.name
+            )
+        })?;
+    }
+    Ok(())
+}
+
 impl Runner<'_> {
     /// The step with defaults only the executor knows (the device's BDF).
     fn fill(&self, step: &ScenarioStep, s: &Step) -> anyhow::Result<Step> {
@@ -490,6 +553,10 @@ impl Runner<'_> {
                     ))
                 })?;
             }
+        }
+        if let Some(device) = &step.sw_msi_device {
+            window_step(&mut s, device, self.sw_msi)
+                .map_err(|e| Error::infra(format!("step {}: {e}", step.index)))?;
         }
         Ok(s)
     }
@@ -751,6 +818,78 @@ mod tests {
     }
 
     use super::*;
+
+    fn dialect(
+        scope: crate::kernel::dialect::Scope,
+        unit: crate::kernel::dialect::SizeUnit,
+    ) -> crate::kernel::Dialect {
+        crate::kernel::Dialect {
+            name: "d".into(),
+            description: String::new(),
+            scope,
+            size_unit: unit,
+            start_option: 7,
+            size_option: 8,
+        }
+    }
+
+    #[test]
+    fn a_window_step_is_addressed_as_the_dialect_speaks() {
+        use crate::kernel::dialect::{Scope, SizeUnit};
+        let set_size = Step::OptionSet {
+            option: OptionId::SwMsiSize,
+            object: ObjectRef::Id(0),
+            value: msi_protocol::HexU64(2),
+        };
+        // No dialect: msi-uapi's ids on object 0 (the kernel says EOPNOTSUPP).
+        let mut s = set_size.clone();
+        window_step(&mut s, "edu0", None).unwrap();
+        assert_eq!(s, set_size);
+        // Per context, ids as declared.
+        let mut s = set_size.clone();
+        window_step(
+            &mut s,
+            "edu0",
+            Some(&dialect(Scope::Context, SizeUnit::MiB)),
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            Step::OptionSet {
+                option: OptionId::Raw(8),
+                object: ObjectRef::Id(0),
+                value: msi_protocol::HexU64(2),
+            }
+        );
+        // Per device, SIZE in bytes.
+        let mut s = set_size.clone();
+        window_step(
+            &mut s,
+            "edu0",
+            Some(&dialect(Scope::Device, SizeUnit::Bytes)),
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            Step::OptionSet {
+                option: OptionId::Raw(8),
+                object: ObjectRef::Name("edu0".into()),
+                value: msi_protocol::HexU64(2 << 20),
+            }
+        );
+        let mut get = Step::OptionGet {
+            option: OptionId::SwMsiStart,
+            object: ObjectRef::Id(0),
+        };
+        window_step(&mut get, "b", Some(&dialect(Scope::Device, SizeUnit::MiB))).unwrap();
+        assert_eq!(
+            get,
+            Step::OptionGet {
+                option: OptionId::Raw(7),
+                object: ObjectRef::Name("b".into()),
+            }
+        );
+    }
     use msi_protocol::{ErrnoError, HexU64, MsiConfig};
 
     /// A scenario boots the harness's guest (`crate::guest`), the one
@@ -770,6 +909,7 @@ mod tests {
             config: "/k/config".into(),
             release: "6.18.15".into(),
             has_sw_msi: true,
+            sw_msi: None,
             label: "v".into(),
             iommufd_selftest: None,
             selector: String::new(),

@@ -48,10 +48,13 @@ pub enum Compound {
         #[serde(default = "one_u32")]
         vectors: u32,
     },
-    /// `option_set sw_msi_start = start`, then `option_set sw_msi_size =
-    /// size`, each expected to work on kernels with the option and to fail
-    /// with EOPNOTSUPP on kernels without it.
+    /// Set the MSI window of `device`: `option_set sw_msi_start = start`,
+    /// then `option_set sw_msi_size = size` (in MiB, as the uAPI documents
+    /// it), addressed through the variant's dialect; each expected to work
+    /// on kernels with the option and to fail with EOPNOTSUPP on kernels
+    /// without it, unless the compound's `expect` says otherwise.
     SetWindow {
+        device: String,
         start: HexU64,
         #[serde(default = "one_hex")]
         size: HexU64,
@@ -75,7 +78,7 @@ impl Compound {
     /// The compound ops, in declaration order (a test checks them).
     pub const OPS: [&'static str; 3] = ["raise_and_wait", "enable_msi", "set_window"];
     /// The compound ops that act on a device.
-    pub const DEVICE_OPS: [&'static str; 2] = ["raise_and_wait", "enable_msi"];
+    pub const DEVICE_OPS: [&'static str; 3] = ["raise_and_wait", "enable_msi", "set_window"];
 
     pub fn op(&self) -> &'static str {
         match self {
@@ -140,7 +143,7 @@ impl Compound {
                 ],
                 Some(1),
             ),
-            Compound::SetWindow { start, size } => {
+            Compound::SetWindow { start, size, .. } => {
                 let option = |option, value| Step::OptionSet {
                     option,
                     object: ObjectRef::default(),
@@ -176,6 +179,7 @@ fn works_with_option() -> Expect {
             errno: Some("EOPNOTSUPP".into()),
             ..ExpectFields::default()
         }),
+        dialect: Default::default(),
     }
 }
 
@@ -239,6 +243,7 @@ impl<'s> Expander<'s> {
                 None,
                 Pos::default(),
                 bdf_from_placement,
+                None,
             );
         }
     }
@@ -263,6 +268,7 @@ impl<'s> Expander<'s> {
         expect: Option<Expect>,
         expect_pos: Pos,
         bdf_from_placement: bool,
+        sw_msi_device: Option<String>,
     ) {
         self.steps.push(ScenarioStep {
             index: self.next_index(),
@@ -272,6 +278,7 @@ impl<'s> Expander<'s> {
             expect,
             expect_pos,
             bdf_from_placement,
+            sw_msi_device,
         });
     }
 
@@ -447,12 +454,55 @@ impl<'s> Expander<'s> {
                 Spanned::new(item.span(), DeValue::String("".into())),
             );
         }
+        // An option step without `object` means "this device's window": its
+        // `device` (or the only device) is ours, not the agent's.
+        let mut window_device = None;
+        if (op == "option_set" || op == "option_get") && !has(&rest, "object") {
+            let given = rest
+                .iter()
+                .find(|(k, _)| k.get_ref() == "device")
+                .map(|(k, v)| (k.clone(), v.clone()));
+            window_device = match given {
+                Some((k, v)) => {
+                    rest.remove(&k);
+                    match v.get_ref().as_str() {
+                        Some(d) => Some(d.to_string()),
+                        None => {
+                            return Err(src.err(v.span(), format!("{ctx}: `device` must be a device name")))
+                        }
+                    }
+                }
+                None => match &self.default_device {
+                    Ok(d) => Some(d.clone()),
+                    Err(why) => {
+                        return Err(src.err(
+                            item.span(),
+                            format!("{ctx}: `device` left out, but {why}: name the device whose MSI window it is (or give `object` for a raw probe)"),
+                        ))
+                    }
+                },
+            };
+        } else if op == "option_set" || op == "option_get" {
+            if let Some((k, _)) = rest.iter().find(|(k, _)| k.get_ref() == "device") {
+                return Err(src.err(
+                    k.span(),
+                    format!("{ctx}: `device` and `object` both given: with `object` the step is sent as written (a raw probe); leave `object` out to address the device's window"),
+                ));
+            }
+        }
         let pos = src.pos(item.span().start);
         let rest_value = Spanned::new(item.span(), DeValue::Table(rest));
         if Compound::OPS.contains(&op) {
             let compound: Compound = deserialize(src, &rest_value, &ctx)?;
             let (parts, carries_expect) = compound.expand();
-            if carries_expect.is_none() && expect.is_some() {
+            // `set_window`'s own `expect` is laid over the default of both
+            // of its steps (say `dialect.v2 = { errno = "EBUSY" }` and keep
+            // the rest).
+            let window_device = match &compound {
+                Compound::SetWindow { device, .. } => Some(device.clone()),
+                _ => None,
+            };
+            if carries_expect.is_none() && expect.is_some() && window_device.is_none() {
                 return Err(src.err(
                     expect_entry.expect("expect given").0.span(),
                     format!(
@@ -466,12 +516,22 @@ impl<'s> Expander<'s> {
                 format!("{via}, `{op}`")
             };
             for (k, (step, own_expect)) in parts.into_iter().enumerate() {
-                let (e, e_pos) = if carries_expect == Some(k) {
-                    (expect.clone(), expect_pos)
-                } else {
-                    (own_expect, pos)
+                let (e, e_pos) = match (&window_device, &expect) {
+                    (Some(_), Some(over)) => {
+                        (own_expect.map(|own| own.overridden_by(over)), expect_pos)
+                    }
+                    _ if carries_expect == Some(k) => (expect.clone(), expect_pos),
+                    _ => (own_expect, pos),
                 };
-                self.push(pos, via.clone(), Action::Agent(step), e, e_pos, false);
+                self.push(
+                    pos,
+                    via.clone(),
+                    Action::Agent(step),
+                    e,
+                    e_pos,
+                    false,
+                    window_device.clone(),
+                );
             }
             return Ok(());
         }
@@ -480,9 +540,36 @@ impl<'s> Expander<'s> {
         } else {
             Action::Agent(deserialize(src, &rest_value, &ctx)?)
         };
-        self.push(pos, via, action, expect, expect_pos, bdf_from_placement);
+        let sw_msi_device = match (&action, window_device) {
+            (Action::Agent(Step::OptionSet { option, .. } | Step::OptionGet { option, .. }), Some(d))
+                if is_window_option(*option) =>
+            {
+                Some(d)
+            }
+            (_, Some(_)) => {
+                return Err(src.err(
+                    item.span(),
+                    format!("{ctx}: `device` on an `{op}` applies only to the SW_MSI options (sw_msi_start, sw_msi_size) written without `object`"),
+                ))
+            }
+            (_, None) => None,
+        };
+        self.push(
+            pos,
+            via,
+            action,
+            expect,
+            expect_pos,
+            bdf_from_placement,
+            sw_msi_device,
+        );
         Ok(())
     }
+}
+
+/// The options whose object and id the dialect decides.
+fn is_window_option(option: OptionId) -> bool {
+    matches!(option, OptionId::SwMsiStart | OptionId::SwMsiSize)
 }
 
 /// Every op a step may name: the agent's, the host's, then the compounds.
@@ -774,6 +861,7 @@ mod tests {
                 vectors: 1,
             },
             Compound::SetWindow {
+                device: "d".into(),
                 start: HexU64(0),
                 size: HexU64(1),
             },
@@ -787,7 +875,9 @@ mod tests {
             assert!(err.contains(&format!("`{op}`")), "{err}");
         }
         for c in &all {
-            let takes_device = c.expand().0.iter().any(|(s, _)| s.device().is_some());
+            // `set_window`'s device addresses its window through the dialect.
+            let takes_device = c.expand().0.iter().any(|(s, _)| s.device().is_some())
+                || matches!(c, Compound::SetWindow { .. });
             assert_eq!(Compound::DEVICE_OPS.contains(&c.op()), takes_device);
         }
     }

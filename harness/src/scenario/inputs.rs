@@ -24,6 +24,10 @@ pub struct KernelInput {
     pub release: String,
     /// Whether the uapi headers define `IOMMU_OPTION_SW_MSI_START`.
     pub has_sw_msi: bool,
+    /// How it speaks the SW_MSI options (the variant's declaration,
+    /// checked against the headers); `None` when it has none.
+    #[serde(default)]
+    pub sw_msi: Option<crate::kernel::Dialect>,
     /// What was built: the variant name, or `NAME (tree PATH)`.
     pub label: String,
     /// The kernel's iommufd kselftest, cross-built from the same tree.
@@ -111,6 +115,7 @@ mod tests {
                 config: "/c/config".into(),
                 release: "6.18.15".into(),
                 has_sw_msi: true,
+                sw_msi: None,
                 label: "sw-msi-rfcv2".into(),
                 iommufd_selftest: None,
                 selector: String::new(),

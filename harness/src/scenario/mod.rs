@@ -12,6 +12,7 @@
 pub mod exec;
 pub mod expand;
 pub mod inputs;
+pub mod known;
 pub mod model;
 mod parse;
 mod source;

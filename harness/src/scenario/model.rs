@@ -8,6 +8,7 @@
 //! and compound steps are already expanded (see [`super::expand`]), so the
 //! executor and the snapshots see exactly the steps that run.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -515,18 +516,24 @@ impl ExpectFields {
 pub struct Expect {
     #[serde(flatten)]
     pub common: ExpectFields,
-    /// Only on kernels that have `IOMMU_OPTION_SW_MSI_*`.
+    /// Only on kernels that have `IOMMU_OPTION_SW_MSI_*`, unless their
+    /// dialect has its own table below.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub with_sw_msi: Option<ExpectFields>,
     /// Only on kernels that lack it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub without_sw_msi: Option<ExpectFields>,
+    /// `dialect.NAME = { … }`: on kernels of SW_MSI dialect NAME (see
+    /// `[dialect.NAME]` in kernels.toml), instead of `with_sw_msi`: what is
+    /// correct in that dialect, where it says something else.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dialect: BTreeMap<String, ExpectFields>,
 }
 
 impl Expect {
     /// The keys of an `expect` table: [`ExpectFields::KEYS`], then the
     /// per-variant tables.
-    pub const VARIANT_KEYS: [&'static str; 2] = ["with_sw_msi", "without_sw_msi"];
+    pub const VARIANT_KEYS: [&'static str; 3] = ["with_sw_msi", "without_sw_msi", "dialect"];
 
     /// Every key an `expect` table may have.
     pub fn keys() -> Vec<&'static str> {
@@ -535,20 +542,39 @@ impl Expect {
         keys
     }
 
-    /// The checks that apply on a kernel with or without the option.
-    pub fn for_variant(&self, has_sw_msi: bool) -> Vec<&ExpectFields> {
-        let extra = if has_sw_msi {
-            self.with_sw_msi.as_ref()
-        } else {
-            self.without_sw_msi.as_ref()
+    /// The checks that apply on a kernel of SW_MSI dialect `dialect`
+    /// (`None`: a kernel without the options).
+    pub fn for_variant(&self, dialect: Option<&str>) -> Vec<&ExpectFields> {
+        let extra = match dialect {
+            Some(d) => self.dialect.get(d).or(self.with_sw_msi.as_ref()),
+            None => self.without_sw_msi.as_ref(),
         };
         std::iter::once(&self.common).chain(extra).collect()
+    }
+
+    /// This table with `over`'s tables in place of its own where `over`
+    /// has them (a compound step's `expect` over its default).
+    pub fn overridden_by(mut self, over: &Expect) -> Expect {
+        if over.common != ExpectFields::default() {
+            self.common = over.common.clone();
+        }
+        if over.with_sw_msi.is_some() {
+            self.with_sw_msi = over.with_sw_msi.clone();
+        }
+        if over.without_sw_msi.is_some() {
+            self.without_sw_msi = over.without_sw_msi.clone();
+        }
+        for (k, v) in &over.dialect {
+            self.dialect.insert(k.clone(), v.clone());
+        }
+        self
     }
 
     pub(crate) fn all(&self) -> impl Iterator<Item = &ExpectFields> {
         std::iter::once(&self.common)
             .chain(self.with_sw_msi.as_ref())
             .chain(self.without_sw_msi.as_ref())
+            .chain(self.dialect.values())
     }
 }
 
@@ -569,6 +595,11 @@ pub struct ScenarioStep {
     pub expect_pos: Pos,
     /// `open_device` without `bdf`: the executor fills it from the placement.
     pub bdf_from_placement: bool,
+    /// An `option_set`/`option_get` of a SW_MSI option written without
+    /// `object` (or a `set_window`): the device whose MSI window it is. The
+    /// executor picks the object and option id through the variant's
+    /// dialect; a step with `object` is sent as written (a raw probe).
+    pub sw_msi_device: Option<String>,
 }
 
 impl ScenarioStep {
@@ -613,7 +644,8 @@ mod tests {
         let all = Expect {
             common: every.clone(),
             with_sw_msi: Some(every.clone()),
-            without_sw_msi: Some(every),
+            without_sw_msi: Some(every.clone()),
+            dialect: BTreeMap::from([("v2".to_string(), every)]),
         };
         let json = serde_json::to_value(&all).unwrap();
         let mut keys: Vec<&str> = json.as_object().unwrap().keys().map(|k| &**k).collect();

@@ -24,7 +24,7 @@ fn good_file_parses_with_defaults() {
     assert!(s.steps[0].bdf_from_placement);
     assert_eq!(s.steps[1].pos, Pos { line: 7, col: 1 });
     let e = s.steps[1].expect.as_ref().unwrap();
-    assert_eq!(e.for_variant(false)[1].errno.as_deref(), Some("EOPNOTSUPP"));
+    assert_eq!(e.for_variant(None)[1].errno.as_deref(), Some("EOPNOTSUPP"));
     assert_eq!(
         s.steps[2].action,
         Action::Host(HostStep::HostSleep { ms: 10 })
@@ -327,21 +327,61 @@ fn enable_msi_is_bus_master_then_msi_enable_with_the_expect() {
 }
 
 #[test]
-fn set_window_sets_start_then_size_and_takes_no_expect() {
+fn set_window_sets_start_then_size_of_its_device_and_its_expect_overrides() {
     let s = parse(&format!(
         "{HEAD}[[step]]\nop = \"set_window\"\nstart = \"0x10000000\"\n"
     ))
     .unwrap();
     assert_eq!(ops(&s), ["option_set -", "option_set -"]);
+    // The only device's window, addressed through the dialect at run time.
+    assert_eq!(s.steps[0].sw_msi_device.as_deref(), Some("edu0"));
+    assert_eq!(s.steps[1].sw_msi_device.as_deref(), Some("edu0"));
     let e = s.steps[1].expect.as_ref().unwrap();
-    assert_eq!(e.for_variant(true)[1].ok, Some(true));
-    assert_eq!(e.for_variant(false)[1].errno.as_deref(), Some("EOPNOTSUPP"));
+    assert_eq!(e.for_variant(Some("rfcv2"))[1].ok, Some(true));
+    assert_eq!(e.for_variant(None)[1].errno.as_deref(), Some("EOPNOTSUPP"));
+    // Its own `expect` replaces the default's tables it names, on both steps.
+    let s = parse(&format!(
+        "{HEAD}[[step]]\nop = \"set_window\"\nstart = 1\nexpect = {{ dialect.v2 = {{ errno = \"EBUSY\" }} }}\n"
+    ))
+    .unwrap();
+    for step in &s.steps {
+        let e = step.expect.as_ref().unwrap();
+        assert_eq!(e.for_variant(Some("v2"))[1].errno.as_deref(), Some("EBUSY"));
+        assert_eq!(e.for_variant(Some("rfcv2"))[1].ok, Some(true));
+        assert_eq!(e.for_variant(None)[1].errno.as_deref(), Some("EOPNOTSUPP"));
+    }
+}
+
+#[test]
+fn option_steps_without_object_address_a_device_window_and_with_object_are_raw() {
+    let two = "description = \"d\"\n[machine]\ndevices = [ { kind = \"edu\", id = \"a\" }, { kind = \"edu\", id = \"b\" } ]\n";
+    let s = parse(&format!(
+        "{two}[[step]]\nop = \"option_get\"\noption = \"sw_msi_start\"\ndevice = \"b\"\n\
+         [[step]]\nop = \"option_get\"\noption = \"sw_msi_start\"\nobject = 0\n"
+    ))
+    .unwrap();
+    assert_eq!(s.steps[0].sw_msi_device.as_deref(), Some("b"));
+    assert_eq!(s.steps[1].sw_msi_device, None);
     let e = parse(&format!(
-        "{HEAD}[[step]]\nop = \"set_window\"\nstart = 1\nexpect = {{ ok = true }}\n"
+        "{two}[[step]]\nop = \"option_get\"\noption = \"sw_msi_start\"\nobject = 0\ndevice = \"a\"\n"
     ))
     .unwrap_err();
-    assert_eq!(e.pos, Pos { line: 7, col: 1 }, "{e}");
-    assert!(e.message.contains("`set_window` takes no `expect`"), "{e}");
+    assert!(
+        e.message.contains("`device` and `object` both given"),
+        "{e}"
+    );
+    let e = parse(&format!(
+        "{two}[[step]]\nop = \"option_set\"\noption = \"huge_pages\"\nvalue = 1\ndevice = \"a\"\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.message.contains("applies only to the SW_MSI options"),
+        "{e}"
+    );
+}
+
+#[test]
+fn set_window_rejects_unknown_keys() {
     let e = parse(&format!(
         "{HEAD}[[step]]\nop = \"set_window\"\nstart = 1\nsise = 1\n"
     ))

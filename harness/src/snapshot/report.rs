@@ -60,7 +60,7 @@ impl Summary {
         trials.sort_by(|a, b| (&a.scenario, &a.variant).cmp(&(&b.scenario, &b.variant)));
         let count = |f: fn(Outcome) -> bool| trials.iter().filter(|t| f(t.outcome)).count();
         Summary {
-            passed: count(|o| o == Outcome::Pass),
+            passed: count(|o| o == Outcome::Pass || o == Outcome::Known),
             failed: count(Outcome::failed),
             skipped: count(|o| o == Outcome::Skip),
             trials,
@@ -141,7 +141,11 @@ impl Summary {
                 Some(t) => match t.outcome {
                     Outcome::Skip => "skip".into(),
                     o => {
-                        let word = if o == Outcome::Pass { "pass" } else { "FAIL" };
+                        let word = match o {
+                            Outcome::Pass => "pass",
+                            Outcome::Known => "known",
+                            _ => "FAIL",
+                        };
                         let addr = if t.msi_addresses.is_empty() {
                             "-".to_string()
                         } else {
@@ -187,6 +191,7 @@ impl Summary {
         for t in self.trials.iter().filter(|t| t.outcome != Outcome::Pass) {
             let what = match t.outcome {
                 Outcome::Pass => continue,
+                Outcome::Known => "passed with known findings",
                 Outcome::Skip => "skipped",
                 Outcome::Fail(Failure::Finding) => "FAILED (finding)",
                 Outcome::Fail(Failure::Infrastructure) => "FAILED (infrastructure)",
