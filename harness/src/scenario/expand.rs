@@ -242,8 +242,10 @@ impl<'s> Expander<'s> {
                 Action::Agent(step),
                 None,
                 Pos::default(),
-                bdf_from_placement,
-                None,
+                Fill {
+                    bdf_from_placement,
+                    sw_msi_device: None,
+                },
             );
         }
     }
@@ -267,9 +269,12 @@ impl<'s> Expander<'s> {
         action: Action,
         expect: Option<Expect>,
         expect_pos: Pos,
-        bdf_from_placement: bool,
-        sw_msi_device: Option<String>,
+        fill: Fill,
     ) {
+        let Fill {
+            bdf_from_placement,
+            sw_msi_device,
+        } = fill;
         self.steps.push(ScenarioStep {
             index: self.next_index(),
             pos,
@@ -529,8 +534,10 @@ impl<'s> Expander<'s> {
                     Action::Agent(step),
                     e,
                     e_pos,
-                    false,
-                    window_device.clone(),
+                    Fill {
+                        bdf_from_placement: false,
+                        sw_msi_device: window_device.clone(),
+                    },
                 );
             }
             return Ok(());
@@ -560,11 +567,19 @@ impl<'s> Expander<'s> {
             action,
             expect,
             expect_pos,
-            bdf_from_placement,
-            sw_msi_device,
+            Fill {
+                bdf_from_placement,
+                sw_msi_device,
+            },
         );
         Ok(())
     }
+}
+
+/// What the executor fills in at run time (see [`ScenarioStep`]).
+struct Fill {
+    bdf_from_placement: bool,
+    sw_msi_device: Option<String>,
 }
 
 /// The options whose object and id the dialect decides.
