@@ -75,7 +75,7 @@ pub struct Shell {
 #[derive(Debug, Args)]
 pub struct Test {
     /// Kernel variants to run the scenarios on (repeatable).
-    /// Default: upstream-6.18 and sw-msi-rfcv2.
+    /// Default: upstream-6.18, sw-msi-rfcv2 and sw-msi-v2.
     #[arg(long = "variant", value_name = "NAME")]
     pub variants: Vec<String>,
     /// Build this local kernel tree and judge it against the snapshots of `--as`.

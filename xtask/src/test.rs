@@ -17,7 +17,7 @@ use crate::flags;
 const NEXTEST_TIMEOUT: Duration = Duration::from_secs(3 * 3600);
 
 /// The variants `cargo xtask test` runs when none is named.
-const DEFAULT_VARIANTS: &[&str] = &["upstream-6.18", "sw-msi-rfcv2"];
+const DEFAULT_VARIANTS: &[&str] = &["upstream-6.18", "sw-msi-rfcv2", "sw-msi-v2"];
 
 impl flags::Test {
     pub fn run(self, reporter: &dyn Reporter) -> anyhow::Result<ExitCode> {
