@@ -28,8 +28,8 @@ pub fn text(c: &Comparison) -> String {
             continue;
         }
         let mut rows = vec![cells(["step", "op", "what", &la, &lb])];
-        for d in &s.steps {
-            rows.extend(step_rows(d).into_iter().map(|r| {
+        for (numbers, d) in groups(&s.steps) {
+            rows.extend(step_rows(&numbers, d).into_iter().map(|r| {
                 let [step, op, what, a, b] = r;
                 [step, op, what, wrap_all(&a), wrap_all(&b)]
             }));
@@ -59,7 +59,7 @@ pub fn markdown(c: &Comparison) -> String {
                 ]
             }))
             .collect();
-    out.push_str(&table_markdown(&verdicts, &[false, false]));
+    out.push_str(&table_markdown(&verdicts));
     out.push_str(&format!("\n{}\n", totals(c)));
     for s in c.scenarios.iter().filter(|s| !s.steps.is_empty()) {
         out.push_str(&format!(
@@ -69,11 +69,12 @@ pub fn markdown(c: &Comparison) -> String {
         ));
         let mut rows = vec![cells(["step", "op", "what", &la, &lb])];
         let mut below = Vec::new();
-        for d in &s.steps {
-            for [step, op, what, a, b] in step_rows(d) {
-                let long = |c: &[String]| c.len() > MD_LINES || c.iter().any(|l| l.len() > MD_CELL);
+        for (numbers, d) in groups(&s.steps) {
+            for [step, op, what, a, b] in step_rows(&numbers, d) {
+                let long =
+                    |c: &[String]| c.len() > MD_LINES || c.join("; ").chars().count() > MD_CELL;
                 let (ca, cb) = if long(&a) || long(&b) {
-                    below.push(fenced(d, &what[0], &la, &a, &lb, &b));
+                    below.push(long_row(&numbers, d, &what[0], &la, &a, &lb, &b));
                     let see = vec!["(below)".to_string()];
                     (see.clone(), see)
                 } else {
@@ -86,11 +87,10 @@ pub fn markdown(c: &Comparison) -> String {
                 rows.push([step, op, what, join(ca), join(cb)]);
             }
         }
-        let rows: Vec<[Vec<String>; 5]> = rows;
-        out.push_str(&table_markdown(&rows, &[true, false, false, false, false]));
-        for block in below {
-            out.push('\n');
-            out.push_str(&block);
+        out.push_str(&table_markdown(&rows));
+        if !below.is_empty() {
+            // Indented by two or more, no line of the text can close the fence.
+            out.push_str(&format!("\n```\n{}```\n", below.join("\n")));
         }
     }
     out
@@ -153,9 +153,45 @@ fn cells<const N: usize>(texts: [&str; N]) -> [Vec<String>; N] {
     texts.map(|t| vec![t.to_string()])
 }
 
-/// A step's rows: `[step, op, what, a, b]`, the step and op on its first.
-fn step_rows(d: &StepDiff) -> Vec<[Vec<String>; 5]> {
-    let step = d.step.map_or_else(String::new, |n| n.to_string());
+/// Adjacent steps that differ in the same way (a repeat's body, a window
+/// set in two steps), each group with its step numbers.
+fn groups(steps: &[StepDiff]) -> Vec<(Vec<usize>, &StepDiff)> {
+    let mut out: Vec<(Vec<usize>, &StepDiff)> = Vec::new();
+    for d in steps {
+        if let (Some(n), Some((numbers, last))) = (d.step, out.last_mut()) {
+            if last.step.is_some()
+                && (&last.op, last.request_only, &last.rows) == (&d.op, d.request_only, &d.rows)
+            {
+                numbers.push(n);
+                continue;
+            }
+        }
+        out.push((d.step.into_iter().collect(), d));
+    }
+    out
+}
+
+/// `5`, `4, 5`, or for a long group `5, 6, ... 326` and `(65 steps)`.
+fn step_numbers(numbers: &[usize]) -> Vec<String> {
+    let list = |ns: &[usize]| {
+        ns.iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match numbers {
+        [] => vec![String::new()],
+        [_] | [_, _] | [_, _, _] => vec![list(numbers)],
+        [first, second, .., last] => vec![
+            format!("{first}, {second}, ... {last}"),
+            format!("({} steps)", numbers.len()),
+        ],
+    }
+}
+
+/// A group's rows: `[step, op, what, a, b]`, the steps and op on its first.
+fn step_rows(numbers: &[usize], d: &StepDiff) -> Vec<[Vec<String>; 5]> {
+    let step = step_numbers(numbers);
     let op = if d.request_only {
         format!("{} (request only)", d.op)
     } else {
@@ -165,10 +201,10 @@ fn step_rows(d: &StepDiff) -> Vec<[Vec<String>; 5]> {
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let first = |s: &str| vec![if i == 0 { s.to_string() } else { String::new() }];
+            let first = |s: Vec<String>| if i == 0 { s } else { vec![String::new()] };
             [
-                first(&step),
-                first(&op),
+                first(step.clone()),
+                first(vec![op.clone()]),
                 vec![r.what.clone()],
                 r.a.clone(),
                 r.b.clone(),
@@ -231,9 +267,8 @@ fn table_text<const N: usize>(rows: &[[Vec<String>; N]]) -> String {
     out
 }
 
-/// A Markdown table (first row the head) of one-line cells, padded;
-/// `right` aligns a column to the right.
-fn table_markdown<const N: usize>(rows: &[[Vec<String>; N]], right: &[bool; N]) -> String {
+/// A Markdown table (first row the head) of one-line cells, padded.
+fn table_markdown<const N: usize>(rows: &[[Vec<String>; N]]) -> String {
     let line = |c: &Vec<String>| c.join(" ");
     let mut widths = [3usize; N];
     for row in rows {
@@ -246,49 +281,39 @@ fn table_markdown<const N: usize>(rows: &[[Vec<String>; N]], right: &[bool; N]) 
         let cells: Vec<String> = row
             .iter()
             .zip(widths)
-            .zip(right)
-            .map(|((c, w), r)| {
-                if *r {
-                    format!("{:>w$}", line(c))
-                } else {
-                    format!("{:w$}", line(c))
-                }
-            })
+            .map(|(c, w)| format!("{:w$}", line(c)))
             .collect();
         out.push_str(&format!("| {} |\n", cells.join(" | ")));
         if i == 0 {
-            let rule: Vec<String> = widths
-                .iter()
-                .zip(right)
-                .map(|(w, r)| {
-                    if *r {
-                        format!("{}:", "-".repeat(w - 1))
-                    } else {
-                        "-".repeat(*w)
-                    }
-                })
-                .collect();
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
             out.push_str(&format!("| {} |\n", rule.join(" | ")));
         }
     }
     out
 }
 
-/// A difference too long for a table row, fenced.
-fn fenced(d: &StepDiff, what: &str, la: &str, a: &[String], lb: &str, b: &[String]) -> String {
-    let step = match d.step {
-        Some(n) => format!("step {n} {}", d.op),
-        None => d.op.clone(),
+/// A difference too long for a table row, for the fenced block below it.
+fn long_row(
+    numbers: &[usize],
+    d: &StepDiff,
+    what: &str,
+    la: &str,
+    a: &[String],
+    lb: &str,
+    b: &[String],
+) -> String {
+    let step = match numbers {
+        [] => d.op.clone(),
+        [n] => format!("step {n} {}", d.op),
+        _ => format!("steps {} {}", step_numbers(numbers).join(" "), d.op),
     };
-    let mut text = format!("```\n{step}, {what}:\n");
+    let mut text = format!("{step}, {what}:\n");
     for (label, lines) in [(la, a), (lb, b)] {
         text.push_str(&format!("  {label}:\n"));
-        // Indented by four, no line of the text can close the fence.
         for l in lines {
             text.push_str(&format!("    {l}\n"));
         }
     }
-    text.push_str("```\n");
     text
 }
 

@@ -479,9 +479,9 @@ fn markdown_has_a_verdict_table_and_fences_long_lines() {
 ### alpha: differs in 2 steps
 
 | step | op         | what              | up                             | sw                              |
-| ---: | ---------- | ----------------- | ------------------------------ | ------------------------------- |
-|    1 | option_set | result            | `EOPNOTSUPP (IOMMU_OPTION)`    | `ok`                            |
-|    2 | edu_raise  | smmu translations | `edu0 0x8000040->0x8090040 x1` | `edu0 0x10000040->0x8090040 x1` |
+| ---- | ---------- | ----------------- | ------------------------------ | ------------------------------- |
+| 1    | option_set | result            | `EOPNOTSUPP (IOMMU_OPTION)`    | `ok`                            |
+| 2    | edu_raise  | smmu translations | `edu0 0x8000040->0x8090040 x1` | `edu0 0x10000040->0x8090040 x1` |
 |      |            | kernel            | (below)                        | (below)                         |
 
 ```
@@ -494,6 +494,73 @@ step 2 edu_raise, kernel:
 ";
     assert_eq!(md, want, "got:\n{md}");
     assert!(!md.contains('<'), "no HTML in a mail: {md}");
+}
+
+#[test]
+fn adjacent_steps_that_differ_alike_share_a_row() {
+    let up = |n| option_set(n, 0, eopnotsupp());
+    let sw = |n| option_set(n, 0, json!({"ok": "done"}));
+    let get = |n, v: &str| {
+        step(
+            n,
+            json!({"op": "option_get", "object": 0, "option": "sw_msi_start"}),
+            json!({"ok": {"value": v}}),
+        )
+    };
+    let a = doc(
+        "s",
+        "up",
+        vec![
+            up(1),
+            up(2),
+            get(3, "0x0"),
+            up(4),
+            up(5),
+            up(6),
+            up(7),
+            up(8),
+        ],
+    );
+    let b = doc(
+        "s",
+        "sw",
+        vec![
+            sw(1),
+            sw(2),
+            get(3, "0x1"),
+            sw(4),
+            sw(5),
+            sw(6),
+            sw(7),
+            sw(8),
+        ],
+    );
+    let c = Comparison::new(
+        Side::accepted("up", Path::new("x")),
+        Side::accepted("sw", Path::new("x")),
+        vec![(
+            "s".into(),
+            Observed::Doc(Box::new(a)),
+            Observed::Doc(Box::new(b)),
+        )],
+    );
+    assert_eq!(
+        c.scenarios[0].verdict.describe("up", "sw"),
+        "differs in 8 steps"
+    );
+    let text = render::text(&c);
+    let table: Vec<&str> = text.lines().skip(4).take(5).collect();
+    assert_eq!(
+        table,
+        [
+            "  step         op          what    up                         sw",
+            "  1, 2         option_set  result  EOPNOTSUPP (IOMMU_OPTION)  ok",
+            "  3            option_get  value   0x0                        0x1",
+            "  4, 5, ... 8  option_set  result  EOPNOTSUPP (IOMMU_OPTION)  ok",
+            "  (5 steps)",
+        ],
+        "{text}"
+    );
 }
 
 #[test]
