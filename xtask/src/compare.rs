@@ -34,7 +34,7 @@ impl flags::Compare {
                 &scenarios,
             )?
         } else {
-            self.from_runs(&scenarios, reporter)?
+            self.observed(&scenarios, reporter)?
         };
         print!(
             "{}",
@@ -50,7 +50,7 @@ impl flags::Compare {
     /// Each side from the run named for it, else the newest run that has
     /// its results (one run with both preferred), else a run of the suite
     /// for the sides that have none.
-    fn from_runs(
+    fn observed(
         &self,
         scenarios: &[String],
         reporter: &dyn Reporter,

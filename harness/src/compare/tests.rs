@@ -98,7 +98,10 @@ fn compare_docs(a: SnapshotDoc, b: SnapshotDoc) -> ScenarioComparison {
     )
 }
 
-fn rows(s: &ScenarioComparison) -> Vec<(Option<usize>, String, Vec<String>, Vec<String>)> {
+/// One difference: step, what, A's lines, B's lines.
+type Flat = (Option<usize>, String, Vec<String>, Vec<String>);
+
+fn rows(s: &ScenarioComparison) -> Vec<Flat> {
     s.steps
         .iter()
         .flat_map(|d| {
