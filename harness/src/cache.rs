@@ -51,17 +51,31 @@ pub fn cache_dir(sub: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// A fresh artifact directory for one run: `target/msi-harness/runs/<stamp>`.
+/// Where the runs' artifact directories are: `target/msi-harness/runs/`.
+pub fn runs_root() -> PathBuf {
+    project_root().join("target/msi-harness/runs")
+}
+
+/// A fresh artifact directory for one run: `<runs_root>/<stamp>-<label>-<pid>`,
+/// the stamp in milliseconds since the epoch ([`run_stamp`] reads it back).
 pub fn new_run_dir(label: &str) -> anyhow::Result<PathBuf> {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    let dir = project_root()
-        .join("target/msi-harness/runs")
-        .join(format!("{stamp}-{label}-{}", std::process::id()));
+    let dir = runs_root().join(format!("{stamp}-{label}-{}", std::process::id()));
     fs::create_dir_all(&dir).with_context(|| format!("create run dir {}", dir.display()))?;
     Ok(dir)
+}
+
+/// When the run of a directory named by [`new_run_dir`] started, in
+/// milliseconds since the epoch; `None` for a name of another shape.
+pub fn run_stamp(dir_name: &str) -> Option<u128> {
+    let (stamp, rest) = dir_name.split_once('-')?;
+    if stamp.is_empty() || rest.is_empty() || !stamp.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stamp.parse().ok()
 }
 
 /// A hex SHA-256 key over labelled inputs.
@@ -215,6 +229,23 @@ mod tests {
         let c = KeyBuilder::new().str("x", "a").str("y", "bc").finish();
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn run_dirs_name_their_start() {
+        let dir = new_run_dir("stamp-test").unwrap();
+        let name = dir.file_name().unwrap().to_str().unwrap().to_string();
+        fs::remove_dir(&dir).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let stamp = run_stamp(&name).unwrap();
+        assert!(stamp <= now && now - stamp < 60_000, "{name}");
+        assert_eq!(run_stamp("1700000000000-test-42"), Some(1_700_000_000_000));
+        for other in ["latest", "-test-1", "12a-test-1", "1700000000000"] {
+            assert_eq!(run_stamp(other), None, "{other}");
+        }
     }
 
     #[test]

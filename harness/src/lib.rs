@@ -8,6 +8,7 @@
 //! `xtask` is a thin command-line layer over these modules.
 
 pub mod cache;
+pub mod compare;
 pub mod deps;
 pub mod error;
 pub mod event;

@@ -69,6 +69,19 @@ pub fn exit_code_of(err: &anyhow::Error) -> ExitCode {
     failure_of(err).exit_code()
 }
 
+/// How a `cargo xtask compare` ended. Differences between two kernels are
+/// what the reviewer asked for, never findings: a comparison that could
+/// compare every scenario passes. A scenario it could not compare (a trial
+/// that failed to run, a result or observations file that is missing or
+/// unreadable) leaves the reviewer without an answer: infrastructure.
+pub fn comparison_exit_code(incomparable_scenarios: usize) -> ExitCode {
+    if incomparable_scenarios == 0 {
+        ExitCode::Pass
+    } else {
+        ExitCode::Infrastructure
+    }
+}
+
 /// How one trial ended. Serialised as one word: `pass`, `known`, `skip`,
 /// `finding`, `infrastructure`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,7 +89,7 @@ pub fn exit_code_of(err: &anyhow::Error) -> ExitCode {
 pub enum Outcome {
     Pass,
     /// Everything held but findings declared as known (understood,
-    /// reported, not fixed yet: `scenarios/known-findings.toml`), each of
+    /// reported, not fixed yet: `scenarios/known-findings/<variant>.toml`), each of
     /// which happened as declared.
     Known,
     /// Not applicable to this kernel or QEMU (the reason is recorded).
@@ -210,6 +223,12 @@ mod tests {
         assert_eq!(exit_code_of(&e), ExitCode::Infrastructure);
         let r: anyhow::Result<()> = Err(crate::Error::infra("no qemu")).context("deps");
         assert_eq!(exit_code_of(&r.unwrap_err()), ExitCode::Infrastructure);
+    }
+
+    #[test]
+    fn differences_are_information_and_missing_data_is_infrastructure() {
+        assert_eq!(comparison_exit_code(0), ExitCode::Pass);
+        assert_eq!(comparison_exit_code(1), ExitCode::Infrastructure);
     }
 
     #[test]

@@ -26,8 +26,10 @@ const LAYERS: &[&[&str]] = &[
     &["guest"],
     &["scenario"],
     &["snapshot"],
-    // One trial (scenario + snapshot), and the orchestrator of the builds.
+    // One trial (scenario + snapshot); two kernels' observations compared
+    // (snapshots and trial results); the orchestrator of the builds.
     &["trial"],
+    &["compare"],
     &["pipeline"],
 ];
 

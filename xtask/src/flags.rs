@@ -29,6 +29,8 @@ pub enum Command {
     Test(Test),
     /// Like `test`, but accept the new snapshots (review them with `git diff`).
     Bless(Test),
+    /// What changed in behaviour between two kernel variants, scenario by scenario.
+    Compare(Compare),
     /// Benchmarks (not built yet).
     Bench(Bench),
 }
@@ -90,6 +92,38 @@ pub struct Test {
     pub series: Option<PathBuf>,
     /// Only tests whose name contains this (e.g. a scenario name).
     pub filter: Option<String>,
+}
+
+/// Prints, per scenario, only the steps whose observable behaviour differs
+/// between A and B (result or errno, MSI address, interrupts, SMMU
+/// translations and faults, ITS writes, kernel reports; requests marked as
+/// such), side by side, with a one-line verdict.
+///
+/// Without `--accepted` it reuses the newest run (`target/msi-harness/runs/`)
+/// that has results of both for the scenarios asked, and otherwise runs
+/// `cargo xtask test --variant …` for the side that has none. Exit code 0 when
+/// every scenario could be compared (differences are information), 2 when
+/// one could not (a trial that failed to run, missing data, bad input).
+#[derive(Debug, Args)]
+pub struct Compare {
+    /// The variant on the left (A), from kernel-configs/kernels.toml.
+    pub a: String,
+    /// The variant on the right (B).
+    pub b: String,
+    /// Only scenarios whose name contains this.
+    pub filter: Option<String>,
+    /// Markdown to paste into a mail reply: a table per scenario that differs.
+    #[arg(long)]
+    pub markdown: bool,
+    /// Compare the accepted snapshots (scenarios/snapshots) instead: no VM.
+    #[arg(long, conflicts_with_all = ["run_a", "run_b"])]
+    pub accepted: bool,
+    /// Take A's trials from this run directory (e.g. a `--kernel-tree … --as A` run).
+    #[arg(long, value_name = "DIR")]
+    pub run_a: Option<PathBuf>,
+    /// Take B's trials from this run directory.
+    #[arg(long, value_name = "DIR")]
+    pub run_b: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

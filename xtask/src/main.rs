@@ -6,6 +6,7 @@
 //! codes defined in `harness::error`: 0 pass, 1 a finding, 2 infrastructure.
 
 mod boot;
+mod compare;
 mod flags;
 mod kernel;
 mod test;
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
         flags::Command::Shell(cmd) => cmd.run(&reporter),
         flags::Command::Test(cmd) => cmd.run(&reporter),
         flags::Command::Bless(cmd) => cmd.bless(&reporter),
+        flags::Command::Compare(cmd) => cmd.run(&reporter),
         flags::Command::Bench(_) => Err(harness::Error::infra(
             "`cargo xtask bench` is not built yet: no benchmarks exist so far",
         )

@@ -1,6 +1,6 @@
 //! `test` and `bless`: the whole pipeline, then the tests through nextest.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -21,11 +21,22 @@ const DEFAULT_VARIANTS: &[&str] = &["upstream-6.18", "sw-msi-rfcv2", "sw-msi-v2"
 
 impl flags::Test {
     pub fn run(self, reporter: &dyn Reporter) -> anyhow::Result<ExitCode> {
-        run(self, false, reporter)
+        Ok(run(self, false, reporter)?.code)
     }
 }
 
-fn run(flags: flags::Test, bless: bool, reporter: &dyn Reporter) -> anyhow::Result<ExitCode> {
+/// How a `test` or `bless` run ended, and where its artifacts are.
+pub(crate) struct Suite {
+    pub code: ExitCode,
+    pub run_dir: PathBuf,
+}
+
+/// `cargo xtask test` (or `bless`): also how `compare` runs what it lacks.
+pub(crate) fn run(
+    flags: flags::Test,
+    bless: bool,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<Suite> {
     let started = Instant::now();
     let mut variants = flags.variants.clone();
     if variants.is_empty() && flags.kernel_tree.is_none() {
@@ -113,12 +124,15 @@ fn run(flags: flags::Test, bless: bool, reporter: &dyn Reporter) -> anyhow::Resu
         TestsEnd::DidNotRun { why } => eprintln!("error: {why}"),
         _ => {}
     }
-    Ok(judged.exit_code())
+    Ok(Suite {
+        code: judged.exit_code(),
+        run_dir,
+    })
 }
 
 impl flags::Test {
     pub fn bless(self, reporter: &dyn Reporter) -> anyhow::Result<ExitCode> {
-        run(self, true, reporter)
+        Ok(run(self, true, reporter)?.code)
     }
 }
 

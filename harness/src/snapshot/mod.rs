@@ -14,14 +14,15 @@ pub mod result;
 use std::path::PathBuf;
 
 use msi_protocol::{StepResult, StepValue};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::scenario::exec::{Execution, StepOutput, StepRecord};
 use crate::scenario::Scenario;
 use observe::Observations;
 
-/// The snapshot document of one run.
-#[derive(Debug, Clone, Serialize)]
+/// The snapshot document of one run. Read back (`Deserialize`) from a run's
+/// `observations.json` or an accepted snapshot's body by `crate::compare`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotDoc {
     pub scenario: String,
     pub variant: String,
@@ -33,7 +34,7 @@ pub struct SnapshotDoc {
     pub machine: String,
     pub devices: Vec<PlacedDevice>,
     /// Kernel reports printed while booting (normally none).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub boot_kernel_reports: Vec<String>,
     pub steps: Vec<SnapshotStep>,
     /// Set when the scenario could not run to the end.
@@ -42,7 +43,7 @@ pub struct SnapshotDoc {
 }
 
 /// Device placement as the snapshot shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PlacedDevice {
     pub id: String,
     pub bdf: String,
@@ -50,7 +51,7 @@ pub struct PlacedDevice {
 }
 
 /// One step as the snapshot records it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotStep {
     pub step: usize,
     /// The step as sent (defaults filled in), `op` first.
@@ -125,7 +126,8 @@ fn snapshot_result(output: &StepOutput) -> serde_json::Value {
 
 /// A step's JSON object, serialized with `op` first and the other keys in
 /// name order, so a snapshot reads "what, then with what".
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(transparent)]
 pub struct OpFirst(pub serde_json::Value);
 
 impl Serialize for OpFirst {

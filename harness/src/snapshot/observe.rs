@@ -5,29 +5,29 @@
 use std::collections::BTreeMap;
 
 use regex::Regex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::vm::console::classify;
 use crate::vm::{TraceEvent, TraceKind};
 
 /// What the host saw between the previous step's answer and this one's.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Observations {
     /// SMMU translations, one entry per distinct (sid, iova, translated, perm, stage).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub smmu_translations: Vec<Translation>,
     /// SMMU aborts, faults and queued events.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub smmu_faults: Vec<Counted>,
     /// Writes that reached GITS_TRANSLATER (delivered MSIs).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub its_writes: Vec<ItsWrite>,
     /// Kernel WARNING/BUG/Oops/panic and `arm-smmu-v3 ... event` lines.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernel: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Translation {
     pub device: String,
     pub sid: String,
@@ -38,7 +38,7 @@ pub struct Translation {
     pub count: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ItsWrite {
     pub device: String,
     pub requester_id: String,
@@ -48,7 +48,7 @@ pub struct ItsWrite {
 }
 
 /// A fault or event, in words, and how often it happened.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Counted {
     pub device: String,
     pub event: String,
