@@ -13,8 +13,9 @@
 //! is reported with the closest lines the file has ([`closest_lines`]).
 //!
 //! Whitespace inside an added line (alignment tabs, double spaces) cannot be
-//! recovered, as the mail no longer has it; the report says which lines were
-//! re-indented so a reviewer can look at them.
+//! recovered, as the mail no longer has it; the report counts the added
+//! lines re-indented per hunk and the repaired diff ([`Repaired::to_diff`])
+//! shows them, for a reviewer to look at.
 
 use std::fmt;
 
@@ -77,7 +78,8 @@ pub struct HunkRepair {
     /// because the mail's differed (blank lines usually did not).
     pub context_restored: usize,
     pub removed_restored: usize,
-    /// Added lines whose indentation was derived, of all added lines.
+    /// Added lines whose text the repair changed (the mail had their
+    /// indentation wrong), of all added lines.
     pub added_reindented: usize,
     pub added: usize,
 }
@@ -214,7 +216,10 @@ fn repair_file(fp: &FilePatch, read: &ReadTree) -> (FilePatch, Vec<HunkReport>) 
             None => {
                 let old: Vec<&[u8]> = h.old_lines();
                 let closest = closest_lines(&tree, &old, expected);
-                reports.push(report(h, HunkOutcome::Stale(StaleReason::Nowhere { closest })));
+                reports.push(report(
+                    h,
+                    HunkOutcome::Stale(StaleReason::Nowhere { closest }),
+                ));
             }
         }
     }
@@ -242,6 +247,8 @@ fn locate(squashed: &[Vec<u8>], h: &Hunk, floor: usize, expected: usize) -> Opti
         }
         squashed[pos..end].iter().zip(&old).all(|(a, b)| a == b)
     };
+    // A header past the end of the file means "near its end".
+    let expected = expected.min(n);
     (0..=n + 1).find_map(|d| {
         let after = expected + d;
         if fits(after) {
@@ -422,7 +429,7 @@ pub fn closest_lines(tree: &[Vec<u8>], want: &[&[u8]], near: usize) -> Option<Cl
                         line: t + 1,
                         tree: tree[t].clone(),
                     });
-                } else if pair(w, t) > 0 {
+                } else if pair(w, t) >= 0 {
                     rows.push(Row::Differs {
                         line: t + 1,
                         tree: tree[t].clone(),
@@ -514,7 +521,9 @@ impl Repaired {
         let p = &self.patch;
         let mut out = Vec::new();
         let subject = p.subject.clone().unwrap_or_else(|| p.origin.clone());
-        out.extend_from_slice(b"From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n");
+        out.extend_from_slice(
+            b"From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n",
+        );
         out.extend_from_slice(format!("Subject: {subject}\n\n").as_bytes());
         out.extend_from_slice(
             format!(
@@ -568,7 +577,10 @@ fn render_file(out: &mut Vec<u8>, fp: &FilePatch) {
         out.extend_from_slice(h.header.as_bytes());
         out.push(b'\n');
         let last_old = h.lines.iter().rposition(|l| !matches!(l, HunkLine::Add(_)));
-        let last_new = h.lines.iter().rposition(|l| !matches!(l, HunkLine::Remove(_)));
+        let last_new = h
+            .lines
+            .iter()
+            .rposition(|l| !matches!(l, HunkLine::Remove(_)));
         for (k, l) in h.lines.iter().enumerate() {
             let (marker, text) = match l {
                 HunkLine::Context(t) => (b' ', t),
@@ -604,7 +616,11 @@ impl fmt::Display for Repaired {
             self.count(|o| matches!(o, HunkOutcome::Intact))
         )?;
         for h in &self.hunks {
-            write!(f, "- {}, hunk `{}` (patch line {}): ", h.file, h.header, h.patch_line)?;
+            write!(
+                f,
+                "- {}, hunk `{}` (patch line {}): ",
+                h.file, h.header, h.patch_line
+            )?;
             match &h.outcome {
                 HunkOutcome::Intact => writeln!(f, "intact, kept as it is")?,
                 HunkOutcome::Repaired(r) => {
@@ -735,8 +751,13 @@ fn trim(line: &[u8]) -> &[u8] {
 
 /// Visual width of leading whitespace, tabs to multiples of 8.
 fn columns(ws: &[u8]) -> usize {
-    ws.iter()
-        .fold(0, |col, &b| if b == b'\t' { (col / 8 + 1) * 8 } else { col + 1 })
+    ws.iter().fold(0, |col, &b| {
+        if b == b'\t' {
+            (col / 8 + 1) * 8
+        } else {
+            col + 1
+        }
+    })
 }
 
 /// Kernel-style whitespace reaching column `col`: tabs, then spaces.

@@ -139,25 +139,21 @@ impl Lexer {
                     })),
                 });
                 self.scan(line, ws, 0);
+                // The body goes one level in, as after a `{`.
+                self.history.push(Logical {
+                    comment: false,
+                    indent: 0,
+                    indent_cols: 0,
+                    first: b"#define".to_vec(),
+                    last: b"{".to_vec(),
+                    closes_case: false,
+                });
             } else {
                 let parens = self.parens.clone();
                 self.scan(line, ws, 0);
                 self.parens = parens;
                 if continues {
                     self.directive = Some(Directive { saved: None });
-                }
-            }
-            if continues {
-                if is_define {
-                    // The body goes one level in, as after a `{`.
-                    self.history.push(Logical {
-                        comment: false,
-                        indent: 0,
-                        indent_cols: 0,
-                        first: b"#define".to_vec(),
-                        last: b"{".to_vec(),
-                        closes_case: false,
-                    });
                 }
             }
             return;
@@ -561,9 +557,9 @@ fn tag_width(content: &[u8]) -> Option<usize> {
     let name = &content[1..colon];
     if !content.starts_with(b"@")
         || name.is_empty()
-        || !name
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'[' | b']' | b'-' | b'>'))
+        || !name.iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'[' | b']' | b'-' | b'>')
+        })
     {
         return None;
     }
