@@ -297,6 +297,15 @@ pub(super) fn parse_hunk(
         new_missing_newline: false,
         mangled: false,
     };
+    // Counts that do not add up in a mangled hunk have a likely cause.
+    let mangled_note = |hunk: &Hunk| {
+        if hunk.mangled {
+            "; the hunk is whitespace-mangled, and a context line that starts with '-' or '+' \
+             once its indentation is gone reads as a change: fetch the raw mail"
+        } else {
+            ""
+        }
+    };
     let (mut old_left, mut new_left) = (old_len, new_len);
     let mark_no_newline = |hunk: &mut Hunk| match hunk.lines.last() {
         Some(HunkLine::Remove(_)) => hunk.old_missing_newline = true,
@@ -312,8 +321,9 @@ pub(super) fn parse_hunk(
             return Err(malformed(
                 header_no,
                 format!(
-                    "hunk `{header}` of {} ends early: {old_left} old and {new_left} new lines missing (truncated patch?)",
-                    fp.display_path()
+                    "hunk `{header}` of {} ends early: {old_left} old and {new_left} new lines missing (truncated patch?){}",
+                    fp.display_path(),
+                    mangled_note(&hunk)
                 ),
             ));
         };
@@ -322,9 +332,10 @@ pub(super) fn parse_hunk(
             return Err(malformed(
                 header_no,
                 format!(
-                    "hunk `{header}` of {} ends early, at line {}: {old_left} old and {new_left} new lines missing (wrong counts in the header?)",
+                    "hunk `{header}` of {} ends early, at line {}: {old_left} old and {new_left} new lines missing (wrong counts in the header?){}",
                     fp.display_path(),
-                    l.no
+                    l.no,
+                    mangled_note(&hunk)
                 ),
             ));
         }
@@ -382,8 +393,9 @@ pub(super) fn parse_hunk(
                 return Err(malformed(
                     l.no,
                     format!(
-                        "hunk `{header}` of {} has more lines than its header says",
-                        fp.display_path()
+                        "hunk `{header}` of {} has more lines than its header says{}",
+                        fp.display_path(),
+                        mangled_note(&hunk)
                     ),
                 ));
             }
