@@ -1,17 +1,28 @@
 //! Unified diffs: file headers (plain and git), hunks, and the recognition
 //! of whitespace-mangled hunk bodies.
+//!
+//! A mangled hunk is still read, leniently, so that it can be repaired
+//! against the tree (`repair.rs`): its extent comes from the header's
+//! counts, which survive mangling; a body line with no marker is a context
+//! line that lost its leading space and indentation; the hunk is marked
+//! `mangled` because none of its whitespace can be trusted.
 
 use super::{FilePatch, Hunk, HunkLine, Line, ParseError};
 
-/// State of the mangled-mail detector for one message.
+/// What the mangled-mail detector saw in one message.
 pub(super) struct Mangling {
-    bad_hunks: usize,
-    hunks: usize,
-    first: Option<(usize, String, String, String)>,
+    pub(super) bad_hunks: usize,
+    pub(super) hunks: usize,
+    /// The first offending line: patch line number, text, hunk header, path.
+    pub(super) first: Option<(usize, String, String, String)>,
 }
 
-/// Parses the diff part of one message: every file patch in it.
-pub(super) fn parse_diff(name: &str, lines: &[Line]) -> Result<Vec<FilePatch>, ParseError> {
+/// Parses the diff part of one message: every file patch in it, mangled
+/// hunks included (marked), and what the detector saw.
+pub(super) fn parse_diff(
+    name: &str,
+    lines: &[Line],
+) -> Result<(Vec<FilePatch>, Mangling), ParseError> {
     let malformed = |line: usize, message: String| ParseError::Malformed {
         file: name.to_string(),
         line,
@@ -131,18 +142,7 @@ pub(super) fn parse_diff(name: &str, lines: &[Line]) -> Result<Vec<FilePatch>, P
         }
         files.push(fp);
     }
-    if let Some((first_line, first_text, first_hunk, first_path)) = mangling.first {
-        return Err(ParseError::Mangled {
-            file: name.to_string(),
-            bad_hunks: mangling.bad_hunks,
-            hunks: mangling.hunks,
-            first_line,
-            first_text,
-            first_hunk,
-            first_path,
-        });
-    }
-    Ok(files)
+    Ok((files, mangling))
 }
 
 /// Reads the `---`/`+++` pair at `i`, stripping `strip` leading components.
@@ -295,6 +295,16 @@ pub(super) fn parse_hunk(
         lines: Vec::new(),
         old_missing_newline: false,
         new_missing_newline: false,
+        mangled: false,
+    };
+    // Counts that do not add up in a mangled hunk have a likely cause.
+    let mangled_note = |hunk: &Hunk| {
+        if hunk.mangled {
+            "; the hunk is whitespace-mangled, and a context line that starts with '-' or '+' \
+             once its indentation is gone reads as a change: fetch the raw mail"
+        } else {
+            ""
+        }
     };
     let (mut old_left, mut new_left) = (old_len, new_len);
     let mark_no_newline = |hunk: &mut Hunk| match hunk.lines.last() {
@@ -311,17 +321,46 @@ pub(super) fn parse_hunk(
             return Err(malformed(
                 header_no,
                 format!(
-                    "hunk `{header}` of {} ends early: {old_left} old and {new_left} new lines missing (truncated patch?)",
-                    fp.display_path()
+                    "hunk `{header}` of {} ends early: {old_left} old and {new_left} new lines missing (truncated patch?){}",
+                    fp.display_path(),
+                    mangled_note(&hunk)
                 ),
             ));
         };
         let text: &[u8] = &l.text;
+        if text.starts_with(b"@@ ") || text.starts_with(b"diff --git ") {
+            return Err(malformed(
+                header_no,
+                format!(
+                    "hunk `{header}` of {} ends early, at line {}: {old_left} old and {new_left} new lines missing (wrong counts in the header?){}",
+                    fp.display_path(),
+                    l.no,
+                    mangled_note(&hunk)
+                ),
+            ));
+        }
         let (kind, body) = match text.first() {
             // An empty line is an empty context line whose space a mailer
             // trimmed; git and patch accept it too.
             None => (b' ', text),
-            Some(&c) => (c, &text[1..]),
+            Some(&c @ (b' ' | b'-' | b'+' | b'\\')) => (c, &text[1..]),
+            // No marker at all: a context line that lost its leading space
+            // (and, with it, its indentation) on the way through a mailer.
+            Some(_) => {
+                if !hunk.mangled {
+                    hunk.mangled = true;
+                    mangling.bad_hunks += 1;
+                }
+                if mangling.first.is_none() {
+                    mangling.first = Some((
+                        l.no,
+                        String::from_utf8_lossy(text).into_owned(),
+                        header.clone(),
+                        fp.display_path().to_string(),
+                    ));
+                }
+                (b' ', text)
+            }
         };
         let counts_ok = match kind {
             b' ' => old_left > 0 && new_left > 0,
@@ -350,35 +389,15 @@ pub(super) fn parse_hunk(
                 }
                 i += 1;
             }
-            b' ' | b'-' | b'+' => {
+            _ => {
                 return Err(malformed(
                     l.no,
                     format!(
-                        "hunk `{header}` of {} has more lines than its header says",
-                        fp.display_path()
+                        "hunk `{header}` of {} has more lines than its header says{}",
+                        fp.display_path(),
+                        mangled_note(&hunk)
                     ),
                 ));
-            }
-            _ => {
-                // Mangled: note it, then skip to what looks like the next
-                // hunk or file so every bad hunk is counted.
-                mangling.bad_hunks += 1;
-                if mangling.first.is_none() {
-                    mangling.first = Some((
-                        l.no,
-                        String::from_utf8_lossy(text).into_owned(),
-                        header.clone(),
-                        fp.display_path().to_string(),
-                    ));
-                }
-                while let Some(l) = lines.get(i) {
-                    if l.text.starts_with(b"@@ ") || l.text.starts_with(b"diff --git ") {
-                        break;
-                    }
-                    i += 1;
-                }
-                fp.hunks.push(hunk);
-                return Ok(i);
             }
         }
     }

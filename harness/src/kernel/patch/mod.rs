@@ -7,17 +7,20 @@
 //!
 //! A mail that went through a client or web archive which stripped leading
 //! whitespace is the common failure: its hunk bodies have lines that begin
-//! with neither ' ', '+', '-' nor '\'. It is recognised here and reported
-//! once, as such, instead of surfacing later as a wall of failed hunks.
+//! with neither ' ', '+', '-' nor '\'. [`parse`] recognises it and reports
+//! it once, as such, instead of a wall of failed hunks later;
+//! [`parse_lenient`] reads it anyway, its hunks marked `mangled`, for
+//! [`repair`] to restore against the tree.
 
 use std::fmt;
 
 mod diff;
 mod mail;
+pub mod repair;
 #[cfg(test)]
 mod tests;
 
-use diff::parse_diff;
+use diff::{parse_diff, Mangling};
 use mail::{read_mail, split_lines, split_mbox};
 
 /// One patch (one mail, or one diff file).
@@ -28,6 +31,13 @@ pub struct Patch {
     /// The mail's subject, when it had one.
     pub subject: Option<String>,
     pub files: Vec<FilePatch>,
+}
+
+impl Patch {
+    /// Whether any hunk lost its whitespace on the way (see [`Hunk::mangled`]).
+    pub fn is_mangled(&self) -> bool {
+        self.files.iter().flat_map(|f| &f.hunks).any(|h| h.mangled)
+    }
 }
 
 /// The changes to one file.
@@ -70,6 +80,10 @@ pub struct Hunk {
     pub old_missing_newline: bool,
     /// The new side's last line has no newline.
     pub new_missing_newline: bool,
+    /// The body has lines without a marker: a mailer stripped leading
+    /// whitespace, so none of the hunk's indentation can be trusted (its
+    /// lines are as the mail has them; `repair` restores them).
+    pub mangled: bool,
 }
 
 /// A line of a hunk body, without its marker and newline. Bytes, not
@@ -182,8 +196,32 @@ struct Line<'a> {
 }
 
 /// Parses a patch file (diff, format-patch mail or mbox) into patches.
-/// `name` names the file in messages.
+/// `name` names the file in messages. A whitespace-mangled mail is an error
+/// ([`ParseError::Mangled`], counting every mangled hunk of the file).
 pub fn parse(name: &str, data: &[u8]) -> Result<Vec<Patch>, ParseError> {
+    let (patches, mangling) = parse_all(name, data)?;
+    if let Some((first_line, first_text, first_hunk, first_path)) = mangling.first {
+        return Err(ParseError::Mangled {
+            file: name.to_string(),
+            bad_hunks: mangling.bad_hunks,
+            hunks: mangling.hunks,
+            first_line,
+            first_text,
+            first_hunk,
+            first_path,
+        });
+    }
+    Ok(patches)
+}
+
+/// Like [`parse`], but a whitespace-mangled mail is read too: the hunks
+/// that show mangling are marked ([`Hunk::mangled`]) and their extent comes
+/// from the header counts; intact hunks are read exactly as by [`parse`].
+pub fn parse_lenient(name: &str, data: &[u8]) -> Result<Vec<Patch>, ParseError> {
+    parse_all(name, data).map(|(patches, _)| patches)
+}
+
+fn parse_all(name: &str, data: &[u8]) -> Result<(Vec<Patch>, Mangling), ParseError> {
     let lines: Vec<Line> = split_lines(data)
         .enumerate()
         .map(|(i, t)| Line {
@@ -193,51 +231,26 @@ pub fn parse(name: &str, data: &[u8]) -> Result<Vec<Patch>, ParseError> {
         .collect();
     let messages = split_mbox(&lines);
     let mut patches = Vec::new();
-    let mut mangled: Option<ParseError> = None;
+    // Every mangled hunk of the whole file, for one report.
+    let mut mangling = Mangling {
+        bad_hunks: 0,
+        hunks: 0,
+        first: None,
+    };
     for msg in messages {
         let (subject, body) = read_mail(name, msg)?;
-        match parse_diff(name, &body) {
-            Ok(files) if files.is_empty() => continue,
-            Ok(files) => patches.push(Patch {
-                origin: name.to_string(),
-                subject,
-                files,
-            }),
-            Err(e @ ParseError::Mangled { .. }) => {
-                // Count every mangled hunk of the whole file before reporting.
-                mangled = Some(match (mangled.take(), e) {
-                    (
-                        Some(ParseError::Mangled {
-                            file,
-                            bad_hunks,
-                            hunks,
-                            first_line,
-                            first_text,
-                            first_hunk,
-                            first_path,
-                        }),
-                        ParseError::Mangled {
-                            bad_hunks: b2,
-                            hunks: h2,
-                            ..
-                        },
-                    ) => ParseError::Mangled {
-                        file,
-                        bad_hunks: bad_hunks + b2,
-                        hunks: hunks + h2,
-                        first_line,
-                        first_text,
-                        first_hunk,
-                        first_path,
-                    },
-                    (_, e) => e,
-                });
-            }
-            Err(e) => return Err(e),
+        let (files, seen) = parse_diff(name, &body)?;
+        mangling.bad_hunks += seen.bad_hunks;
+        mangling.hunks += seen.hunks;
+        mangling.first = mangling.first.or(seen.first);
+        if files.is_empty() {
+            continue;
         }
-    }
-    if let Some(e) = mangled {
-        return Err(e);
+        patches.push(Patch {
+            origin: name.to_string(),
+            subject,
+            files,
+        });
     }
     if patches.is_empty() {
         return Err(ParseError::Empty {
@@ -251,5 +264,5 @@ pub fn parse(name: &str, data: &[u8]) -> Result<Vec<Patch>, ParseError> {
             p.origin = format!("{name} (patch {}/{total})", k + 1);
         }
     }
-    Ok(patches)
+    Ok((patches, mangling))
 }

@@ -99,3 +99,46 @@ fn paths_are_unquoted_and_checked() {
     let err = parse("u.patch", text).unwrap_err().to_string();
     assert!(err.contains("unsafe path"), "{err}");
 }
+
+#[test]
+fn mangled_hunks_are_read_leniently_from_their_counts() {
+    let patches = parse_lenient("m.eml", &fixture("mangled-mail.eml")).unwrap();
+    let files = &patches[0].files;
+    let (a, b) = (&files[0].hunks[0], &files[0].hunks[1]);
+    assert!(a.mangled && b.mangled && !files[1].hunks[0].mangled);
+    assert!(patches[0].is_mangled());
+    // A line without marker is context; an empty one is an empty context
+    // line; `+`/`-` lines keep what follows the marker.
+    assert_eq!(
+        a.lines,
+        [
+            HunkLine::Context(b"static int demo_probe(void)".to_vec()),
+            HunkLine::Context(b"{".to_vec()),
+            HunkLine::Context(b"int rc;".to_vec()),
+            HunkLine::Add(b" int flag;".to_vec()),
+            HunkLine::Context(Vec::new()),
+            HunkLine::Context(b"rc = demo_setup();".to_vec()),
+        ]
+    );
+    assert_eq!((b.old_lines().len(), b.new_lines().len()), (7, 7));
+    // The same file, strictly: one error for the whole file.
+    assert!(matches!(
+        parse("m.eml", &fixture("mangled-mail.eml")),
+        Err(ParseError::Mangled { bad_hunks: 2, .. })
+    ));
+}
+
+#[test]
+fn counts_that_do_not_add_up_in_a_mangled_hunk_say_why() {
+    // `\t\t-1,` lost its tabs and reads as a removal.
+    let text = b"--- a/f.c\n+++ b/f.c\n@@ -1,3 +1,4 @@\nint t[] = {\n-1,\n+ 2,\n};\n@@ -9 +10 @@\n-x\n+y\n";
+    let err = parse_lenient("t.patch", text).unwrap_err().to_string();
+    assert!(
+        err.starts_with("t.patch:3: hunk `@@ -1,3 +1,4 @@` of f.c ends early, at line 8"),
+        "{err}"
+    );
+    assert!(
+        err.contains("a context line that starts with '-' or '+'"),
+        "{err}"
+    );
+}
