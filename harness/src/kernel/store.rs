@@ -12,6 +12,7 @@ use crate::cache::ContentKey;
 use crate::error::Error;
 use crate::event::{Reporter, Stage};
 
+use super::check::PatchRecord;
 use super::plan::Plan;
 use super::{KernelBuild, UapiReport, MAKE_TIMEOUT, TARGET};
 
@@ -27,6 +28,13 @@ pub(super) struct Metadata {
     pub(super) fragments: Vec<String>,
     pub(super) toolchain: String,
     pub(super) step_version: u32,
+    /// Each patch: subject, author, date, Message-ID and what became of it
+    /// (entries written before this was kept have none).
+    #[serde(default)]
+    pub(super) patches: Vec<PatchRecord>,
+    /// The fuzz the series was applied with (0: strict).
+    #[serde(default)]
+    pub(super) fuzz: u32,
 }
 
 /// The finished build for `key`, if the cache has all of it.
@@ -54,6 +62,8 @@ pub(super) fn cached(
         release: meta.release,
         log: None,
         uapi: UapiReport::default(),
+        patches: meta.patches,
+        fuzz: meta.fuzz,
     })
 }
 

@@ -1,0 +1,223 @@
+//! The series check that comes before any build: every patch applied in
+//! memory on the pristine source, one line per patch (applies, already
+//! applied, stale at file:hunk), and, when any is stale, an error naming
+//! each stale patch's file, hunk and closest lines: exit 2 in seconds, with
+//! nothing built.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::event::{Reporter, Stage};
+use crate::process::Log;
+
+use super::apply::{self, Applied, PatchOutcome, SeriesApplied};
+use super::patch::Patch;
+
+/// One patch of a build's series, as `metadata.json` keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchRecord {
+    /// `09/13`, or `#2` for a patch without `n/m`.
+    pub number: String,
+    pub subject: Option<String>,
+    pub author: Option<String>,
+    pub date: Option<String>,
+    pub message_id: Option<String>,
+    pub outcome: PatchState,
+    /// Which hunks needed fuzz, or where it is stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PatchState {
+    Applies,
+    /// It reverse-applies: the tree has it already; skipped.
+    AlreadyApplied,
+    Stale,
+}
+
+impl PatchRecord {
+    /// The report line: `09/13 [PATCH RFCv2 09/13] iommufd: ...  (Nicolin
+    /// Chen)  stale: drivers/iommu/iommufd/device.c hunk 1 `@@ ... @@``.
+    pub fn line(&self) -> String {
+        let mut line = format!(
+            "{} {}",
+            self.number,
+            self.subject.as_deref().unwrap_or("(no subject)")
+        );
+        if let Some(author) = &self.author {
+            line.push_str(&format!("  ({})", author_name(author)));
+        }
+        let state = match self.outcome {
+            PatchState::Applies => "applies",
+            PatchState::AlreadyApplied => "already applied: skipped",
+            PatchState::Stale => "stale",
+        };
+        line.push_str("  ");
+        line.push_str(state);
+        if let Some(d) = &self.detail {
+            line.push_str(if self.outcome == PatchState::Stale {
+                ": "
+            } else {
+                " "
+            });
+            line.push_str(d);
+        }
+        line
+    }
+}
+
+fn author_name(author: &str) -> String {
+    let info = super::patch::MailInfo {
+        author: Some(author.to_string()),
+        ..Default::default()
+    };
+    info.author_name().unwrap_or_default()
+}
+
+/// A series that applies: what it makes of the tree and its records.
+#[derive(Debug, Clone)]
+pub(super) struct Checked {
+    pub(super) applied: Applied,
+    pub(super) records: Vec<PatchRecord>,
+}
+
+/// The records of a series applied patch by patch.
+pub fn records(patches: &[Patch], labels: &[String], result: &SeriesApplied) -> Vec<PatchRecord> {
+    patches
+        .iter()
+        .zip(&result.outcomes)
+        .enumerate()
+        .map(|(k, (p, outcome))| {
+            let (state, detail) = match outcome {
+                PatchOutcome::Applies { fuzzed } if fuzzed.is_empty() => {
+                    (PatchState::Applies, None)
+                }
+                PatchOutcome::Applies { fuzzed } => {
+                    let hunks: Vec<String> = fuzzed
+                        .iter()
+                        .map(|f| format!("{} hunk {} fuzz {}", f.file, f.hunk, f.fuzz))
+                        .collect();
+                    (
+                        PatchState::Applies,
+                        Some(format!("with fuzz ({})", hunks.join(", "))),
+                    )
+                }
+                PatchOutcome::AlreadyApplied => (
+                    PatchState::AlreadyApplied,
+                    Some("(it reverse-applies)".into()),
+                ),
+                PatchOutcome::Stale { failures } => {
+                    let first = &failures[0];
+                    let mut d = first.file.clone();
+                    if let (Some(n), Some((header, _))) = (first.hunk_number, &first.hunk) {
+                        d.push_str(&format!(" hunk {n} `{header}`"));
+                    }
+                    if failures.len() > 1 {
+                        d.push_str(&format!(" (+{} more)", failures.len() - 1));
+                    }
+                    (PatchState::Stale, Some(d))
+                }
+            };
+            PatchRecord {
+                number: labels
+                    .get(k)
+                    .cloned()
+                    .unwrap_or_else(|| format!("#{}", k + 1)),
+                subject: p.subject.clone(),
+                author: p.mail.author.clone(),
+                date: p.mail.date.clone(),
+                message_id: p.mail.message_id.clone(),
+                outcome: state,
+                detail,
+            }
+        })
+        .collect()
+}
+
+/// Reads a file of an extracted source: `Ok(None)` when absent.
+fn reader(pristine: &Path) -> impl Fn(&str) -> std::io::Result<Option<Vec<u8>>> + '_ {
+    move |rel: &str| match std::fs::read(pristine.join(rel)) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Applies the series patch by patch on `pristine` and reports each patch;
+/// `source` names the tree in messages. Any stale patch makes the error,
+/// after every patch was reported.
+pub(super) fn check(
+    patches: &[Patch],
+    labels: &[String],
+    fuzz: u32,
+    pristine: &Path,
+    source: &str,
+    reporter: &dyn Reporter,
+    log: &Log,
+) -> anyhow::Result<Checked> {
+    let result = apply::apply_each(patches, &reader(pristine), fuzz);
+    let records = records(patches, labels, &result);
+    for r in &records {
+        reporter.line(Stage::Kernel, format!("  {}", r.line()));
+        log.line(&r.line());
+    }
+    let count = |s: PatchState| records.iter().filter(|r| r.outcome == s).count();
+    let (applies, already, stale) = (
+        count(PatchState::Applies),
+        count(PatchState::AlreadyApplied),
+        count(PatchState::Stale),
+    );
+    let mut summary = format!("{} patches on {source}: {applies} apply", records.len());
+    if already > 0 {
+        summary.push_str(&format!(", {already} already applied (skipped)"));
+    }
+    if stale > 0 {
+        summary.push_str(&format!(", {stale} stale"));
+    }
+    if fuzz > 0 {
+        summary.push_str(&format!("; with fuzz {fuzz} (patch(1)'s -F{fuzz})"));
+    } else {
+        summary.push_str("; strict (no fuzz)");
+    }
+    if stale == 0 {
+        summary.push_str(&format!(" ({} files)", result.applied.files.len()));
+    }
+    reporter.line(Stage::Kernel, format!("series: {summary}"));
+    log.line(&summary);
+    if stale > 0 {
+        let details = stale_details(&records, &result);
+        log.line(&details);
+        return Err(Error::infra(format!(
+            "the series does not apply: {summary}; nothing was built\n{details}"
+        ))
+        .into());
+    }
+    Ok(Checked {
+        applied: result.applied,
+        records,
+    })
+}
+
+/// Each stale patch with every hunk that does not apply and its closest
+/// lines.
+fn stale_details(records: &[PatchRecord], result: &SeriesApplied) -> String {
+    let mut out = String::new();
+    for (r, outcome) in records.iter().zip(&result.outcomes) {
+        let PatchOutcome::Stale { failures } = outcome else {
+            continue;
+        };
+        out.push_str(&format!(
+            "\n{} {}:\n",
+            r.number,
+            r.subject.as_deref().unwrap_or("(no subject)")
+        ));
+        for f in failures {
+            out.push_str(&format!("- {f}\n"));
+        }
+    }
+    out.trim_end().to_string()
+}
