@@ -57,26 +57,26 @@ pub struct ApplyError {
     /// Earlier patches of the series changed the file: line numbers are
     /// those of the file as they left it.
     pub changed_by_series: bool,
+    /// The hunk's change seems to be in the file already, in another form
+    /// ([`landed`]).
+    pub landed: bool,
 }
 
-impl fmt::Display for ApplyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "patch {}", self.patch)?;
-        if let Some(s) = &self.subject {
-            write!(f, " ({s})")?;
-        }
-        write!(f, " does not apply to {}", self.file)?;
+impl ApplyError {
+    /// What the error says without naming the patch: the file, the hunk,
+    /// why, and the closest lines.
+    pub fn detail(&self) -> String {
+        let mut out = self.file.clone();
         if let Some((header, line)) = &self.hunk {
             match self.hunk_number {
-                Some(n) => write!(f, ", hunk {n} `{header}` (patch line {line})")?,
-                None => write!(f, ", hunk `{header}` (patch line {line})")?,
+                Some(n) => out.push_str(&format!(" hunk {n} `{header}` (patch line {line})")),
+                None => out.push_str(&format!(" hunk `{header}` (patch line {line})")),
             }
         }
-        write!(f, ": {}", self.reason)?;
+        out.push_str(&format!(": {}", self.reason));
         if let Some(window) = &self.closest {
             let (first, last) = window.lines().unwrap_or((0, 0));
-            write!(
-                f,
+            out.push_str(&format!(
                 "\n  closest lines in {} ({first}-{last}{}; '!' differs, with the patch's line \
                  below it, '+' only in the tree, '-' only in the patch):\n{}",
                 self.file,
@@ -86,9 +86,19 @@ impl fmt::Display for ApplyError {
                     ""
                 },
                 closest::render(window, "    ").trim_end()
-            )?;
+            ));
         }
-        Ok(())
+        out
+    }
+}
+
+impl fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "patch {}", self.patch)?;
+        if let Some(s) = &self.subject {
+            write!(f, " ({s})")?;
+        }
+        write!(f, " does not apply to {}", self.detail())
     }
 }
 
@@ -102,7 +112,13 @@ pub enum PatchOutcome {
     /// Its result is already in the tree (it reverse-applies): skipped.
     AlreadyApplied,
     /// Does not apply: every hunk (or file) that failed, at least one.
-    Stale { failures: Vec<ApplyError> },
+    /// `landed`: no hunk applies and each seems to be in the tree in
+    /// another form (upstream took the change reworked); still stale, since
+    /// that is a judgement, not a reverse application.
+    Stale {
+        failures: Vec<ApplyError>,
+        landed: bool,
+    },
 }
 
 /// A hunk that applied only with context ignored.
@@ -141,7 +157,7 @@ pub type ReadBase<'a> = dyn Fn(&str) -> std::io::Result<Option<Vec<u8>>> + 'a;
 pub fn apply_series(patches: &[Patch], base: &ReadBase) -> Result<Applied, Box<ApplyError>> {
     let mut applied = Applied::default();
     for patch in patches {
-        match try_patch(&applied, patch, base, 0) {
+        match try_patch(&applied, patch, base, 0, true) {
             Ok((next, _)) => applied = next,
             Err(mut failures) => return Err(Box::new(failures.remove(0))),
         }
@@ -155,14 +171,18 @@ pub fn apply_each(patches: &[Patch], base: &ReadBase, fuzz: u32) -> SeriesApplie
     let mut applied = Applied::default();
     let mut outcomes = Vec::new();
     for patch in patches {
-        let outcome = match try_patch(&applied, patch, base, fuzz) {
+        let outcome = match try_patch(&applied, patch, base, fuzz, true) {
             Ok((next, fuzzed)) => {
                 applied = next;
                 PatchOutcome::Applies { fuzzed }
             }
-            Err(failures) => match try_patch(&applied, &reversed(patch), base, fuzz) {
+            Err(failures) => match try_patch(&applied, &reversed(patch), base, fuzz, false) {
                 Ok(_) => PatchOutcome::AlreadyApplied,
-                Err(_) => PatchOutcome::Stale { failures },
+                Err(_) => {
+                    let hunks: usize = patch.files.iter().map(|f| f.hunks.len()).sum();
+                    let landed = failures.len() == hunks && failures.iter().all(|f| f.landed);
+                    PatchOutcome::Stale { failures, landed }
+                }
             },
         };
         outcomes.push(outcome);
@@ -191,18 +211,20 @@ fn reversed(patch: &Patch) -> Patch {
     r
 }
 
-/// Applies one patch on a copy of `applied`; the copy, or every failure.
+/// Applies one patch on a copy of `applied`; the copy, or every failure
+/// (explained with the closest lines when `diagnose`; a probe needs not).
 fn try_patch(
     applied: &Applied,
     patch: &Patch,
     base: &ReadBase,
     fuzz: u32,
+    diagnose: bool,
 ) -> Result<(Applied, Vec<Fuzzed>), Vec<ApplyError>> {
     let mut next = applied.clone();
     let mut fuzzed = Vec::new();
     let mut failures = Vec::new();
     for fp in &patch.files {
-        match apply_file(&mut next, patch, fp, base, fuzz) {
+        match apply_file(&mut next, patch, fp, base, fuzz, diagnose) {
             Ok(f) => fuzzed.extend(f),
             Err(e) => failures.extend(e),
         }
@@ -220,22 +242,26 @@ fn apply_file(
     fp: &FilePatch,
     base: &ReadBase,
     fuzz: u32,
+    diagnose: bool,
 ) -> Result<Vec<Fuzzed>, Vec<ApplyError>> {
     let changed_by_series = [&fp.old_path, &fp.new_path]
         .into_iter()
         .flatten()
         .any(|p| applied.files.contains_key(p));
-    let error =
-        |hunk: Option<(usize, &Hunk)>, reason: String, closest: Option<Window>| ApplyError {
-            patch: patch.origin.clone(),
-            subject: patch.subject.clone(),
-            file: fp.display_path().to_string(),
-            hunk: hunk.map(|(_, h)| (h.header.clone(), h.line)),
-            hunk_number: hunk.map(|(k, _)| k + 1),
-            reason,
-            closest,
-            changed_by_series,
-        };
+    let error = |hunk: Option<(usize, &Hunk)>,
+                 reason: String,
+                 closest: Option<Window>,
+                 landed: bool| ApplyError {
+        patch: patch.origin.clone(),
+        subject: patch.subject.clone(),
+        file: fp.display_path().to_string(),
+        hunk: hunk.map(|(_, h)| (h.header.clone(), h.line)),
+        hunk_number: hunk.map(|(k, _)| k + 1),
+        reason,
+        closest,
+        changed_by_series,
+        landed,
+    };
     let fail = |hunk: Option<&Hunk>, reason: String| {
         let numbered = hunk.and_then(|h| {
             fp.hunks
@@ -243,12 +269,12 @@ fn apply_file(
                 .position(|x| std::ptr::eq(x, h))
                 .map(|k| (k, h))
         });
-        vec![error(numbered, reason, None)]
+        vec![error(numbered, reason, None, false)]
     };
     let hunk_errors = |failures: Vec<HunkFailure>| -> Vec<ApplyError> {
         failures
             .into_iter()
-            .map(|f| error(Some((f.index, f.hunk)), f.reason, f.closest))
+            .map(|f| error(Some((f.index, f.hunk)), f.reason, f.closest, f.landed))
             .collect()
     };
     let fuzzed = |list: Vec<(usize, u32)>| -> Vec<Fuzzed> {
@@ -286,7 +312,7 @@ fn apply_file(
                 ));
             }
             let mut text = Text::parse(b"");
-            let done = apply_hunks(&mut text, &fp.hunks, fuzz).map_err(hunk_errors)?;
+            let done = apply_hunks(&mut text, &fp.hunks, fuzz, diagnose).map_err(hunk_errors)?;
             applied.files.insert(
                 new.clone(),
                 Some(FileState {
@@ -304,7 +330,7 @@ fn apply_file(
                 ));
             };
             let mut text = Text::parse(&state.data);
-            let done = apply_hunks(&mut text, &fp.hunks, fuzz).map_err(hunk_errors)?;
+            let done = apply_hunks(&mut text, &fp.hunks, fuzz, diagnose).map_err(hunk_errors)?;
             if !text.lines.is_empty() {
                 return Err(fail(
                     fp.hunks.last(),
@@ -328,7 +354,7 @@ fn apply_file(
                 ));
             }
             let mut text = Text::parse(&state.data);
-            let done = apply_hunks(&mut text, &fp.hunks, fuzz).map_err(hunk_errors)?;
+            let done = apply_hunks(&mut text, &fp.hunks, fuzz, diagnose).map_err(hunk_errors)?;
             if old != new {
                 applied.files.insert(old.clone(), None);
             }
@@ -387,6 +413,7 @@ struct HunkFailure<'h> {
     hunk: &'h Hunk,
     reason: String,
     closest: Option<Window>,
+    landed: bool,
 }
 
 /// Applies hunks in order. Ok: the hunks (0-based) that needed fuzz, and
@@ -396,6 +423,7 @@ fn apply_hunks<'h>(
     text: &mut Text,
     hunks: &'h [Hunk],
     fuzz: u32,
+    diagnose: bool,
 ) -> Result<Vec<(usize, u32)>, Vec<HunkFailure<'h>>> {
     // Lines before `floor` belong to earlier hunks; `delta` is how far the
     // previous hunks moved the text relative to the headers' numbering.
@@ -468,12 +496,23 @@ fn apply_hunks<'h>(
             }
         }
         let Some((pos, (skip_lead, skip_trail), level)) = placed else {
+            if !diagnose {
+                failures.push(HunkFailure {
+                    index,
+                    hunk,
+                    reason: "does not apply".into(),
+                    closest: None,
+                    landed: false,
+                });
+                continue;
+            }
             let window = closest::closest(&text.lines, &old, expected);
             failures.push(HunkFailure {
                 index,
                 hunk,
                 reason: explain_mismatch(text, hunk, &old, &new, expected, window.as_ref()),
                 closest: window,
+                landed: landed(text, hunk, &new, expected),
             });
             continue;
         };
@@ -500,6 +539,67 @@ fn apply_hunks<'h>(
     }
 }
 
+/// Whether a hunk that does not apply seems to have its change in the text
+/// already, reworked: the closest lines to its new side hold every line it
+/// adds (unchanged) and at least half of its context, and no line it
+/// removes sits among them. Lines that say nothing on their own (blank,
+/// braces) do not count as additions.
+fn landed(text: &Text, hunk: &Hunk, new: &[&[u8]], expected: usize) -> bool {
+    let substantial = |l: &[u8]| l.iter().filter(|b| !b.is_ascii_whitespace()).count() >= 4;
+    let adds: Vec<bool> = hunk
+        .lines
+        .iter()
+        .filter_map(|l| match l {
+            HunkLine::Context(_) => Some(false),
+            HunkLine::Add(_) => Some(true),
+            HunkLine::Remove(_) => None,
+        })
+        .collect();
+    let removed: Vec<&[u8]> = hunk
+        .lines
+        .iter()
+        .filter_map(|l| match l {
+            HunkLine::Remove(t) => Some(t.as_slice()),
+            _ => None,
+        })
+        .collect();
+    let has_substance = hunk.lines.iter().any(|l| match l {
+        HunkLine::Add(t) | HunkLine::Remove(t) => substantial(t),
+        HunkLine::Context(_) => false,
+    });
+    if !has_substance {
+        return false;
+    }
+    let Some(window) = closest::closest(&text.lines, new, expected) else {
+        return false;
+    };
+    let mut j = 0;
+    let (mut context, mut context_same) = (0, 0);
+    for row in &window.rows {
+        use closest::Row;
+        let same = match row {
+            Row::TreeOnly { tree, .. } => {
+                if removed.contains(&tree.as_slice()) && substantial(tree) {
+                    return false;
+                }
+                continue;
+            }
+            Row::Same { .. } => true,
+            Row::Differs { .. } | Row::PatchOnly { .. } => false,
+        };
+        match adds.get(j) {
+            Some(true) if !same => return false,
+            Some(false) => {
+                context += 1;
+                context_same += usize::from(same);
+            }
+            _ => {}
+        }
+        j += 1;
+    }
+    context_same * 2 >= context
+}
+
 /// Says why a hunk found no place: where the closest lines are (or the
 /// first differing line where it should be), and whether the change is
 /// already there, only whitespace differs, or nothing like it is there.
@@ -524,7 +624,11 @@ fn explain_mismatch(
         })
     };
     let exact = |a: &[u8], b: &[u8]| a == b;
-    let loose = |a: &[u8], b: &[u8]| squash(a) == squash(b);
+    let loose = |a: &[u8], b: &[u8]| {
+        a.iter()
+            .filter(|c| !c.is_ascii_whitespace())
+            .eq(b.iter().filter(|c| !c.is_ascii_whitespace()))
+    };
     let mut reason = String::new();
     let start = expected.min(lines.len());
     let first_difference =
@@ -579,13 +683,6 @@ fn explain_mismatch(
         }
     }
     reason
-}
-
-fn squash(line: &[u8]) -> Vec<u8> {
-    line.iter()
-        .copied()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect()
 }
 
 /// A line for a message: lossy UTF-8, tabs visible, long lines cut.

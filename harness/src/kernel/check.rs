@@ -110,7 +110,7 @@ pub fn records(patches: &[Patch], labels: &[String], result: &SeriesApplied) -> 
                     PatchState::AlreadyApplied,
                     Some("(it reverse-applies)".into()),
                 ),
-                PatchOutcome::Stale { failures } => {
+                PatchOutcome::Stale { failures, landed } => {
                     let first = &failures[0];
                     let mut d = first.file.clone();
                     if let (Some(n), Some((header, _))) = (first.hunk_number, &first.hunk) {
@@ -118,6 +118,11 @@ pub fn records(patches: &[Patch], labels: &[String], result: &SeriesApplied) -> 
                     }
                     if failures.len() > 1 {
                         d.push_str(&format!(" (+{} more)", failures.len() - 1));
+                    }
+                    if *landed {
+                        d.push_str(
+                            "; its changes seem to be in the tree in another form (merged reworked?)",
+                        );
                     }
                     (PatchState::Stale, Some(d))
                 }
@@ -189,10 +194,12 @@ pub(super) fn check(
     reporter.line(Stage::Kernel, format!("series: {summary}"));
     log.line(&summary);
     if stale > 0 {
-        let details = stale_details(&records, &result);
-        log.line(&details);
+        log.line(&stale_details(&records, &result, usize::MAX));
         return Err(Error::infra(format!(
-            "the series does not apply: {summary}; nothing was built\n{details}"
+            "the series does not apply: {summary}; nothing was built\n{}\n(every failing hunk \
+             with its closest lines: {})",
+            stale_details(&records, &result, 1),
+            log.path().display()
         ))
         .into());
     }
@@ -202,21 +209,31 @@ pub(super) fn check(
     })
 }
 
-/// Each stale patch with every hunk that does not apply and its closest
-/// lines.
-fn stale_details(records: &[PatchRecord], result: &SeriesApplied) -> String {
+/// Each stale patch with its failing hunks: the first `full` of them with
+/// why and the closest lines, the others one line each.
+fn stale_details(records: &[PatchRecord], result: &SeriesApplied, full: usize) -> String {
     let mut out = String::new();
     for (r, outcome) in records.iter().zip(&result.outcomes) {
-        let PatchOutcome::Stale { failures } = outcome else {
+        let PatchOutcome::Stale { failures, .. } = outcome else {
             continue;
         };
         out.push_str(&format!(
-            "\n{} {}:\n",
+            "\n{} {} ({}):\n",
             r.number,
-            r.subject.as_deref().unwrap_or("(no subject)")
+            r.subject.as_deref().unwrap_or("(no subject)"),
+            failures[0].patch
         ));
-        for f in failures {
-            out.push_str(&format!("- {f}\n"));
+        for (k, f) in failures.iter().enumerate() {
+            if k < full {
+                out.push_str(&format!("- {}\n", f.detail()));
+            } else {
+                let mut line = format!("- also {}", f.file);
+                if let (Some(n), Some((header, _))) = (f.hunk_number, &f.hunk) {
+                    line.push_str(&format!(" hunk {n} `{header}`"));
+                }
+                out.push_str(&line);
+                out.push('\n');
+            }
         }
     }
     out.trim_end().to_string()

@@ -95,27 +95,25 @@ pub fn closest<T: AsRef<[u8]>, U: AsRef<[u8]>>(
     want: &[U],
     near: usize,
 ) -> Option<Window> {
-    let tree: Vec<&[u8]> = tree.iter().map(AsRef::as_ref).collect();
-    let want: Vec<&[u8]> = want.iter().map(AsRef::as_ref).collect();
     let (n, k) = (tree.len(), want.len());
     if n == 0 || k == 0 {
         return None;
     }
-    let tree_sq: Vec<Vec<u8>> = tree.iter().map(|l| squash(l)).collect();
-    let want_sq: Vec<Vec<u8>> = want.iter().map(|l| squash(l)).collect();
+    let tree: Vec<Keyed> = tree.iter().map(|l| Keyed::new(l.as_ref())).collect();
+    let want: Vec<Keyed> = want.iter().map(|l| Keyed::new(l.as_ref())).collect();
     let distance = |s: isize| (s - near as isize).unsigned_abs();
 
     // Votes from lines equal but for whitespace; braces and blank lines are
     // everywhere and say nothing about the place.
     let mut index: HashMap<&[u8], Vec<usize>> = HashMap::new();
-    for (i, l) in tree_sq.iter().enumerate() {
-        if l.len() >= 4 {
-            index.entry(l.as_slice()).or_default().push(i);
+    for (i, l) in tree.iter().enumerate() {
+        if l.squashed.len() >= 4 {
+            index.entry(l.squashed.as_slice()).or_default().push(i);
         }
     }
     let mut votes: HashMap<isize, usize> = HashMap::new();
-    for (j, l) in want_sq.iter().enumerate() {
-        for &i in index.get(l.as_slice()).into_iter().flatten() {
+    for (j, l) in want.iter().enumerate() {
+        for &i in index.get(l.squashed.as_slice()).into_iter().flatten() {
             *votes.entry(i as isize - j as isize).or_default() += 1;
         }
     }
@@ -123,11 +121,11 @@ pub fn closest<T: AsRef<[u8]>, U: AsRef<[u8]>>(
     if starts.is_empty() {
         // Nothing matches exactly: score every place near the expected one.
         let from = near.saturating_sub(SCAN);
-        let to = (near + SCAN).min(n.saturating_sub(1));
+        let to = (near + SCAN).min(n - 1);
         for s in from..=to {
             let score: f64 = (0..k)
                 .filter(|&j| s + j < n)
-                .map(|j| similarity(tree[s + j], want[j]))
+                .map(|j| tree[s + j].similarity(&want[j]))
                 .sum();
             starts.push((s as isize, score));
         }
@@ -165,10 +163,70 @@ pub fn closest<T: AsRef<[u8]>, U: AsRef<[u8]>>(
     resembles.then_some(Window { rows })
 }
 
+/// A line with what comparing it needs, computed once (the character
+/// pairs only when a comparison needs them: most tree lines are never
+/// compared).
+struct Keyed<'a> {
+    raw: &'a [u8],
+    /// Without whitespace.
+    squashed: Vec<u8>,
+    /// Its character pairs, sorted.
+    pairs: std::cell::OnceCell<Vec<u16>>,
+}
+
+impl<'a> Keyed<'a> {
+    fn new(raw: &'a [u8]) -> Keyed<'a> {
+        Keyed {
+            raw,
+            squashed: squash(raw),
+            pairs: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn pairs(&self) -> &[u16] {
+        self.pairs.get_or_init(|| {
+            let mut pairs: Vec<u16> = self
+                .squashed
+                .windows(2)
+                .map(|w| u16::from(w[0]) << 8 | u16::from(w[1]))
+                .collect();
+            pairs.sort_unstable();
+            pairs
+        })
+    }
+
+    /// See [`similarity`].
+    fn similarity(&self, other: &Keyed) -> f64 {
+        if self.raw == other.raw {
+            return 1.0;
+        }
+        if self.squashed == other.squashed {
+            return 0.9;
+        }
+        let (pa, pb) = (self.pairs(), other.pairs());
+        if pa.is_empty() || pb.is_empty() {
+            return 0.0;
+        }
+        let (mut x, mut y, mut common) = (0, 0, 0);
+        while x < pa.len() && y < pb.len() {
+            match pa[x].cmp(&pb[y]) {
+                std::cmp::Ordering::Equal => {
+                    common += 1;
+                    x += 1;
+                    y += 1;
+                }
+                std::cmp::Ordering::Less => x += 1,
+                std::cmp::Ordering::Greater => y += 1,
+            }
+        }
+        0.85 * 2.0 * common as f64 / (pa.len() + pb.len()) as f64
+    }
+}
+
 /// Aligns all of `want` with a stretch of `tree` (whose first line has index
 /// `offset`): tree lines before and after the aligned part are free, tree
 /// lines inside it and hunk lines left out cost [`GAP`].
-fn align(tree: &[&[u8]], offset: usize, want: &[&[u8]]) -> (f64, Vec<Row>) {
+fn align(tree: &[Keyed], offset: usize, want: &[Keyed]) -> (f64, Vec<Row>) {
     let (m, k) = (tree.len(), want.len());
     let at = |i: usize, j: usize| i * (k + 1) + j;
     let mut score = vec![0.0f64; (m + 1) * (k + 1)];
@@ -180,7 +238,7 @@ fn align(tree: &[&[u8]], offset: usize, want: &[&[u8]]) -> (f64, Vec<Row>) {
     }
     for i in 1..=m {
         for j in 1..=k {
-            let pair = score[at(i - 1, j - 1)] + 2.0 * similarity(tree[i - 1], want[j - 1]) - 1.0;
+            let pair = score[at(i - 1, j - 1)] + 2.0 * tree[i - 1].similarity(&want[j - 1]) - 1.0;
             let tree_only = score[at(i - 1, j)] + GAP;
             let want_only = score[at(i, j - 1)] + GAP;
             let (s, b) = if pair >= tree_only && pair >= want_only {
@@ -202,7 +260,7 @@ fn align(tree: &[&[u8]], offset: usize, want: &[&[u8]]) -> (f64, Vec<Row>) {
     while j > 0 {
         match back[at(i, j)] {
             1 => {
-                let (t, w) = (tree[i - 1], want[j - 1]);
+                let (t, w) = (tree[i - 1].raw, want[j - 1].raw);
                 let line = offset + i;
                 rows.push(if t == w {
                     Row::Same {
@@ -222,13 +280,13 @@ fn align(tree: &[&[u8]], offset: usize, want: &[&[u8]]) -> (f64, Vec<Row>) {
             2 => {
                 rows.push(Row::TreeOnly {
                     line: offset + i,
-                    tree: tree[i - 1].to_vec(),
+                    tree: tree[i - 1].raw.to_vec(),
                 });
                 i -= 1;
             }
             _ => {
                 rows.push(Row::PatchOnly {
-                    patch: want[j - 1].to_vec(),
+                    patch: want[j - 1].raw.to_vec(),
                 });
                 j -= 1;
             }
@@ -242,38 +300,7 @@ fn align(tree: &[&[u8]], offset: usize, want: &[&[u8]]) -> (f64, Vec<Row>) {
 /// whitespace differs, else character-pair overlap (Dice) of the lines
 /// without whitespace, scaled below that.
 pub fn similarity(a: &[u8], b: &[u8]) -> f64 {
-    if a == b {
-        return 1.0;
-    }
-    let (sa, sb) = (squash(a), squash(b));
-    if sa == sb {
-        return 0.9;
-    }
-    if sa.len() < 2 || sb.len() < 2 {
-        return 0.0;
-    }
-    let pairs = |s: &[u8]| -> Vec<u16> {
-        let mut v: Vec<u16> = s
-            .windows(2)
-            .map(|w| u16::from(w[0]) << 8 | u16::from(w[1]))
-            .collect();
-        v.sort_unstable();
-        v
-    };
-    let (pa, pb) = (pairs(&sa), pairs(&sb));
-    let (mut x, mut y, mut common) = (0, 0, 0);
-    while x < pa.len() && y < pb.len() {
-        match pa[x].cmp(&pb[y]) {
-            std::cmp::Ordering::Equal => {
-                common += 1;
-                x += 1;
-                y += 1;
-            }
-            std::cmp::Ordering::Less => x += 1,
-            std::cmp::Ordering::Greater => y += 1,
-        }
-    }
-    0.85 * 2.0 * common as f64 / (pa.len() + pb.len()) as f64
+    Keyed::new(a).similarity(&Keyed::new(b))
 }
 
 fn squash(line: &[u8]) -> Vec<u8> {
@@ -332,10 +359,10 @@ pub fn difference(tree: &[u8], patch: &[u8]) -> String {
         }
     }
     let (t, w) = (&tree[p..tree.len() - s], &patch[p..patch.len() - s]);
-    let shown = |b: &[u8]| cut(&String::from_utf8_lossy(b), 60);
-    match (t.is_empty(), w.is_empty()) {
+    let shown = |b: &[u8]| cut(String::from_utf8_lossy(b).trim(), 50);
+    match (t.trim_ascii().is_empty(), w.trim_ascii().is_empty()) {
         (true, _) => format!("the tree lacks `{}`", shown(w)),
-        (_, true) => format!("the tree has `{}` more", shown(t)),
+        (_, true) => format!("the tree adds `{}`", shown(t)),
         _ => format!(
             "the tree has `{}` where the patch has `{}`",
             shown(t),
@@ -355,22 +382,20 @@ pub fn render(window: &Window, indent: &str) -> String {
         .unwrap_or(1)
         .max(5);
     let mut out = String::new();
-    let mut row = |no: &str, mark: char, text: &[u8]| {
-        out.push_str(&format!(
-            "{indent}{no:>width$} {mark} {}\n",
-            cut(&expand_tabs(text), 120)
-        ));
+    let mut row = |no: &str, mark: char, text: &str| {
+        out.push_str(&format!("{indent}{no:>width$} {mark} {text}\n"));
     };
+    let code = |text: &[u8]| cut(&expand_tabs(text), 120);
     for r in &window.rows {
         match r {
-            Row::Same { line, text } => row(&line.to_string(), ' ', text),
+            Row::Same { line, text } => row(&line.to_string(), ' ', &code(text)),
             Row::Differs { line, tree, patch } => {
-                row(&line.to_string(), '!', tree);
-                row("patch", ' ', patch);
-                row("", ' ', format!("({})", difference(tree, patch)).as_bytes());
+                row(&line.to_string(), '!', &code(tree));
+                row("patch", ' ', &code(patch));
+                row("", ' ', &format!("({})", difference(tree, patch)));
             }
-            Row::TreeOnly { line, tree } => row(&line.to_string(), '+', tree),
-            Row::PatchOnly { patch } => row("patch", '-', patch),
+            Row::TreeOnly { line, tree } => row(&line.to_string(), '+', &code(tree)),
+            Row::PatchOnly { patch } => row("patch", '-', &code(patch)),
         }
     }
     out
