@@ -126,3 +126,25 @@ pub fn prepare(
         artifacts_dir,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reproducer_names_the_series_by_absolute_path_with_its_pick() {
+        let dir = tempfile::tempdir().unwrap();
+        let mbox = dir.path().join("s.mbox");
+        std::fs::write(&mbox, "x").unwrap();
+        let abs = std::fs::canonicalize(&mbox).unwrap();
+        let picked = PathBuf::from(format!("{}:4,8-9", mbox.display()));
+        assert_eq!(
+            absolute_series(&picked),
+            PathBuf::from(format!("{}:4,8-9", abs.display()))
+        );
+        assert_eq!(absolute_series(&mbox), abs);
+        // What does not exist is passed on as given (the build says why).
+        let gone = Path::new("gone.mbox:2");
+        assert_eq!(absolute_series(gone), gone);
+    }
+}

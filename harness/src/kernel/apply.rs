@@ -69,8 +69,8 @@ impl ApplyError {
         let mut out = self.file.clone();
         if let Some((header, line)) = &self.hunk {
             match self.hunk_number {
-                Some(n) => out.push_str(&format!(" hunk {n} `{header}` (patch line {line})")),
-                None => out.push_str(&format!(" hunk `{header}` (patch line {line})")),
+                Some(n) => out.push_str(&format!(", hunk {n} `{header}` (patch line {line})")),
+                None => out.push_str(&format!(", hunk `{header}` (patch line {line})")),
             }
         }
         out.push_str(&format!(": {}", self.reason));
@@ -842,5 +842,168 @@ mod tests {
         );
         // A missing final newline must be declared by the hunk.
         assert!(apply_text("a\nb\nc", tail).is_err());
+    }
+}
+
+#[cfg(test)]
+mod series_tests {
+    use super::super::patch::closest::Row;
+    use super::super::patch::parse;
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kernel")
+    }
+
+    fn one_file(base: &'static str) -> impl Fn(&str) -> std::io::Result<Option<Vec<u8>>> {
+        move |p: &str| Ok((p == "f.c").then(|| base.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn a_patch_whose_result_is_there_is_already_applied_and_skipped() {
+        let first = "--- a/f.c\n+++ b/f.c\n@@ -1,3 +1,3 @@\n a\n-b\n+B\n c\n";
+        let second = "--- a/f.c\n+++ b/f.c\n@@ -2,3 +2,3 @@\n B\n-c\n+C\n d\n";
+        let patches = [
+            parse("1.patch", first.as_bytes()).unwrap(),
+            parse("2.patch", second.as_bytes()).unwrap(),
+            parse("2.patch", second.as_bytes()).unwrap(),
+        ]
+        .concat();
+        let result = apply_each(&patches, &one_file("a\nb\nc\nd\n"), 0);
+        assert_eq!(
+            result.outcomes,
+            [
+                PatchOutcome::Applies { fuzzed: vec![] },
+                PatchOutcome::Applies { fuzzed: vec![] },
+                PatchOutcome::AlreadyApplied,
+            ]
+        );
+        let f = result.applied.files["f.c"].as_ref().unwrap();
+        assert_eq!(f.data, b"a\nB\nC\nd\n");
+        // A created file that exists with the same content is there too.
+        let create = "--- /dev/null\n+++ b/f.c\n@@ -0,0 +1,2 @@\n+x\n+y\n";
+        let result = apply_each(
+            &parse("c.patch", create.as_bytes()).unwrap(),
+            &one_file("x\ny\n"),
+            0,
+        );
+        assert_eq!(result.outcomes, [PatchOutcome::AlreadyApplied]);
+    }
+
+    #[test]
+    fn fuzz_ignores_context_at_the_ends_as_patch_does() {
+        // The first context line differs in the tree: fuzz 1 drops it.
+        let patch = parse(
+            "p.patch",
+            b"--- a/f.c\n+++ b/f.c\n@@ -1,5 +1,5 @@\n one\n two\n-three\n+THREE\n four\n five\n",
+        )
+        .unwrap();
+        let base = one_file("ONE\ntwo\nthree\nfour\nfive\n");
+        let strict = apply_each(&patch, &base, 0);
+        assert!(
+            matches!(strict.outcomes[0], PatchOutcome::Stale { .. }),
+            "{:?}",
+            strict.outcomes
+        );
+        let fuzzy = apply_each(&patch, &base, 1);
+        let PatchOutcome::Applies { fuzzed } = &fuzzy.outcomes[0] else {
+            panic!("{:?}", fuzzy.outcomes);
+        };
+        assert_eq!(
+            fuzzed,
+            &[Fuzzed {
+                file: "f.c".into(),
+                hunk: 1,
+                header: "@@ -1,5 +1,5 @@".into(),
+                fuzz: 1
+            }]
+        );
+        // The ignored line stays as the tree has it.
+        assert_eq!(
+            fuzzy.applied.files["f.c"].as_ref().unwrap().data,
+            b"ONE\ntwo\nTHREE\nfour\nfive\n"
+        );
+        // Two differing lines at one end need fuzz 2.
+        let base2 = one_file("ONE\nTWO\nthree\nfour\nfive\n");
+        assert!(matches!(
+            apply_each(&patch, &base2, 1).outcomes[0],
+            PatchOutcome::Stale { .. }
+        ));
+        assert!(matches!(
+            apply_each(&patch, &base2, 2).outcomes[0],
+            PatchOutcome::Applies { .. }
+        ));
+        // A changed line is never fuzzed away.
+        let base3 = one_file("one\ntwo\ntree\nfour\nfive\n");
+        assert!(matches!(
+            apply_each(&patch, &base3, 2).outcomes[0],
+            PatchOutcome::Stale { .. }
+        ));
+    }
+
+    #[test]
+    fn rfcv2_09_on_6_18_is_stale_in_device_c_with_the_igroup_lines() {
+        let patches = parse(
+            "sw-msi-rfcv2-0009.eml",
+            &std::fs::read(fixtures().join("series/sw-msi-rfcv2-0009.eml")).unwrap(),
+        )
+        .unwrap();
+        let tree = fixtures().join("series/tree-6.18.15");
+        let read = move |p: &str| match std::fs::read(tree.join(p)) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        };
+        let result = apply_each(&patches, &read, 0);
+        let PatchOutcome::Stale { failures, landed } = &result.outcomes[0] else {
+            panic!("{:?}", result.outcomes);
+        };
+        assert!(!landed);
+        let device = failures
+            .iter()
+            .find(|f| f.file == "drivers/iommu/iommufd/device.c")
+            .expect("device.c fails");
+        assert_eq!(device.hunk_number, Some(1));
+        assert_eq!(
+            device.hunk.as_ref().map(|h| h.0.as_str()),
+            Some("@@ -445,10 +445,14 @@ static int")
+        );
+        let window = device.closest.as_ref().expect("closest lines");
+        // Lines 413-423 of 6.18.15's device.c (14-24 of the excerpt).
+        assert_eq!(window.lines(), Some((14, 24)));
+        assert!(window.rows.contains(&Row::TreeOnly {
+            line: 17,
+            tree: b"\tstruct iommufd_group *igroup = idev->igroup;".to_vec()
+        }));
+        assert!(window.rows.contains(&Row::Differs {
+            line: 20,
+            tree: b"\tlockdep_assert_held(&igroup->lock);".to_vec(),
+            patch: b"\tlockdep_assert_held(&idev->igroup->lock);".to_vec(),
+        }));
+        let msg = device.to_string();
+        assert!(
+            msg.starts_with(
+                "patch sw-msi-rfcv2-0009.eml ([PATCH RFCv2 09/13] iommufd: Add \
+                 IOMMU_OPTION_SW_MSI_START/SIZE ioctls) does not apply to \
+                 drivers/iommu/iommufd/device.c, hunk 1 `@@ -445,10 +445,14 @@ static int` \
+                 (patch line 252): its 10 expected lines are not in the file; the closest are \
+                 lines 14-24, 8 of them unchanged\n"
+            ),
+            "{msg}"
+        );
+        for shown in [
+            "     17 +         struct iommufd_group *igroup = idev->igroup;\n",
+            "     20 !         lockdep_assert_held(&igroup->lock);\n    patch           lockdep_assert_held(&idev->igroup->lock);\n",
+            "(the tree has `igroup->lock` where the patch has `idev->igroup->lock`)",
+            "(the tree has `igroup->sw_msi_start` where the patch has `idev->igroup->sw_msi_start`)",
+        ] {
+            assert!(msg.contains(shown), "{shown:?} not in\n{msg}");
+        }
+        // The files the excerpt does not hold are named as missing.
+        assert!(failures
+            .iter()
+            .any(|f| f.file == "include/uapi/linux/iommufd.h"
+                && f.reason == "no such file in the tree"));
     }
 }

@@ -238,3 +238,133 @@ fn stale_details(records: &[PatchRecord], result: &SeriesApplied, full: usize) -
     }
     out.trim_end().to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::event::Event;
+    use crate::kernel::patch::series::{self, SeriesSpec};
+
+    #[derive(Default)]
+    struct Lines(Mutex<Vec<String>>);
+
+    impl Reporter for Lines {
+        fn event(&self, event: Event) {
+            if let Event::Line { text, .. } = event {
+                self.0.lock().unwrap().push(text);
+            }
+        }
+    }
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kernel")
+    }
+
+    /// The demo tree with 1/3 of the demo series already in it and
+    /// `demo_teardown` changed under 3/3.
+    fn tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let a = std::fs::read_to_string(fixtures().join("tree/drivers/demo/a.c")).unwrap();
+        let a = a
+            .replacen("\tint rc;\n\n", "\tint rc;\n\t/* first */\n", 1)
+            .replace("\tdemo_teardown();", "\tdemo_teardown(0);");
+        std::fs::create_dir_all(dir.path().join("drivers/demo")).unwrap();
+        std::fs::write(dir.path().join("drivers/demo/a.c"), a).unwrap();
+        dir
+    }
+
+    #[test]
+    fn each_patch_gets_a_line_and_a_stale_one_fails_with_its_closest_lines() {
+        let s = series::read(&SeriesSpec {
+            path: fixtures().join("series/demo-v2"),
+            pick: None,
+        })
+        .unwrap();
+        let tree = tree();
+        let run = tempfile::tempdir().unwrap();
+        let log = Log::create(&run.path().join("check.log")).unwrap();
+        let lines = Lines::default();
+        let err = check(&s.patches, &s.labels, 0, tree.path(), "demo", &lines, &log)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            *lines.0.lock().unwrap(),
+            [
+                "  1/3 [PATCH v2 1/3] demo: a comment instead of a blank line  (André Dév)  \
+                 already applied: skipped (it reverse-applies)",
+                "  2/3 [PATCH v2 2/3] demo: add a variable  (Dev)  applies",
+                "  3/3 [PATCH v2 3/3] demo: say goodbye  (Dev)  stale: drivers/demo/a.c hunk 1 \
+                 `@@ -14,4 +14,5 @@ static int demo_probe(void)`",
+                "series: 3 patches on demo: 1 apply, 1 already applied (skipped), 1 stale; \
+                 strict (no fuzz)",
+            ]
+        );
+        assert!(
+            err.starts_with(
+                "the series does not apply: 3 patches on demo: 1 apply, 1 already applied \
+                 (skipped), 1 stale; strict (no fuzz); nothing was built\n\n\
+                 3/3 [PATCH v2 3/3] demo: say goodbye (c.eml):\n\
+                 - drivers/demo/a.c, hunk 1 `@@ -14,4 +14,5 @@ static int demo_probe(void)` \
+                 (patch line 11): its 4 expected lines are not in the file; the closest are \
+                 lines 15-18, 3 of them unchanged\n"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("       17 !         demo_teardown(0);\n    patch           demo_teardown();\n            (the tree adds `0`)"),
+            "{err}"
+        );
+        let logged = std::fs::read_to_string(log.path()).unwrap();
+        assert!(
+            logged.contains("closest lines in drivers/demo/a.c"),
+            "{logged}"
+        );
+        // With fuzz nothing changes here: the differing line is no context
+        // line at an end.
+        let lines = Lines::default();
+        let err = check(&s.patches, &s.labels, 2, tree.path(), "demo", &lines, &log).unwrap_err();
+        assert!(
+            err.to_string().contains("with fuzz 2 (patch(1)'s -F2)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn records_keep_mail_and_outcome_for_the_metadata() {
+        let s = series::read(&SeriesSpec {
+            path: fixtures().join("series/demo-v2"),
+            pick: Some(series::Pick::parse("1-2").unwrap()),
+        })
+        .unwrap();
+        let tree = fixtures().join("tree");
+        let run = tempfile::tempdir().unwrap();
+        let log = Log::create(&run.path().join("check.log")).unwrap();
+        let checked = check(
+            &s.patches,
+            &s.labels,
+            0,
+            &tree,
+            "demo",
+            &crate::event::Quiet,
+            &log,
+        )
+        .unwrap();
+        let json = serde_json::to_value(&checked.records).unwrap();
+        assert_eq!(
+            json[0],
+            serde_json::json!({
+                "number": "1/3",
+                "subject": "[PATCH v2 1/3] demo: a comment instead of a blank line",
+                "author": "André Dév <andre@example.invalid>",
+                "date": "Mon, 13 Jan 2025 10:00:01 +0000",
+                "message_id": "v2-1.demo@example.invalid",
+                "outcome": "applies",
+            })
+        );
+        assert_eq!(json[1]["outcome"], "applies");
+        assert_eq!(checked.applied.files.len(), 1);
+    }
+}

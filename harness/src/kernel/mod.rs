@@ -188,7 +188,7 @@ fn check_inner(
         &plan.labels,
         plan.fuzz,
         &pristine,
-        &spec.name(),
+        spec.name(),
         reporter,
         &log,
     )?;
@@ -256,7 +256,7 @@ fn build_inner(
                 &plan.labels,
                 plan.fuzz,
                 &pristine,
-                &spec.name(),
+                spec.name(),
                 reporter,
                 &log,
             )?)

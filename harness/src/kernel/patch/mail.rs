@@ -418,3 +418,168 @@ pub(super) fn decode_quoted_printable<'a>(body: &[Line<'a>]) -> Vec<Line<'a>> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{parse, parse_file, SkipReason};
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/kernel/series")
+            .join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn encoded_words_are_decoded() {
+        assert_eq!(
+            decode_words("=?utf-8?q?Andr=C3=A9_D=C3=A9v?= <andre@example.invalid>"),
+            "André Dév <andre@example.invalid>"
+        );
+        assert_eq!(decode_words("=?UTF-8?B?w6k=?= x"), "é x");
+        // Whitespace between two encoded words goes, other whitespace stays.
+        assert_eq!(decode_words("=?utf-8?q?a?= =?utf-8?q?b?= c"), "ab c");
+        assert_eq!(decode_words("x =?iso-8859-1?q?=E9?="), "x é");
+        // Not an encoded word: kept as written.
+        assert_eq!(decode_words("a =?broken b"), "a =?broken b");
+        assert_eq!(decode_words("=?utf-8?x?abc?="), "=?utf-8?x?abc?=");
+    }
+
+    #[test]
+    fn subject_tags_in_the_forms_lists_use() {
+        let tag = |s: &str| SubjectTag::parse(s).map(|t| (t.version, t.rfc, t.number, t.total));
+        assert_eq!(
+            tag("[PATCH RFCv2 09/13] iommufd: x"),
+            Some((2, true, Some(9), Some(13)))
+        );
+        assert_eq!(
+            tag("[RFC PATCH v2 3/7] x"),
+            Some((2, true, Some(3), Some(7)))
+        );
+        assert_eq!(tag("[PATCH 1/2] x"), Some((1, false, Some(1), Some(2))));
+        assert_eq!(tag("[PATCH] x"), Some((1, false, None, None)));
+        assert_eq!(
+            tag("[PATCHv3 net-next 2/5] x"),
+            Some((3, false, Some(2), Some(5)))
+        );
+        assert_eq!(
+            tag("[RFC][PATCH v4 0/3] x"),
+            Some((4, true, Some(0), Some(3)))
+        );
+        assert_eq!(
+            tag("[PATCH v2 RESEND 1/3] x"),
+            Some((2, false, Some(1), Some(3)))
+        );
+        assert_eq!(tag("[GIT PULL] iommu fixes"), None);
+        assert_eq!(tag("iommu: no tag"), None);
+        assert_eq!(
+            SubjectTag::parse("[PATCH RFCv2 09/13] x").unwrap().prefix,
+            "PATCH RFCv2 09/13"
+        );
+        assert!(is_reply("Re: [PATCH v2 3/7] x"));
+        assert!(is_reply("RE: [PATCH v2 3/7] x"));
+        assert!(!is_reply("[PATCH v2 3/7] Re-add a lock"));
+    }
+
+    #[test]
+    fn author_date_message_id_and_trailers_are_kept() {
+        let patches = parse("f.eml", &fixture("demo-v2/f.eml")).unwrap();
+        let p = &patches[0];
+        assert_eq!(
+            p.subject.as_deref(),
+            Some("[PATCH v2 1/3] demo: a comment instead of a blank line")
+        );
+        let m = &p.mail;
+        assert_eq!(
+            m.author.as_deref(),
+            Some("André Dév <andre@example.invalid>")
+        );
+        assert_eq!(m.author_name().as_deref(), Some("André Dév"));
+        assert_eq!(m.date.as_deref(), Some("Mon, 13 Jan 2025 10:00:01 +0000"));
+        assert_eq!(m.message_id.as_deref(), Some("v2-1.demo@example.invalid"));
+        let trailers: Vec<(&str, &str)> = m
+            .trailers
+            .iter()
+            .map(|t| (t.key.as_str(), t.value.as_str()))
+            .collect();
+        assert_eq!(
+            trailers,
+            [
+                ("Suggested-by", "Someone Else <else@example.invalid>"),
+                ("Signed-off-by", "André Dév <andre@example.invalid>"),
+                ("Reviewed-by", "Reviewer <rev@example.invalid>"),
+                ("Acked-by", "Maintainer <maint@example.invalid>"),
+                ("Tested-by", "Tester <test@example.invalid>"),
+                (
+                    "Link",
+                    "https://lore.kernel.org/r/v1-1.demo@example.invalid"
+                ),
+                ("Cc", "list@example.invalid"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_real_mail_keeps_its_headers_and_the_in_body_author_wins() {
+        let patches = parse("0009.eml", &fixture("sw-msi-rfcv2-0009.eml")).unwrap();
+        let m = &patches[0].mail;
+        assert_eq!(
+            m.author.as_deref(),
+            Some("Nicolin Chen <nicolinc@nvidia.com>")
+        );
+        assert_eq!(m.date.as_deref(), Some("Fri, 10 Jan 2025 19:32:25 -0800"));
+        assert_eq!(
+            m.message_id.as_deref(),
+            Some("d3cb1694e07be0e214dc44dcb2cb74f014606560.1736550979.git.nicolinc@nvidia.com")
+        );
+        let tag = m.tag.as_ref().unwrap();
+        assert_eq!(
+            (tag.version, tag.rfc, tag.number, tag.total),
+            (2, true, Some(9), Some(13))
+        );
+        let keys: Vec<&str> = m.trailers.iter().map(|t| t.key.as_str()).collect();
+        assert_eq!(keys, ["Suggested-by", "Signed-off-by"]);
+        // `git send-email` of someone else's patch: the body's From: is the author.
+        let text = "From: Sender <s@example.invalid>\nSubject: [PATCH 1/1] x\n\n\
+                    From: Jason Gunthorpe <jgg@nvidia.com>\n\nBody.\n\n\
+                    Signed-off-by: Jason Gunthorpe <jgg@nvidia.com>\n---\n\
+                    --- a/f.c\n+++ b/f.c\n@@ -1 +1 @@\n-a\n+b\n";
+        let p = &parse("m.eml", text.as_bytes()).unwrap()[0];
+        assert_eq!(
+            p.mail.author.as_deref(),
+            Some("Jason Gunthorpe <jgg@nvidia.com>")
+        );
+        assert_eq!(p.mail.trailers.len(), 1);
+    }
+
+    #[test]
+    fn a_real_cover_letter_and_a_reply_are_skipped() {
+        let parsed = parse_file("0000.eml", &fixture("sw-msi-v2-0000.eml")).unwrap();
+        assert!(parsed.patches.is_empty());
+        assert_eq!(parsed.skipped[0].why, SkipReason::CoverLetter);
+        assert_eq!(
+            parsed.skipped[0].subject.as_deref(),
+            Some("[PATCH v2 0/7] iommufd: Add MSI mapping support with nested SMMU (Part-2 RMR)")
+        );
+        // The reply carries a diff; it is still no patch.
+        let parsed = parse_file("d.eml", &fixture("demo-v2/d.eml")).unwrap();
+        assert!(parsed.patches.is_empty());
+        assert_eq!(parsed.skipped[0].why, SkipReason::Reply);
+        // A cover letter with an interdiff.
+        let parsed = parse_file("b.eml", &fixture("demo-v2/b.eml")).unwrap();
+        assert!(parsed.patches.is_empty());
+        assert_eq!(parsed.skipped[0].why, SkipReason::CoverLetter);
+    }
+
+    #[test]
+    fn trailers_need_a_known_one_in_the_last_paragraph() {
+        let lines = |t: &str| t.lines().map(String::from).collect::<Vec<_>>();
+        assert!(trailers(&lines("Subject line\n\nNote: this is prose.\n")).is_empty());
+        let t = trailers(&lines(
+            "x\n\nFixes: 1234 (\"y\")\n[jgg: reworded]\nSigned-off-by: A <a@b>\n  continued\n",
+        ));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[1].value, "A <a@b> continued");
+    }
+}

@@ -492,3 +492,264 @@ fn ranges(numbers: &[u32]) -> String {
     }
     parts.join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kernel/series")
+    }
+
+    fn subjects(series: &Series) -> Vec<&str> {
+        series
+            .patches
+            .iter()
+            .map(|p| p.subject.as_deref().unwrap_or(""))
+            .collect()
+    }
+
+    fn read_demo(pick: Option<&str>) -> Result<Series, SeriesError> {
+        read(&SeriesSpec {
+            path: fixtures().join("demo-v2"),
+            pick: pick.map(|p| Pick::parse(p).unwrap()),
+        })
+    }
+
+    #[test]
+    fn a_download_directory_is_ordered_by_number_with_the_newest_version() {
+        let s = read_demo(None).unwrap();
+        assert_eq!(
+            subjects(&s),
+            [
+                "[PATCH v2 1/3] demo: a comment instead of a blank line",
+                "[PATCH v2 2/3] demo: add a variable",
+                "[PATCH v2 3/3] demo: say goodbye",
+            ]
+        );
+        assert_eq!(s.labels, ["1/3", "2/3", "3/3"]);
+        // Every file was read (and is in the key), the older version too.
+        let names: Vec<_> = s
+            .files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            ["a.eml", "b.eml", "c.eml", "d.eml", "e.mbox", "f.eml", "g.eml"]
+        );
+        assert_eq!(
+            s.notes,
+            [
+                "skipped b.eml `[PATCH v2 0/3] demo: three small changes`: cover letter",
+                "skipped d.eml `Re: [PATCH v2 2/3] demo: add a variable`: a reply, not a patch",
+                "g.eml is the same mail as c.eml (Message-ID <v2-3.demo@example.invalid>): read once",
+                "dropped 2 patches of an older version (v1): v2 is here",
+            ]
+        );
+        // In this order the series applies (2/3 needs 1/3's line).
+        let tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kernel/tree");
+        let read = |p: &str| std::fs::read(tree.join(p)).map(Some);
+        let applied = crate::kernel::apply::apply_series(&s.patches, &read).unwrap();
+        let a = String::from_utf8(applied.files["drivers/demo/a.c"].clone().unwrap().data).unwrap();
+        assert!(
+            a.contains("\tint rc;\n\tint x = 2;\n\t/* first */\n"),
+            "{a}"
+        );
+        assert!(
+            a.contains("\tdemo_teardown();\n\t/* goodbye */\n}\n"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn picks_select_by_number_and_name_what_is_there() {
+        let s = read_demo(Some("1,3")).unwrap();
+        assert_eq!(s.labels, ["1/3", "3/3"]);
+        assert_eq!(s.notes.last().unwrap(), "picked 1,3: 2 of 3 patches");
+        let s = read_demo(Some("2-3")).unwrap();
+        assert_eq!(s.labels, ["2/3", "3/3"]);
+        let err = read_demo(Some("2,4-5")).unwrap_err().to_string();
+        assert!(
+            err.ends_with(
+                "demo-v2:2,4-5: no patch 4, 5 in it; its patches are 1-3 (by n of [PATCH n/m])"
+            ),
+            "{err}"
+        );
+        assert_eq!(Pick::parse("4,8-9").unwrap().to_string(), "4,8-9");
+        assert!(Pick::parse("9-4").unwrap_err().contains("backwards"));
+        assert!(Pick::parse("x")
+            .unwrap_err()
+            .contains("`x` is not a patch number"));
+    }
+
+    #[test]
+    fn a_series_argument_splits_off_its_pick_only_when_the_path_exists() {
+        let mbox = fixtures().join("demo-v2/e.mbox");
+        let spec = SeriesSpec::parse(Path::new(&format!("{}:2", mbox.display()))).unwrap();
+        assert_eq!(spec.path, mbox);
+        assert_eq!(spec.pick, Some(Pick(vec![(2, 2)])));
+        assert_eq!(spec.to_string(), format!("{}:2", mbox.display()));
+        assert_eq!(SeriesSpec::parse(&mbox).unwrap().pick, None);
+        let err = SeriesSpec::parse(Path::new("/nonexistent/s.mbox:2")).unwrap_err();
+        assert_eq!(
+            err,
+            "series /nonexistent/s.mbox:2: no such file or directory"
+        );
+        // One file of the directory, by its own numbering.
+        let s =
+            read(&SeriesSpec::parse(Path::new(&format!("{}:1", mbox.display()))).unwrap()).unwrap();
+        assert_eq!(subjects(&s), ["[PATCH 1/2] demo: first"]);
+    }
+
+    #[test]
+    fn prepared_patches_win_over_mails_beside_them() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in [
+            "0002-b.patch",
+            "0001-a.patch",
+            "original-mail.eml",
+            "README.md",
+        ] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let names = |files: Vec<PathBuf>| -> Vec<String> {
+            files
+                .iter()
+                .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            names(files_of(dir.path()).unwrap()),
+            ["0001-a.patch", "0002-b.patch"]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["b.mbox", "a.eml", "c.mbx", "notes.txt"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        assert_eq!(
+            names(files_of(dir.path()).unwrap()),
+            ["a.eml", "b.mbox", "c.mbx"]
+        );
+        // The variant's own directory: the repaired patch, not the mangled mail.
+        let variant =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernel-configs/patches/sw-msi-rfcv2");
+        let files = names(files_of(&variant).unwrap());
+        assert_eq!(files.len(), 1);
+        assert!(files[0].ends_with(".patch"), "{files:?}");
+    }
+
+    #[test]
+    fn only_cover_letters_and_replies_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            fixtures().join("sw-msi-v2-0000.eml"),
+            dir.path().join("0000.eml"),
+        )
+        .unwrap();
+        std::fs::copy(fixtures().join("demo-v2/d.eml"), dir.path().join("d.eml")).unwrap();
+        let err = read(&SeriesSpec {
+            path: dir.path().to_path_buf(),
+            pick: None,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.ends_with(": no patch in its 2 files (2 mails, all cover letters or replies)"),
+            "{err}"
+        );
+        let err = read(&SeriesSpec {
+            path: fixtures().join("sw-msi-v2-0000.eml"),
+            pick: None,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.ends_with("no diff found (not a patch or mbox?)"),
+            "{err}"
+        );
+    }
+
+    fn mail(subject: &str, id: &str, line: &str) -> Vec<Patch> {
+        let text = format!(
+            "From: A <a@example.invalid>\nSubject: {subject}\nMessage-ID: <{id}>\n\n---\n\
+             --- a/f.c\n+++ b/f.c\n@@ -1 +1 @@\n-a\n+{line}\n"
+        );
+        super::super::parse("m.eml", text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn versions_rfc_duplicates_and_unnumbered_patches() {
+        // RFCv2 is version 2: newer than a v1; at v2, PATCH beats RFC.
+        let all = [
+            mail("[RFC PATCH 1/1] x", "r1", "r1"),
+            mail("[PATCH RFCv2 1/1] x", "r2", "r2"),
+            mail("[PATCH v1 1/1] x", "p1", "p1"),
+        ]
+        .concat();
+        let a = arrange(all.clone(), &[], None, "s").unwrap();
+        assert_eq!(a.patches.len(), 1);
+        assert_eq!(a.patches[0].mail.message_id.as_deref(), Some("r2"));
+        let with_v2 = [all, mail("[PATCH v2 1/1] x", "p2", "p2")].concat();
+        let a = arrange(with_v2, &[], None, "s").unwrap();
+        assert_eq!(a.patches[0].mail.message_id.as_deref(), Some("p2"));
+        assert_eq!(
+            a.notes,
+            ["dropped 3 patches of an older version (RFC v1, RFC v2, v1): v2 is here"]
+        );
+        // Two different mails for the same number: the first stays.
+        let twice = [
+            mail("[PATCH 2/2] x", "a", "one"),
+            mail("[PATCH 1/2] x", "b", "b"),
+            mail("[PATCH 2/2] x", "c", "two"),
+        ]
+        .concat();
+        let a = arrange(twice, &[], None, "s").unwrap();
+        let ids: Vec<_> = a
+            .patches
+            .iter()
+            .map(|p| p.mail.message_id.clone().unwrap())
+            .collect();
+        assert_eq!(ids, ["b", "a"]);
+        assert_eq!(
+            a.notes,
+            ["patch 2 is there twice (m.eml and m.eml), with different diffs: kept m.eml"]
+        );
+        // Plain diffs keep their place; numbered ones are sorted around them.
+        let plain = |l: &str| {
+            super::super::parse(
+                "d.diff",
+                format!("--- a/f.c\n+++ b/f.c\n@@ -1 +1 @@\n-a\n+{l}\n").as_bytes(),
+            )
+            .unwrap()
+        };
+        let mixed = [
+            mail("[PATCH 3/3] x", "3", "3"),
+            plain("first plain"),
+            mail("[PATCH 1/3] x", "1", "1"),
+        ]
+        .concat();
+        let a = arrange(mixed, &[], Some(&Pick::parse("2").unwrap()), "s").unwrap();
+        assert_eq!(a.labels, ["#2"]);
+        assert_eq!(a.patches[0].mail.message_id, None);
+        let a = arrange(
+            [
+                mail("[PATCH 3/3] x", "3", "3"),
+                plain("p"),
+                mail("[PATCH 1/3] x", "1", "1"),
+            ]
+            .concat(),
+            &[],
+            None,
+            "s",
+        )
+        .unwrap();
+        let ids: Vec<_> = a
+            .patches
+            .iter()
+            .map(|p| p.mail.message_id.clone())
+            .collect();
+        assert_eq!(ids, [Some("1".into()), None, Some("3".into())]);
+        assert_eq!(a.notes, ["missing from s: 2/3"]);
+    }
+}
