@@ -33,10 +33,11 @@ impl KernelRequest {
     }
 }
 
-/// Builds one kernel and describes it for the scenario trials.
+/// Builds one kernel and describes it for the scenario trials; `options`
+/// (`--series`, `--fuzz`) apply to a variant.
 pub fn build_kernel(
     request: &KernelRequest,
-    series: Option<&Path>,
+    options: BuildOptions,
     reporter: &dyn Reporter,
     run_dir: &Path,
 ) -> anyhow::Result<(KernelBuild, KernelInput)> {
@@ -44,9 +45,11 @@ pub fn build_kernel(
     let (source, label, selector) = match request {
         KernelRequest::Variant(v) => {
             let mut selector = format!("--variant {}", crate::process::quote(v));
-            if let Some(series) = series {
-                let series = std::fs::canonicalize(series).unwrap_or_else(|_| series.to_path_buf());
-                selector.push_str(&format!(" --series {}", q(&series)));
+            if let Some(series) = options.series {
+                selector.push_str(&format!(" --series {}", q(&absolute_series(series))));
+            }
+            if options.fuzz > 0 {
+                selector.push_str(&format!(" --fuzz {}", options.fuzz));
             }
             (KernelSource::Variant(v), v.clone(), selector)
         }
@@ -60,7 +63,12 @@ pub fn build_kernel(
             ),
         ),
     };
-    let build = kernel::build_with(source, BuildOptions { series }, reporter, run_dir)?;
+    let options = match request {
+        KernelRequest::Variant(_) => options,
+        // A local tree is built as it is.
+        KernelRequest::Tree { .. } => BuildOptions::default(),
+    };
+    let build = kernel::build_with(source, options, reporter, run_dir)?;
     let has_sw_msi = build.uapi.defines("IOMMU_OPTION_SW_MSI_START");
     let sw_msi = dialect_of(request.variant())?;
     if let Some(dialect) = &sw_msi {
@@ -119,23 +127,33 @@ fn check_declared(variant: &str, input: &KernelInput) -> anyhow::Result<()> {
     }
 }
 
-/// Host check, kernels, image: everything before the first VM. `series`,
-/// when given, replaces the patch series of every variant built.
+/// `--series PATH[:NUMBERS]` with PATH made absolute, for a reproducer run
+/// from anywhere.
+fn absolute_series(series: &Path) -> PathBuf {
+    match kernel::patch::series::SeriesSpec::parse(series) {
+        Ok(mut spec) => {
+            if let Ok(abs) = std::fs::canonicalize(&spec.path) {
+                spec.path = abs;
+            }
+            PathBuf::from(spec.to_string())
+        }
+        Err(_) => series.to_path_buf(),
+    }
+}
+
+/// Host check, kernels, image: everything before the first VM. `options`
+/// (a replacement series, fuzz) apply to every variant built; a local tree
+/// is built as it is.
 pub fn prepare(
     kernels: &[KernelRequest],
-    series: Option<&Path>,
+    options: BuildOptions,
     reporter: &dyn Reporter,
     run_dir: &Path,
 ) -> anyhow::Result<Inputs> {
     deps::ensure(reporter)?;
     let mut built = BTreeMap::new();
     for request in kernels {
-        // A replacement series applies to variants; a local tree is built as it is.
-        let series = match request {
-            KernelRequest::Variant(_) => series,
-            KernelRequest::Tree { .. } => None,
-        };
-        let (_, input) = build_kernel(request, series, reporter, run_dir)?;
+        let (_, input) = build_kernel(request, options, reporter, run_dir)?;
         check_declared(request.variant(), &input)?;
         built.insert(request.variant().to_string(), input);
     }
@@ -151,4 +169,26 @@ pub fn prepare(
         results_dir,
         artifacts_dir,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reproducer_names_the_series_by_absolute_path_with_its_pick() {
+        let dir = tempfile::tempdir().unwrap();
+        let mbox = dir.path().join("s.mbox");
+        std::fs::write(&mbox, "x").unwrap();
+        let abs = std::fs::canonicalize(&mbox).unwrap();
+        let picked = PathBuf::from(format!("{}:4,8-9", mbox.display()));
+        assert_eq!(
+            absolute_series(&picked),
+            PathBuf::from(format!("{}:4,8-9", abs.display()))
+        );
+        assert_eq!(absolute_series(&mbox), abs);
+        // What does not exist is passed on as given (the build says why).
+        let gone = Path::new("gone.mbox:2");
+        assert_eq!(absolute_series(gone), gone);
+    }
 }

@@ -22,7 +22,7 @@ async fn boot_guest(
     let run_dir = harness::cache::new_run_dir(label)?;
     let (build, _) = build_kernel(
         &KernelRequest::Variant(variant.into()),
-        None,
+        Default::default(),
         reporter,
         &run_dir,
     )?;

@@ -87,6 +87,7 @@ impl flags::Compare {
                     kernel_tree: None,
                     as_variant: None,
                     series: None,
+                    fuzz: 0,
                     filter: self.filter.clone(),
                 };
                 // The run's findings are behaviour, which is what is

@@ -46,9 +46,24 @@ pub struct Kernel {
     /// Build this local kernel tree as it is (never modified; built out of tree).
     #[arg(long, value_name = "PATH")]
     pub kernel_tree: Option<PathBuf>,
-    /// A patch, mbox or directory of patches replacing the variant's series.
-    #[arg(long, value_name = "FILE", conflicts_with = "kernel_tree")]
+    /// A mail, mbox or directory of mails/patches replacing the variant's
+    /// series, as downloaded; `PATH:9`, `PATH:9-10` or `PATH:4,8-9` picks
+    /// patches by their n of [PATCH n/m].
+    #[arg(long, value_name = "PATH[:N]", conflicts_with = "kernel_tree")]
     pub series: Option<PathBuf>,
+    /// Let hunks apply with up to N context lines ignored at each end, as
+    /// patch(1)'s --fuzz (default: strict, no fuzz).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        conflicts_with = "kernel_tree"
+    )]
+    pub fuzz: u32,
+    /// Only apply the series in memory on the pristine source and report
+    /// each patch (applies / already applied / stale); build nothing.
+    #[arg(long, conflicts_with = "kernel_tree")]
+    pub check: bool,
 }
 
 #[derive(Debug, Args)]
@@ -86,10 +101,20 @@ pub struct Test {
     /// The variant whose snapshots a `--kernel-tree` is compared with.
     #[arg(long = "as", value_name = "VARIANT", requires = "kernel_tree")]
     pub as_variant: Option<String>,
-    /// A patch, mbox or directory of patches replacing the variants' series
-    /// (e.g. a reviewer's respin, judged against the variant's snapshots).
-    #[arg(long, value_name = "FILE", conflicts_with = "kernel_tree")]
+    /// A mail, mbox or directory of mails/patches replacing the variants'
+    /// series (e.g. a reviewer's respin, judged against the variant's
+    /// snapshots); `PATH:9-10` picks patches by number.
+    #[arg(long, value_name = "PATH[:N]", conflicts_with = "kernel_tree")]
     pub series: Option<PathBuf>,
+    /// Let the variants' hunks apply with up to N context lines ignored at
+    /// each end, as patch(1)'s --fuzz (default: strict, no fuzz).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        conflicts_with = "kernel_tree"
+    )]
+    pub fuzz: u32,
     /// Only tests whose name contains this (e.g. a scenario name).
     pub filter: Option<String>,
 }

@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use harness::event::Reporter;
+use harness::kernel::{BuildOptions, KernelSource};
 use harness::pipeline::{build_kernel, KernelRequest};
 use harness::ExitCode;
 
@@ -24,6 +25,34 @@ impl flags::Kernel {
     pub fn run(self, reporter: &dyn Reporter) -> anyhow::Result<ExitCode> {
         harness::deps::ensure(reporter)?;
         let run_dir = harness::cache::new_run_dir("kernel")?;
+        let options = BuildOptions {
+            series: self.series.as_deref(),
+            fuzz: self.fuzz,
+        };
+        if self.check {
+            let started = Instant::now();
+            let checked = harness::kernel::check_series(
+                KernelSource::Variant(&self.variant),
+                options,
+                reporter,
+                &run_dir,
+            )?;
+            println!(
+                "series   {} patches apply{}",
+                checked.patches.len(),
+                fuzz_note(checked.fuzz)
+            );
+            for p in &checked.patches {
+                println!("  {}", p.line());
+            }
+            println!("source   {}", checked.pristine.display());
+            println!(
+                "files    {} changed ({:.2} s, nothing built)",
+                checked.files.len(),
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(ExitCode::Pass);
+        }
         let request = match self.kernel_tree {
             Some(path) => KernelRequest::Tree {
                 path,
@@ -31,13 +60,23 @@ impl flags::Kernel {
             },
             None => KernelRequest::Variant(self.variant),
         };
-        let (build, input) = build_kernel(&request, self.series.as_deref(), reporter, &run_dir)?;
+        let (build, input) = build_kernel(&request, options, reporter, &run_dir)?;
         println!(
             "kernel   {} ({}){}",
             input.label,
             build.release,
             if build.cached { ", cached" } else { "" }
         );
+        if !build.patches.is_empty() {
+            println!(
+                "series   {} patches{}",
+                build.patches.len(),
+                fuzz_note(build.fuzz)
+            );
+            for p in &build.patches {
+                println!("  {}", p.line());
+            }
+        }
         println!("image    {}", build.image.display());
         println!("config   {}", build.config.display());
         println!("headers  {}", build.headers.display());
@@ -65,5 +104,13 @@ impl flags::Image {
         );
         println!("ssh key   {}", image.ssh_private_key.display());
         Ok(ExitCode::Pass)
+    }
+}
+
+fn fuzz_note(fuzz: u32) -> String {
+    if fuzz > 0 {
+        format!(", with fuzz {fuzz}")
+    } else {
+        String::new()
     }
 }

@@ -57,7 +57,11 @@ pub(crate) fn run(
         });
     }
     let run_dir = harness::cache::new_run_dir(if bless { "bless" } else { "test" })?;
-    let inputs = pipeline::prepare(&requests, flags.series.as_deref(), reporter, &run_dir)?;
+    let options = harness::kernel::BuildOptions {
+        series: flags.series.as_deref(),
+        fuzz: flags.fuzz,
+    };
+    let inputs = pipeline::prepare(&requests, options, reporter, &run_dir)?;
     let inputs_file = run_dir.join("inputs.json");
     inputs.write(&inputs_file)?;
     harness::scenario::preflight(&inputs, &run_dir, reporter)?;

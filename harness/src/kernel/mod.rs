@@ -20,6 +20,7 @@
 //!   compiled for one variant is a hit for the others).
 
 pub mod apply;
+mod check;
 pub mod dialect;
 pub mod kconfig;
 mod make;
@@ -40,11 +41,12 @@ use anyhow::Context;
 use crate::cache::{self, ContentKey};
 use crate::error::Error;
 use crate::event::{Reporter, Stage};
+pub use check::{PatchRecord, PatchState};
 pub use dialect::Dialect;
 pub use make::CcacheCounts;
 use make::{other_full_build_cc, toolchain_version, Make, Stats};
 use plan::{plan, Plan};
-pub use plan::{series_files, BuildOptions, KernelSource, KeyInputs};
+pub use plan::{BuildOptions, KernelSource, KeyInputs};
 pub(crate) use store::lock;
 use store::{cached, publish, Metadata};
 pub use uapi_check::UapiReport;
@@ -86,6 +88,10 @@ pub struct KernelBuild {
     /// What the agent's uAPI check found in `headers` (filled in by
     /// [`build_with`] once the build is found or made).
     pub uapi: UapiReport,
+    /// The series as applied: one record per patch.
+    pub patches: Vec<PatchRecord>,
+    /// The fuzz it was applied with (0: strict).
+    pub fuzz: u32,
 }
 
 /// Builds (or finds in the cache) a kernel; the full log goes to `run_dir`.
@@ -97,7 +103,7 @@ pub fn build(
     build_with(source, BuildOptions::default(), reporter, run_dir)
 }
 
-/// [`build`] with options (`--series`).
+/// [`build`] with options (`--series`, `--fuzz`).
 pub fn build_with(
     source: KernelSource,
     options: BuildOptions,
@@ -105,13 +111,7 @@ pub fn build_with(
     run_dir: &Path,
 ) -> anyhow::Result<KernelBuild> {
     let started = Instant::now();
-    let mut what = match source {
-        KernelSource::Variant(name) => name.to_string(),
-        KernelSource::Tree { path } => format!("tree {}", path.display()),
-    };
-    if let Some(series) = options.series {
-        what.push_str(&format!(" with series {}", series.display()));
-    }
+    let what = describe(source, options);
     reporter.start(Stage::Kernel, &what);
     let result = build_inner(source, options, reporter, run_dir)
         .and_then(|b| uapi_check::checked(b, reporter, run_dir));
@@ -126,19 +126,51 @@ pub fn build_with(
     result
 }
 
-/// What [`check_series`] found.
+/// `upstream-6.18 with series x.mbox:9, fuzz 1`.
+fn describe(source: KernelSource, options: BuildOptions) -> String {
+    let mut what = match source {
+        KernelSource::Variant(name) => name.to_string(),
+        KernelSource::Tree { path } => format!("tree {}", path.display()),
+    };
+    if let Some(series) = options.series {
+        what.push_str(&format!(" with series {}", series.display()));
+    }
+    if options.fuzz > 0 {
+        what.push_str(&format!(", fuzz {}", options.fuzz));
+    }
+    what
+}
+
+/// What [`check_series`] found: the series applies.
 #[derive(Debug, Clone)]
 pub struct SeriesCheck {
     /// The extracted, unmodified source the series was applied to.
     pub pristine: PathBuf,
-    pub patches: usize,
+    /// One record per patch (applies or already applied).
+    pub patches: Vec<PatchRecord>,
     /// Every file the series changes, creates or deletes.
     pub files: Vec<String>,
+    pub fuzz: u32,
 }
 
 /// Fetches and extracts a variant's source and applies its series (or
-/// `options.series`) in memory, without building: "does this apply?".
+/// `options.series`) in memory patch by patch, without building: "does
+/// this apply?". Each patch is reported; a stale one makes the error.
 pub fn check_series(
+    source: KernelSource,
+    options: BuildOptions,
+    reporter: &dyn Reporter,
+    run_dir: &Path,
+) -> anyhow::Result<SeriesCheck> {
+    let started = Instant::now();
+    let what = format!("{} (check only)", describe(source, options));
+    reporter.start(Stage::Kernel, &what);
+    let result = check_inner(source, options, reporter, run_dir);
+    reporter.end(Stage::Kernel, &what, result.is_ok(), started.elapsed());
+    result
+}
+
+fn check_inner(
     source: KernelSource,
     options: BuildOptions,
     reporter: &dyn Reporter,
@@ -151,25 +183,30 @@ pub fn check_series(
             Error::infra("a local tree is built as it is: there is no series to check").into(),
         );
     };
+    report_notes(&plan, reporter);
     let pristine = source::ensure_pristine(spec, reporter, &log)?;
-    let applied = apply_to(&plan.patches, &pristine)?;
+    let checked = check::check(
+        &plan.patches,
+        &plan.labels,
+        plan.fuzz,
+        &pristine,
+        spec.name(),
+        reporter,
+        &log,
+    )?;
     Ok(SeriesCheck {
         pristine,
-        patches: plan.patches.len(),
-        files: applied.files.keys().cloned().collect(),
+        patches: checked.records,
+        files: checked.applied.files.keys().cloned().collect(),
+        fuzz: plan.fuzz,
     })
 }
 
-/// Applies a series in memory on top of an extracted source.
-fn apply_to(patches: &[patch::Patch], pristine: &Path) -> anyhow::Result<apply::Applied> {
-    let read = |rel: &str| -> std::io::Result<Option<Vec<u8>>> {
-        match std::fs::read(pristine.join(rel)) {
-            Ok(d) => Ok(Some(d)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    };
-    Ok(apply::apply_series(patches, &read).map_err(|e| Error::infra(e.to_string()))?)
+/// What reading the series skipped or noticed.
+fn report_notes(plan: &Plan, reporter: &dyn Reporter) {
+    for note in &plan.notes {
+        reporter.line(Stage::Kernel, format!("series: {note}"));
+    }
 }
 
 pub(crate) use crate::deps::require_tool;
@@ -198,6 +235,7 @@ fn build_inner(
     ));
     let log = Log::create(&log_path)?;
     let plan = plan(source, options, &log)?;
+    report_notes(&plan, reporter);
     let key = plan.inputs.build_key();
     let source_key = plan.inputs.source_key();
     let out_dir = cache_root.join("kernel/out").join(key.short());
@@ -205,8 +243,28 @@ fn build_inner(
     let work = cache_root.join("kernel/work").join(&plan.name);
     let source_tree = plan.tree.clone().unwrap_or_else(|| work.join("src"));
     if let Some(found) = cached(&plan, &key, &out_dir, &headers_dir, &source_tree) {
+        report_cached_series(&found, reporter);
         return Ok(found);
     }
+
+    // The series, patch by patch, on the pristine source: before the work
+    // directory's lock (another build of the variant may hold it for many
+    // minutes) and before any make, so a stale patch fails in seconds.
+    let checked = match &plan.spec {
+        Some(spec) if !plan.patches.is_empty() => {
+            let pristine = source::ensure_pristine(spec, reporter, &log)?;
+            Some(check::check(
+                &plan.patches,
+                &plan.labels,
+                plan.fuzz,
+                &pristine,
+                spec.name(),
+                reporter,
+                &log,
+            )?)
+        }
+        _ => None,
+    };
 
     std::fs::create_dir_all(&work)?;
     let _lock = lock(&work.join("lock"), reporter)?;
@@ -215,7 +273,13 @@ fn build_inner(
         return Ok(found);
     }
     let src = match (&plan.spec, &plan.tree) {
-        (Some(spec), _) => prepare_variant_tree(&plan, spec, &work, &source_key, reporter, &log)?,
+        (Some(spec), _) => {
+            let applied = checked
+                .as_ref()
+                .map(|c| c.applied.clone())
+                .unwrap_or_default();
+            prepare_variant_tree(spec, &applied, &work, &source_key, reporter, &log)?
+        }
         (None, Some(tree)) => tree.clone(),
         (None, None) => anyhow::bail!("plan without a source"),
     };
@@ -349,6 +413,11 @@ fn build_inner(
             .collect(),
         toolchain: plan.inputs.toolchain.clone(),
         step_version: KERNEL_STEP_VERSION,
+        patches: checked
+            .as_ref()
+            .map(|c| c.records.clone())
+            .unwrap_or_default(),
+        fuzz: plan.fuzz,
     };
     cache::write_atomic(
         &tmp_out.join("metadata.json"),
@@ -366,14 +435,38 @@ fn build_inner(
         release,
         log: Some(log_path),
         uapi: UapiReport::default(),
+        patches: meta.patches,
+        fuzz: meta.fuzz,
     })
 }
 
-/// Makes `work/src` the pristine source plus the series, unless it already
-/// is (`src.key`).
+/// A cached build's series, as its metadata recorded it.
+fn report_cached_series(build: &KernelBuild, reporter: &dyn Reporter) {
+    if build.patches.is_empty() {
+        return;
+    }
+    for r in &build.patches {
+        reporter.line(Stage::Kernel, format!("  {}", r.line()));
+    }
+    reporter.line(
+        Stage::Kernel,
+        format!(
+            "series: {} patches, as recorded with the cached build{}",
+            build.patches.len(),
+            if build.fuzz > 0 {
+                format!(" (fuzz {})", build.fuzz)
+            } else {
+                String::new()
+            }
+        ),
+    );
+}
+
+/// Makes `work/src` the pristine source plus the series (`applied`, from
+/// the check), unless it already is (`src.key`).
 fn prepare_variant_tree(
-    plan: &Plan,
     spec: &SourceSpec,
+    applied: &apply::Applied,
     work: &Path,
     source_key: &ContentKey,
     reporter: &dyn Reporter,
@@ -387,20 +480,9 @@ fn prepare_variant_tree(
     {
         return Ok(src);
     }
-    let applied = apply_to(&plan.patches, &pristine)?;
-    if !plan.patches.is_empty() {
-        reporter.line(
-            Stage::Kernel,
-            format!(
-                "{} patches apply cleanly ({} files)",
-                plan.patches.len(),
-                applied.files.len()
-            ),
-        );
-    }
     let _ = std::fs::remove_file(&key_file);
     let started = Instant::now();
-    let prepared = tree::prepare(&pristine, &src, &applied, log)?;
+    let prepared = tree::prepare(&pristine, &src, applied, log)?;
     if prepared.linked {
         // Objects in an old build dir could be newer than these sources
         // (hard links keep the pristine mtimes) and would not be rebuilt.

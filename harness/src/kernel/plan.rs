@@ -8,6 +8,7 @@ use crate::error::Error;
 use crate::process::Log;
 
 use super::make::toolchain_version;
+use super::patch::series::{self, SeriesSpec};
 use super::variants::{self, SourceSpec};
 use super::{kconfig, patch, source, tree, ARCH, CROSS_COMPILE, KERNEL_STEP_VERSION, TARGET};
 
@@ -23,8 +24,12 @@ pub enum KernelSource<'a> {
 /// Optional changes to what a variant builds.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BuildOptions<'a> {
-    /// A patch file or mbox that replaces the variant's patch directory.
+    /// A mail, mbox or directory of them (`PATH[:NUMBERS]`,
+    /// [`series::SeriesSpec`]) that replaces the variant's series.
     pub series: Option<&'a Path>,
+    /// patch(1)'s fuzz: up to this many context lines at each end of a hunk
+    /// may be ignored; 0 (the default) applies strictly.
+    pub fuzz: u32,
 }
 
 /// What the cache key is computed from.
@@ -34,6 +39,10 @@ pub struct KeyInputs {
     pub source: String,
     /// Each patch file's bytes, in order.
     pub patches: Vec<Vec<u8>>,
+    /// The patches picked from them (`4,8-9`), when not all.
+    pub pick: Option<String>,
+    /// The fuzz the series is applied with.
+    pub fuzz: u32,
     /// Each fragment's settings ([`kconfig::canonical`]: comments do not
     /// count), in merge order.
     pub fragments: Vec<Vec<u8>>,
@@ -50,6 +59,14 @@ impl KeyInputs {
         k.str("patches", &self.patches.len().to_string());
         for p in &self.patches {
             k.bytes("patch", p);
+        }
+        // Added only when set, so that the keys of strict, whole series
+        // stay what they were.
+        if let Some(pick) = &self.pick {
+            k.str("pick", pick);
+        }
+        if self.fuzz > 0 {
+            k.str("fuzz", &self.fuzz.to_string());
         }
         k.finish()
     }
@@ -84,6 +101,11 @@ pub(super) struct Plan {
     /// The local tree, for tree builds.
     pub(super) tree: Option<PathBuf>,
     pub(super) patches: Vec<patch::Patch>,
+    /// How each patch is numbered in reports (`09/13`).
+    pub(super) labels: Vec<String>,
+    /// What reading the series skipped or noticed.
+    pub(super) notes: Vec<String>,
+    pub(super) fuzz: u32,
     pub(super) fragments: Vec<PathBuf>,
     pub(super) requests: Vec<kconfig::Request>,
     pub(super) inputs: KeyInputs,
@@ -91,45 +113,21 @@ pub(super) struct Plan {
     pub(super) series_files: Vec<PathBuf>,
 }
 
-/// The series files of a patch directory: `*.patch`, in name order.
-pub fn series_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| {
-            Error::infra(format!(
-                "cannot read patch directory {}: {e}",
-                dir.display()
-            ))
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "patch") && p.is_file())
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
-/// Reads and parses series files; a mangled mail or malformed patch is an
-/// error naming the file.
-fn read_series(files: &[PathBuf]) -> anyhow::Result<(Vec<patch::Patch>, Vec<Vec<u8>>)> {
-    let mut patches = Vec::new();
-    let mut bytes = Vec::new();
-    for f in files {
-        let data = std::fs::read(f)
-            .map_err(|e| Error::infra(format!("cannot read patch {}: {e}", f.display())))?;
-        let name = f
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        patches.extend(patch::parse(&name, &data).map_err(|e| Error::infra(e.to_string()))?);
-        bytes.push(data);
-    }
-    Ok((patches, bytes))
+/// Reads a series; every problem is bad input.
+fn read_series(spec: Option<SeriesSpec>) -> anyhow::Result<Option<series::Series>> {
+    let Some(spec) = spec else {
+        return Ok(None);
+    };
+    Ok(Some(
+        series::read(&spec).map_err(|e| Error::infra(e.to_string()))?,
+    ))
 }
 
 pub(super) fn plan(source: KernelSource, options: BuildOptions, log: &Log) -> anyhow::Result<Plan> {
     let root = cache::project_root();
     let file = variants::load_file(&variants::kernels_toml(&root))?;
     let toolchain = toolchain_version(log)?;
-    let (name, spec, tree, series_files, fragments, source_id) = match source {
+    let (name, spec, tree, series, fragments, source_id) = match source {
         KernelSource::Variant(wanted) => {
             let Some(v) = file.variants.iter().find(|v| v.name == wanted) else {
                 let names: Vec<&str> = file.variants.iter().map(|v| v.name.as_str()).collect();
@@ -139,20 +137,20 @@ pub(super) fn plan(source: KernelSource, options: BuildOptions, log: &Log) -> an
                 ))
                 .into());
             };
+            // `--series`, else the variant's `patches`: a series directory
+            // or one file (an mbox as archived).
             let series = match (options.series, &v.patches) {
-                // A directory is a series directory like the variants' own.
-                (Some(s), _) if s.is_dir() => series_files(s)?,
-                (Some(s), _) => vec![s.to_path_buf()],
-                // A variant's `patches` is a series directory or one file
-                // (an mbox as archived).
-                (None, Some(dir)) if dir.is_dir() => series_files(dir)?,
-                (None, Some(file)) => vec![file.clone()],
-                (None, None) => Vec::new(),
+                (Some(s), _) => Some(SeriesSpec::parse(s).map_err(Error::infra)?),
+                (None, Some(path)) => Some(SeriesSpec {
+                    path: path.clone(),
+                    pick: None,
+                }),
+                (None, None) => None,
             };
             match &v.source {
                 SourceSpec::Tree { path, .. } => {
-                    if options.series.is_some() {
-                        return Err(Error::infra("a tree is built as it is: --series needs a variant with a downloaded source").into());
+                    if options.series.is_some() || options.fuzz > 0 {
+                        return Err(Error::infra("a tree is built as it is: --series and --fuzz need a variant with a downloaded source").into());
                     }
                     let path = tree::check_kernel_tree(path)?;
                     let key = tree::tree_key(&path, log)?;
@@ -179,8 +177,8 @@ pub(super) fn plan(source: KernelSource, options: BuildOptions, log: &Log) -> an
             }
         }
         KernelSource::Tree { path } => {
-            if options.series.is_some() {
-                return Err(Error::infra("--series cannot be combined with --kernel-tree: the tree is built as it is, never modified").into());
+            if options.series.is_some() || options.fuzz > 0 {
+                return Err(Error::infra("--series and --fuzz cannot be combined with --kernel-tree: the tree is built as it is, never modified").into());
             }
             let path = tree::check_kernel_tree(path)?;
             let key = tree::tree_key(&path, log)?;
@@ -196,13 +194,21 @@ pub(super) fn plan(source: KernelSource, options: BuildOptions, log: &Log) -> an
                 name,
                 None,
                 Some(path),
-                Vec::new(),
+                None,
                 file.default_fragments.clone(),
                 key.0,
             )
         }
     };
-    let (patches, patch_bytes) = read_series(&series_files)?;
+    let pick = series
+        .as_ref()
+        .and_then(|s| s.pick.as_ref())
+        .map(|p| p.to_string());
+    let series = read_series(series)?;
+    let (patches, labels, notes, series_files, patch_bytes) = match series {
+        Some(s) => (s.patches, s.labels, s.notes, s.files, s.bytes),
+        None => Default::default(),
+    };
     let mut requests = Vec::new();
     let mut fragment_bytes = Vec::new();
     for f in &fragments {
@@ -215,11 +221,16 @@ pub(super) fn plan(source: KernelSource, options: BuildOptions, log: &Log) -> an
         spec,
         tree,
         patches,
+        labels,
+        notes,
+        fuzz: options.fuzz,
         fragments,
         requests,
         inputs: KeyInputs {
             source: source_id,
             patches: patch_bytes,
+            pick,
+            fuzz: options.fuzz,
             fragments: fragment_bytes,
             toolchain,
         },
@@ -235,6 +246,8 @@ mod tests {
         KeyInputs {
             source: "fdf4".into(),
             patches: vec![b"patch one\n".to_vec(), b"patch two\n".to_vec()],
+            pick: None,
+            fuzz: 0,
             fragments: vec![b"CONFIG_PCI=y\n".to_vec()],
             toolchain: "aarch64-linux-gnu-gcc (Debian 12.2.0-14) 12.2.0".into(),
         }
@@ -279,6 +292,22 @@ mod tests {
                 true,
             ),
             (
+                "pick",
+                KeyInputs {
+                    pick: Some("2".into()),
+                    ..inputs()
+                },
+                true,
+            ),
+            (
+                "fuzz",
+                KeyInputs {
+                    fuzz: 1,
+                    ..inputs()
+                },
+                true,
+            ),
+            (
                 "fragment",
                 KeyInputs {
                     fragments: vec![b"CONFIG_PCI=n\n".to_vec()],
@@ -316,7 +345,7 @@ mod tests {
         std::fs::write(dir.path().join("0001-a.patch"), "a").unwrap();
         std::fs::write(dir.path().join("README.md"), "notes").unwrap();
         std::fs::write(dir.path().join("original-mail.eml"), "mail").unwrap();
-        let files = series_files(dir.path()).unwrap();
+        let files = series::files_of(dir.path()).unwrap();
         let names: Vec<_> = files
             .iter()
             .map(|f| f.file_name().unwrap().to_owned())
@@ -332,8 +361,8 @@ mod tests {
         };
         let k1 = key(&files);
         std::fs::write(dir.path().join("README.md"), "other notes").unwrap();
-        assert_eq!(key(&series_files(dir.path()).unwrap()), k1);
+        assert_eq!(key(&series::files_of(dir.path()).unwrap()), k1);
         std::fs::write(dir.path().join("0002-b.patch"), "B").unwrap();
-        assert_ne!(key(&series_files(dir.path()).unwrap()), k1);
+        assert_ne!(key(&series::files_of(dir.path()).unwrap()), k1);
     }
 }

@@ -12,6 +12,7 @@ use crate::cache::ContentKey;
 use crate::error::Error;
 use crate::event::{Reporter, Stage};
 
+use super::check::PatchRecord;
 use super::plan::Plan;
 use super::{KernelBuild, UapiReport, MAKE_TIMEOUT, TARGET};
 
@@ -27,6 +28,13 @@ pub(super) struct Metadata {
     pub(super) fragments: Vec<String>,
     pub(super) toolchain: String,
     pub(super) step_version: u32,
+    /// Each patch: subject, author, date, Message-ID and what became of it
+    /// (entries written before this was kept have none).
+    #[serde(default)]
+    pub(super) patches: Vec<PatchRecord>,
+    /// The fuzz the series was applied with (0: strict).
+    #[serde(default)]
+    pub(super) fuzz: u32,
 }
 
 /// The finished build for `key`, if the cache has all of it.
@@ -54,6 +62,8 @@ pub(super) fn cached(
         release: meta.release,
         log: None,
         uapi: UapiReport::default(),
+        patches: meta.patches,
+        fuzz: meta.fuzz,
     })
 }
 
@@ -111,5 +121,43 @@ pub(crate) fn lock(path: &Path, reporter: &dyn Reporter) -> anyhow::Result<std::
                 return Err(e).context(format!("lock {}", path.display()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_without_patches_still_reads_and_with_them_round_trips() {
+        // An entry written before the patches were kept.
+        let old = r#"{"name":"upstream-6.18","key":"k","source_key":"s","release":"6.18.15",
+            "source":"linux-6.18.15 (fdf4)","series":[],"fragments":[],"toolchain":"gcc",
+            "step_version":2}"#;
+        let meta: Metadata = serde_json::from_str(old).unwrap();
+        assert!(meta.patches.is_empty());
+        assert_eq!(meta.fuzz, 0);
+        let record = PatchRecord {
+            number: "1/7".into(),
+            subject: Some("[PATCH v2 1/7] x".into()),
+            author: Some("Nicolin Chen <nicolinc@nvidia.com>".into()),
+            date: None,
+            message_id: Some("id@x".into()),
+            outcome: super::super::check::PatchState::Applies,
+            detail: Some("with fuzz (a.c hunk 2 fuzz 1)".into()),
+        };
+        let meta = Metadata {
+            patches: vec![record.clone()],
+            fuzz: 1,
+            ..meta
+        };
+        let text = serde_json::to_string(&meta).unwrap();
+        assert!(text.contains(r#""fuzz":1"#), "{text}");
+        let back: Metadata = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.patches, [record]);
+        assert_eq!(
+            back.patches[0].line(),
+            "1/7 [PATCH v2 1/7] x  (Nicolin Chen)  applies with fuzz (a.c hunk 2 fuzz 1)"
+        );
     }
 }

@@ -2,8 +2,11 @@
 //!
 //! A series is read from files that are plain unified diffs, `git
 //! format-patch` output, or an mbox holding several such mails (what lore
-//! hands out). Each mail becomes one [`Patch`]; a cover letter without a
-//! diff is skipped. Quoted-printable bodies are decoded.
+//! hands out); [`series`] reads a directory of them, orders the mails by
+//! their `[PATCH vN n/m]` tags, keeps the newest version and picks a subset.
+//! Each mail becomes one [`Patch`] with its author, date, Message-ID and
+//! trailers; a cover letter (`0/m`, or no diff) and a reply (`Re:`) are
+//! skipped. Quoted-printable bodies are decoded.
 //!
 //! A mail that went through a client or web archive which stripped leading
 //! whitespace is the common failure: its hunk bodies have lines that begin
@@ -14,14 +17,17 @@
 
 use std::fmt;
 
+pub mod closest;
 mod diff;
 mod mail;
 pub mod repair;
+pub mod series;
 #[cfg(test)]
 mod tests;
 
 use diff::{parse_diff, Mangling};
-use mail::{read_mail, split_lines, split_mbox};
+pub use mail::decode_words;
+use mail::{is_reply, read_mail, split_lines, split_mbox};
 
 /// One patch (one mail, or one diff file).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +36,8 @@ pub struct Patch {
     pub origin: String,
     /// The mail's subject, when it had one.
     pub subject: Option<String>,
+    /// What the mail's headers and trailers say (empty for a plain diff).
+    pub mail: MailInfo,
     pub files: Vec<FilePatch>,
 }
 
@@ -38,6 +46,78 @@ impl Patch {
     pub fn is_mangled(&self) -> bool {
         self.files.iter().flat_map(|f| &f.hunks).any(|h| h.mangled)
     }
+}
+
+/// A patch mail's headers and trailers, as the reviewer sees them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MailInfo {
+    /// `From:` (or the in-body `From:` of `git send-email`), RFC 2047 decoded:
+    /// `Nicolin Chen <nicolinc@nvidia.com>`.
+    pub author: Option<String>,
+    pub date: Option<String>,
+    /// Without the angle brackets.
+    pub message_id: Option<String>,
+    /// The subject's `[PATCH vN n/m]`, when it has one.
+    pub tag: Option<SubjectTag>,
+    /// `Signed-off-by:`, `Reviewed-by:`, `Link:`, ... in order.
+    pub trailers: Vec<Trailer>,
+}
+
+impl MailInfo {
+    /// The author's name without the address (or the address when there is
+    /// no name).
+    pub fn author_name(&self) -> Option<String> {
+        let author = self.author.as_deref()?.trim();
+        let name = match author.find('<') {
+            Some(0) | None => author.trim_matches(['<', '>']),
+            Some(k) => author[..k].trim(),
+        };
+        Some(name.trim_matches('"').to_string())
+    }
+}
+
+/// The bracketed tag of a patch subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectTag {
+    /// The bracket's text as written: `PATCH RFCv2 09/13`.
+    pub prefix: String,
+    /// What follows a `v` (`v2`, `RFCv2`, `PATCHv2`); 1 when none is given.
+    pub version: u32,
+    /// `RFC` appears in the tag.
+    pub rfc: bool,
+    /// `n` and `m` of `n/m`; `0/m` is a cover letter.
+    pub number: Option<u32>,
+    pub total: Option<u32>,
+}
+
+/// A `Key: value` line at the end of a commit message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trailer {
+    pub key: String,
+    pub value: String,
+}
+
+/// A mail of a patch file that is not a patch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub origin: String,
+    pub subject: Option<String>,
+    pub why: SkipReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// `[PATCH vN 0/m]`, or a mail with no diff.
+    CoverLetter,
+    /// `Re: ...`: a review, even when it quotes or suggests a diff.
+    Reply,
+}
+
+/// What one patch file holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedFile {
+    pub patches: Vec<Patch>,
+    pub skipped: Vec<Skipped>,
 }
 
 /// The changes to one file.
@@ -195,11 +275,35 @@ struct Line<'a> {
     text: std::borrow::Cow<'a, [u8]>,
 }
 
-/// Parses a patch file (diff, format-patch mail or mbox) into patches.
-/// `name` names the file in messages. A whitespace-mangled mail is an error
-/// ([`ParseError::Mangled`], counting every mangled hunk of the file).
+/// Parses a patch file (diff, format-patch mail or mbox) into patches; a
+/// file without any is an error. `name` names the file in messages. A
+/// whitespace-mangled mail is an error ([`ParseError::Mangled`], counting
+/// every mangled hunk of the file).
 pub fn parse(name: &str, data: &[u8]) -> Result<Vec<Patch>, ParseError> {
-    let (patches, mangling) = parse_all(name, data)?;
+    non_empty(name, parse_file(name, data)?)
+}
+
+/// Like [`parse`], but a whitespace-mangled mail is read too: the hunks
+/// that show mangling are marked ([`Hunk::mangled`]) and their extent comes
+/// from the header counts; intact hunks are read exactly as by [`parse`].
+pub fn parse_lenient(name: &str, data: &[u8]) -> Result<Vec<Patch>, ParseError> {
+    non_empty(name, parse_file_lenient(name, data)?)
+}
+
+fn non_empty(name: &str, parsed: ParsedFile) -> Result<Vec<Patch>, ParseError> {
+    if parsed.patches.is_empty() {
+        return Err(ParseError::Empty {
+            file: name.to_string(),
+        });
+    }
+    Ok(parsed.patches)
+}
+
+/// Parses a patch file into its patches and the mails skipped (cover
+/// letters, replies); a file with only those is no error here. A mangled
+/// mail is an error.
+pub fn parse_file(name: &str, data: &[u8]) -> Result<ParsedFile, ParseError> {
+    let (parsed, mangling) = parse_all(name, data)?;
     if let Some((first_line, first_text, first_hunk, first_path)) = mangling.first {
         return Err(ParseError::Mangled {
             file: name.to_string(),
@@ -211,17 +315,16 @@ pub fn parse(name: &str, data: &[u8]) -> Result<Vec<Patch>, ParseError> {
             first_path,
         });
     }
-    Ok(patches)
+    Ok(parsed)
 }
 
-/// Like [`parse`], but a whitespace-mangled mail is read too: the hunks
-/// that show mangling are marked ([`Hunk::mangled`]) and their extent comes
-/// from the header counts; intact hunks are read exactly as by [`parse`].
-pub fn parse_lenient(name: &str, data: &[u8]) -> Result<Vec<Patch>, ParseError> {
-    parse_all(name, data).map(|(patches, _)| patches)
+/// [`parse_file`] that reads mangled mails (their hunks marked) for the
+/// repair.
+pub fn parse_file_lenient(name: &str, data: &[u8]) -> Result<ParsedFile, ParseError> {
+    parse_all(name, data).map(|(parsed, _)| parsed)
 }
 
-fn parse_all(name: &str, data: &[u8]) -> Result<(Vec<Patch>, Mangling), ParseError> {
+fn parse_all(name: &str, data: &[u8]) -> Result<(ParsedFile, Mangling), ParseError> {
     let lines: Vec<Line> = split_lines(data)
         .enumerate()
         .map(|(i, t)| Line {
@@ -231,6 +334,7 @@ fn parse_all(name: &str, data: &[u8]) -> Result<(Vec<Patch>, Mangling), ParseErr
         .collect();
     let messages = split_mbox(&lines);
     let mut patches = Vec::new();
+    let mut skipped = Vec::new();
     // Every mangled hunk of the whole file, for one report.
     let mut mangling = Mangling {
         bad_hunks: 0,
@@ -238,23 +342,36 @@ fn parse_all(name: &str, data: &[u8]) -> Result<(Vec<Patch>, Mangling), ParseErr
         first: None,
     };
     for msg in messages {
-        let (subject, body) = read_mail(name, msg)?;
-        let (files, seen) = parse_diff(name, &body)?;
+        let mail = read_mail(name, msg)?;
+        let skip = |why| Skipped {
+            origin: name.to_string(),
+            subject: mail.subject.clone(),
+            why,
+        };
+        let cover = mail.info.tag.as_ref().is_some_and(|t| t.number == Some(0));
+        if mail.subject.as_deref().is_some_and(is_reply) {
+            skipped.push(skip(SkipReason::Reply));
+            continue;
+        }
+        // A cover letter may carry a diff (an interdiff or range-diff
+        // against the last version); it is still no patch.
+        if cover {
+            skipped.push(skip(SkipReason::CoverLetter));
+            continue;
+        }
+        let (files, seen) = parse_diff(name, &mail.body)?;
         mangling.bad_hunks += seen.bad_hunks;
         mangling.hunks += seen.hunks;
         mangling.first = mangling.first.or(seen.first);
         if files.is_empty() {
+            skipped.push(skip(SkipReason::CoverLetter));
             continue;
         }
         patches.push(Patch {
             origin: name.to_string(),
-            subject,
+            subject: mail.subject,
+            mail: mail.info,
             files,
-        });
-    }
-    if patches.is_empty() {
-        return Err(ParseError::Empty {
-            file: name.to_string(),
         });
     }
     // Numbered among the mails that carry a diff (a cover letter does not).
@@ -264,5 +381,5 @@ fn parse_all(name: &str, data: &[u8]) -> Result<(Vec<Patch>, Mangling), ParseErr
             p.origin = format!("{name} (patch {}/{total})", k + 1);
         }
     }
-    Ok((patches, mangling))
+    Ok((ParsedFile { patches, skipped }, mangling))
 }
