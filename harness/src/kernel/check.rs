@@ -152,6 +152,63 @@ fn reader(pristine: &Path) -> impl Fn(&str) -> std::io::Result<Option<Vec<u8>>> 
     }
 }
 
+/// Repairs the whitespace-mangled patches of a series against `pristine`
+/// (`patch::repair`): every repair is reported hunk by hunk and the
+/// repaired patch written next to the log, so what was applied can be read
+/// and reused. A mangled hunk whose context differs beyond whitespace is
+/// stale: nothing is guessed, the error names the patch, file, hunk and the
+/// closest lines. Intact patches pass through untouched. A mangled patch is
+/// repaired against the pristine tree, not against the earlier patches of
+/// its series (mangled mails come one at a time from web archives).
+fn repair_mangled(
+    patches: &[Patch],
+    pristine: &Path,
+    reporter: &dyn Reporter,
+    log: &Log,
+) -> anyhow::Result<Vec<Patch>> {
+    let dir = log
+        .path()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(patches.len());
+    for (k, p) in patches.iter().enumerate() {
+        if !p.is_mangled() {
+            out.push(p.clone());
+            continue;
+        }
+        let written = dir.join(format!("repaired-{}.patch", k + 1));
+        match super::patch::repair::repair(p, &reader(pristine)) {
+            Ok(r) => {
+                let report = r.to_string();
+                for line in report.lines() {
+                    reporter.line(Stage::Kernel, format!("  {line}"));
+                    log.line(line);
+                }
+                std::fs::write(&written, r.to_diff())?;
+                reporter.line(
+                    Stage::Kernel,
+                    format!("  repaired patch written to {}", written.display()),
+                );
+                out.push(r.patch);
+            }
+            Err(stale) => {
+                let _ = std::fs::write(&written, stale.partial.to_diff());
+                let report = stale.to_string();
+                for line in report.lines() {
+                    log.line(line);
+                }
+                return Err(Error::infra(format!(
+                    "{report}\n(the hunks that could be repaired: {}; nothing was built)",
+                    written.display()
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Applies the series patch by patch on `pristine` and reports each patch;
 /// `source` names the tree in messages. Any stale patch makes the error,
 /// after every patch was reported.
@@ -164,6 +221,8 @@ pub(super) fn check(
     reporter: &dyn Reporter,
     log: &Log,
 ) -> anyhow::Result<Checked> {
+    let repaired = repair_mangled(patches, pristine, reporter, log)?;
+    let patches = repaired.as_slice();
     let result = apply::apply_each(patches, &reader(pristine), fuzz);
     let records = records(patches, labels, &result);
     for r in &records {

@@ -20,7 +20,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::{parse_file, ParseError, Patch, SkipReason, Skipped};
+use super::{parse_file_lenient, ParseError, Patch, SkipReason, Skipped};
 
 /// A `--series` argument: a path and the patches picked from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,7 +226,9 @@ pub fn read(spec: &SeriesSpec) -> Result<Series, SeriesError> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let parsed = parse_file(&name, &data).map_err(SeriesError::Parse)?;
+        // Mangled mails are read too: the kernel stage repairs them against
+        // the tree before applying (`patch::repair`).
+        let parsed = parse_file_lenient(&name, &data).map_err(SeriesError::Parse)?;
         patches.extend(parsed.patches);
         skipped.extend(parsed.skipped);
         bytes.push(data);
