@@ -335,6 +335,59 @@ mod tests {
         dir
     }
 
+    /// The seed mail (whitespace-mangled) on the six 6.18.15 files it
+    /// touches: the check repairs 8 hunks, stops at device.c's stale one
+    /// with the closest lines, and keeps the partial repair next to the log;
+    /// the mail repaired by hand (one hunk rebased) goes through unrepaired.
+    #[test]
+    fn a_mangled_mail_is_repaired_before_the_check_and_a_stale_hunk_stops_it() {
+        let tree = fixtures().join("sw-msi-6.18.15");
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::create(&dir.path().join("check.log")).unwrap();
+        let read = |path: &str| {
+            series::read(
+                &SeriesSpec::parse(&Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap(),
+            )
+            .unwrap()
+        };
+        let seed = read("../kernel-configs/patches/sw-msi-rfcv2/original-mail.eml");
+        assert!(seed.patches[0].is_mangled());
+        let lines = Lines::default();
+        let err = check(
+            &seed.patches,
+            &seed.labels,
+            0,
+            &tree,
+            "6.18.15",
+            &lines,
+            &log,
+        )
+        .err()
+        .expect("device.c's hunk is stale")
+        .to_string();
+        assert!(err.contains("8 of 9 hunks repaired, 1 stale"), "{err}");
+        assert!(
+            err.contains("lockdep_assert_held(&idev->igroup->lock);"),
+            "{err}"
+        );
+        assert!(dir.path().join("repaired-1.patch").is_file());
+        let fixed = read("../kernel-configs/patches/sw-msi-rfcv2");
+        assert!(!fixed.patches[0].is_mangled());
+        let lines = Lines::default();
+        let checked = check(
+            &fixed.patches,
+            &fixed.labels,
+            0,
+            &tree,
+            "6.18.15",
+            &lines,
+            &log,
+        )
+        .unwrap();
+        assert_eq!(checked.records[0].outcome, PatchState::Applies);
+        assert!(!lines.0.lock().unwrap().iter().any(|l| l.contains("repair")));
+    }
+
     #[test]
     fn each_patch_gets_a_line_and_a_stale_one_fails_with_its_closest_lines() {
         let s = series::read(&SeriesSpec {
