@@ -362,8 +362,8 @@ mod tests {
             &lines,
             &log,
         )
-        .err()
-        .expect("device.c's hunk is stale")
+        .map(|_| ())
+        .expect_err("device.c's hunk is stale")
         .to_string();
         assert!(err.contains("8 of 9 hunks repaired, 1 stale"), "{err}");
         assert!(
