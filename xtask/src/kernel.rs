@@ -38,7 +38,7 @@ impl flags::Kernel {
                 &run_dir,
             )?;
             println!(
-                "series   {} apply{}",
+                "series   {}, none stale{}",
                 harness::kernel::patches_n(checked.patches.len()),
                 fuzz_note(checked.fuzz)
             );
