@@ -41,28 +41,7 @@ pub fn build_kernel(
     reporter: &dyn Reporter,
     run_dir: &Path,
 ) -> anyhow::Result<(KernelBuild, KernelInput)> {
-    let q = |p: &Path| crate::process::quote(&p.display().to_string());
-    let (source, label, selector) = match request {
-        KernelRequest::Variant(v) => {
-            let mut selector = format!("--variant {}", crate::process::quote(v));
-            if let Some(series) = options.series {
-                selector.push_str(&format!(" --series {}", q(&absolute_series(series))));
-            }
-            if options.fuzz > 0 {
-                selector.push_str(&format!(" --fuzz {}", options.fuzz));
-            }
-            (KernelSource::Variant(v), v.clone(), selector)
-        }
-        KernelRequest::Tree { path, as_variant } => (
-            KernelSource::Tree { path },
-            format!("{as_variant} (tree {})", path.display()),
-            format!(
-                "--kernel-tree {} --as {}",
-                q(path),
-                crate::process::quote(as_variant)
-            ),
-        ),
-    };
+    let (source, label, selector) = describe(request, options);
     let options = match request {
         KernelRequest::Variant(_) => options,
         // A local tree is built as it is.
@@ -124,6 +103,36 @@ fn check_declared(variant: &str, input: &KernelInput) -> anyhow::Result<()> {
         ))
         .into()),
         _ => Ok(()),
+    }
+}
+
+/// What to build, its label, and the kernel selection a reproducer
+/// repeats (`--variant v --series /abs/s.mbox:9 --fuzz 1`).
+fn describe<'a>(
+    request: &'a KernelRequest,
+    options: BuildOptions,
+) -> (KernelSource<'a>, String, String) {
+    let q = |p: &Path| crate::process::quote(&p.display().to_string());
+    match request {
+        KernelRequest::Variant(v) => {
+            let mut selector = format!("--variant {}", crate::process::quote(v));
+            if let Some(series) = options.series {
+                selector.push_str(&format!(" --series {}", q(&absolute_series(series))));
+            }
+            if options.fuzz > 0 {
+                selector.push_str(&format!(" --fuzz {}", options.fuzz));
+            }
+            (KernelSource::Variant(v), v.clone(), selector)
+        }
+        KernelRequest::Tree { path, as_variant } => (
+            KernelSource::Tree { path },
+            format!("{as_variant} (tree {})", path.display()),
+            format!(
+                "--kernel-tree {} --as {}",
+                q(path),
+                crate::process::quote(as_variant)
+            ),
+        ),
     }
 }
 
@@ -190,5 +199,21 @@ mod tests {
         // What does not exist is passed on as given (the build says why).
         let gone = Path::new("gone.mbox:2");
         assert_eq!(absolute_series(gone), gone);
+        let request = KernelRequest::Variant("upstream-6.18".into());
+        let options = BuildOptions {
+            series: Some(&picked),
+            fuzz: 1,
+        };
+        let (_, label, selector) = describe(&request, options);
+        assert_eq!(label, "upstream-6.18");
+        assert_eq!(
+            selector,
+            format!(
+                "--variant upstream-6.18 --series '{}:4,8-9' --fuzz 1",
+                abs.display()
+            )
+        );
+        let (_, _, strict) = describe(&request, BuildOptions::default());
+        assert_eq!(strict, "--variant upstream-6.18");
     }
 }

@@ -38,8 +38,8 @@ impl flags::Kernel {
                 &run_dir,
             )?;
             println!(
-                "series   {} patches apply{}",
-                checked.patches.len(),
+                "series   {}, none stale{}",
+                harness::kernel::patches_n(checked.patches.len()),
                 fuzz_note(checked.fuzz)
             );
             for p in &checked.patches {
@@ -69,8 +69,8 @@ impl flags::Kernel {
         );
         if !build.patches.is_empty() {
             println!(
-                "series   {} patches{}",
-                build.patches.len(),
+                "series   {}{}",
+                harness::kernel::patches_n(build.patches.len()),
                 fuzz_note(build.fuzz)
             );
             for p in &build.patches {

@@ -78,6 +78,11 @@ fn author_name(author: &str) -> String {
     info.author_name().unwrap_or_default()
 }
 
+/// `1 patch`, `2 patches`.
+pub fn patches_n(n: usize) -> String {
+    format!("{n} patch{}", if n == 1 { "" } else { "es" })
+}
+
 /// A series that applies: what it makes of the tree and its records.
 #[derive(Debug, Clone)]
 pub(super) struct Checked {
@@ -235,7 +240,11 @@ pub(super) fn check(
         count(PatchState::AlreadyApplied),
         count(PatchState::Stale),
     );
-    let mut summary = format!("{} patches on {source}: {applies} apply", records.len());
+    let mut summary = format!(
+        "{} on {source}: {applies} appl{}",
+        patches_n(records.len()),
+        if applies == 1 { "ies" } else { "y" }
+    );
     if already > 0 {
         summary.push_str(&format!(", {already} already applied (skipped)"));
     }
@@ -410,13 +419,13 @@ mod tests {
                 "  2/3 [PATCH v2 2/3] demo: add a variable  (Dev)  applies",
                 "  3/3 [PATCH v2 3/3] demo: say goodbye  (Dev)  stale: drivers/demo/a.c hunk 1 \
                  `@@ -14,4 +14,5 @@ static int demo_probe(void)`",
-                "series: 3 patches on demo: 1 apply, 1 already applied (skipped), 1 stale; \
+                "series: 3 patches on demo: 1 applies, 1 already applied (skipped), 1 stale; \
                  strict (no fuzz)",
             ]
         );
         assert!(
             err.starts_with(
-                "the series does not apply: 3 patches on demo: 1 apply, 1 already applied \
+                "the series does not apply: 3 patches on demo: 1 applies, 1 already applied \
                  (skipped), 1 stale; strict (no fuzz); nothing was built\n\n\
                  3/3 [PATCH v2 3/3] demo: say goodbye (c.eml):\n\
                  - drivers/demo/a.c, hunk 1 `@@ -14,4 +14,5 @@ static int demo_probe(void)` \

@@ -41,7 +41,7 @@ use anyhow::Context;
 use crate::cache::{self, ContentKey};
 use crate::error::Error;
 use crate::event::{Reporter, Stage};
-pub use check::{PatchRecord, PatchState};
+pub use check::{patches_n, PatchRecord, PatchState};
 pub use dialect::Dialect;
 pub use make::CcacheCounts;
 use make::{other_full_build_cc, toolchain_version, Make, Stats};
@@ -242,8 +242,29 @@ fn build_inner(
     let headers_dir = cache_root.join("kernel/headers").join(source_key.short());
     let work = cache_root.join("kernel/work").join(&plan.name);
     let source_tree = plan.tree.clone().unwrap_or_else(|| work.join("src"));
-    if let Some(found) = cached(&plan, &key, &out_dir, &headers_dir, &source_tree) {
-        report_cached_series(&found, reporter);
+    if let Some(mut found) = cached(&plan, &key, &out_dir, &headers_dir, &source_tree) {
+        let mut checked_now = false;
+        // An entry written before builds kept their patches: check them now
+        // on the pristine source, if it is still there (nothing is fetched
+        // for this).
+        if found.patches.is_empty() && !plan.patches.is_empty() {
+            if let Some(pristine) = plan.spec.as_ref().and_then(source::extracted) {
+                let quiet = crate::event::Quiet;
+                if let Ok(c) = check::check(
+                    &plan.patches,
+                    &plan.labels,
+                    plan.fuzz,
+                    &pristine,
+                    plan.spec.as_ref().map_or("", |s| s.name()),
+                    &quiet,
+                    &log,
+                ) {
+                    found.patches = c.records;
+                    checked_now = true;
+                }
+            }
+        }
+        report_cached_series(&found, checked_now, reporter);
         return Ok(found);
     }
 
@@ -440,8 +461,9 @@ fn build_inner(
     })
 }
 
-/// A cached build's series, as its metadata recorded it.
-fn report_cached_series(build: &KernelBuild, reporter: &dyn Reporter) {
+/// A cached build's series, as its metadata recorded it (or as checked
+/// now, for an entry older than the records).
+fn report_cached_series(build: &KernelBuild, checked_now: bool, reporter: &dyn Reporter) {
     if build.patches.is_empty() {
         return;
     }
@@ -451,8 +473,13 @@ fn report_cached_series(build: &KernelBuild, reporter: &dyn Reporter) {
     reporter.line(
         Stage::Kernel,
         format!(
-            "series: {} patches, as recorded with the cached build{}",
-            build.patches.len(),
+            "series: {}, {}{}",
+            check::patches_n(build.patches.len()),
+            if checked_now {
+                "checked now on the pristine source (the cached build's metadata predates per-patch records)"
+            } else {
+                "as recorded with the cached build"
+            },
             if build.fuzz > 0 {
                 format!(" (fuzz {})", build.fuzz)
             } else {

@@ -52,6 +52,16 @@ pub fn source_sha256(spec: &SourceSpec) -> anyhow::Result<String> {
     }
 }
 
+/// The extracted source tree for `spec`, when it is there (nothing is
+/// fetched).
+pub fn extracted(spec: &SourceSpec) -> Option<PathBuf> {
+    let sha = source_sha256(spec).ok()?;
+    let root = cache::cache_dir("kernel/pristine").ok()?;
+    let dir = root.join(&sha[..16]);
+    let marker = root.join(format!("{}.complete", &sha[..16]));
+    (marker.is_file() && dir.is_dir()).then_some(dir)
+}
+
 /// The extracted source tree for `spec` (not for trees), fetching and
 /// extracting it if this has not been done yet.
 pub fn ensure_pristine(
@@ -59,13 +69,13 @@ pub fn ensure_pristine(
     reporter: &dyn Reporter,
     log: &Log,
 ) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = extracted(spec) {
+        return Ok(dir);
+    }
     let sha = source_sha256(spec)?;
     let root = cache::cache_dir("kernel/pristine")?;
     let dir = root.join(&sha[..16]);
     let marker = root.join(format!("{}.complete", &sha[..16]));
-    if marker.is_file() && dir.is_dir() {
-        return Ok(dir);
-    }
     // One process fetches and extracts; others building from the same
     // source wait for it, then find it done.
     let _lock = super::lock(&root.join(format!("{}.lock", &sha[..16])), reporter)?;

@@ -41,7 +41,7 @@ impl Pick {
             let part = part.trim();
             let number = |t: &str| -> Result<u32, String> {
                 t.trim().parse::<u32>().map_err(|_| {
-                    format!("`{text}`: `{t}` is not a patch number (write e.g. `:9`, `:9-10` or `:4,8-9`)")
+                    format!("{text}: `{t}` is not a patch number (write e.g. `:9`, `:9-10` or `:4,8-9`)")
                 })
             };
             let (a, b) = match part.split_once('-') {
@@ -49,7 +49,7 @@ impl Pick {
                 None => (number(part)?, number(part)?),
             };
             if a > b {
-                return Err(format!("`{text}`: the range {a}-{b} is backwards"));
+                return Err(format!("{text}: the range {a}-{b} is backwards"));
             }
             ranges.push((a, b));
         }
@@ -94,14 +94,10 @@ impl SeriesSpec {
         }
         let text = arg.to_string_lossy();
         if let Some((path, numbers)) = text.rsplit_once(':') {
-            let looks_like_pick = !numbers.is_empty()
-                && numbers
-                    .chars()
-                    .all(|c| c.is_ascii_digit() || c == ',' || c == '-' || c == ' ');
-            if looks_like_pick && Path::new(path).exists() {
+            if Path::new(path).exists() {
                 return Ok(SeriesSpec {
                     path: PathBuf::from(path),
-                    pick: Some(Pick::parse(numbers)?),
+                    pick: Some(Pick::parse(numbers).map_err(|e| format!("series {path}:{e}"))?),
                 });
             }
         }
@@ -371,13 +367,15 @@ pub fn arrange(
         .filter_map(|p| p.mail.tag.as_ref().and_then(|t| t.total))
         .max();
     if let Some(total) = total {
-        let present: Vec<u32> = unique.iter().filter_map(number).collect();
-        let missing: Vec<String> = (1..=total)
-            .filter(|n| !present.contains(n))
-            .map(|n| format!("{n}/{total}"))
-            .collect();
+        let mut present: Vec<u32> = unique.iter().filter_map(number).collect();
+        present.sort_unstable();
+        let missing: Vec<u32> = (1..=total).filter(|n| !present.contains(n)).collect();
         if !missing.is_empty() && pick.is_none() {
-            notes.push(format!("missing from {what}: {}", missing.join(", ")));
+            notes.push(format!(
+                "{what} has patches {} of {total} (not {})",
+                ranges(&present),
+                ranges(&missing)
+            ));
         }
     }
 
@@ -752,6 +750,6 @@ mod tests {
             .map(|p| p.mail.message_id.clone())
             .collect();
         assert_eq!(ids, [Some("1".into()), None, Some("3".into())]);
-        assert_eq!(a.notes, ["missing from s: 2/3"]);
+        assert_eq!(a.notes, ["s has patches 1, 3 of 3 (not 2)"]);
     }
 }
