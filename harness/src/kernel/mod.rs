@@ -184,16 +184,7 @@ fn check_inner(
         );
     };
     report_notes(&plan, reporter);
-    let pristine = source::ensure_pristine(spec, reporter, &log)?;
-    let checked = check::check(
-        &plan.patches,
-        &plan.labels,
-        plan.fuzz,
-        &pristine,
-        spec.name(),
-        reporter,
-        &log,
-    )?;
+    let (pristine, checked) = check_on_pristine(&plan, spec, reporter, &log)?;
     Ok(SeriesCheck {
         pristine,
         patches: checked.records,
@@ -207,6 +198,27 @@ fn report_notes(plan: &Plan, reporter: &dyn Reporter) {
     for note in &plan.notes {
         reporter.line(Stage::Kernel, format!("series: {note}"));
     }
+}
+
+/// The plan's series checked patch by patch on the extracted, unmodified
+/// source of `spec` (fetched and extracted first if needed).
+fn check_on_pristine(
+    plan: &Plan,
+    spec: &SourceSpec,
+    reporter: &dyn Reporter,
+    log: &Log,
+) -> anyhow::Result<(PathBuf, check::Checked)> {
+    let pristine = source::ensure_pristine(spec, reporter, log)?;
+    let checked = check::check(
+        &plan.patches,
+        &plan.labels,
+        plan.fuzz,
+        &pristine,
+        spec.name(),
+        reporter,
+        log,
+    )?;
+    Ok((pristine, checked))
 }
 
 pub(crate) use crate::deps::require_tool;
@@ -273,16 +285,7 @@ fn build_inner(
     // minutes) and before any make, so a stale patch fails in seconds.
     let checked = match &plan.spec {
         Some(spec) if !plan.patches.is_empty() => {
-            let pristine = source::ensure_pristine(spec, reporter, &log)?;
-            Some(check::check(
-                &plan.patches,
-                &plan.labels,
-                plan.fuzz,
-                &pristine,
-                spec.name(),
-                reporter,
-                &log,
-            )?)
+            Some(check_on_pristine(&plan, spec, reporter, &log)?.1)
         }
         _ => None,
     };
