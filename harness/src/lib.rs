@@ -7,6 +7,7 @@
 //! against a fresh VM) and `snapshot` (normalised observations, reports).
 //! `xtask` is a thin command-line layer over these modules.
 
+pub mod bench;
 pub mod cache;
 pub mod compare;
 pub mod deps;

@@ -171,13 +171,39 @@ pub fn prepare(
     let artifacts_dir = run_dir.join("scenarios");
     std::fs::create_dir_all(&results_dir)?;
     std::fs::create_dir_all(&artifacts_dir)?;
+    // Probed once here; every trial of the run reads it from the inputs.
+    let qemu = crate::vm::probe(Path::new(crate::vm::QEMU))?;
     Ok(Inputs {
         kernels: built,
         initramfs: image.initramfs,
         ssh_private_key: image.ssh_private_key,
         results_dir,
         artifacts_dir,
+        start: Default::default(),
+        qemu: Some(qemu),
     })
+}
+
+/// Guest RAM the largest scenario asks for, plus QEMU's own: what one
+/// more test running at once may need.
+const MEMORY_PER_JOB_MB: u64 = 1536 + 512;
+
+/// How many tests (so guests) run at once by default: one per core, as
+/// long as memory holds that many of the largest guest. TCG keeps a vCPU
+/// thread busy only while the guest computes, so more than the cores would
+/// only queue (`cargo xtask bench` measures one at a time against this).
+pub fn default_jobs() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let memory = available_memory_mb().unwrap_or(MEMORY_PER_JOB_MB);
+    cores.min(memory / MEMORY_PER_JOB_MB).max(1) as u32
+}
+
+/// `MemAvailable` of /proc/meminfo, in MiB.
+fn available_memory_mb() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
 }
 
 #[cfg(test)]

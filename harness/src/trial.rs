@@ -26,6 +26,7 @@ pub fn run(file: &Path, variant: &str, inputs: &Inputs) -> TrialResult {
         interrupts_delivered: 0,
         msi_addresses: Vec::new(),
         duration_s: 0.0,
+        restored: false,
         artifacts: Default::default(),
         reproducer: match inputs.kernels.get(variant) {
             Some(k) => k.reproducer(variant, &name),
@@ -96,6 +97,7 @@ fn run_steps(
     };
     result.kernel_release = exec.kernel_release.clone();
     result.interrupts_delivered = exec.interrupts_delivered;
+    result.restored = exec.restored;
     result.msi_addresses = exec.msi_addresses.clone();
     let doc = SnapshotDoc::new(&scenario, variant, &exec);
     // The observations as JSON, kept with the artifacts even when the

@@ -31,6 +31,8 @@ const LAYERS: &[&[&str]] = &[
     &["trial"],
     &["compare"],
     &["pipeline"],
+    // What `cargo xtask bench` measures (boots, starts, trials).
+    &["bench"],
 ];
 
 fn src() -> PathBuf {

@@ -83,6 +83,8 @@ impl flags::Compare {
                     scenarios.len()
                 );
                 let test = flags::Test {
+                    jobs: None,
+                    cold_boot: false,
                     variants: missing,
                     kernel_tree: None,
                     as_variant: None,

@@ -31,7 +31,7 @@ pub enum Command {
     Bless(Test),
     /// What changed in behaviour between two kernel variants, scenario by scenario.
     Compare(Compare),
-    /// Benchmarks (not built yet).
+    /// Measure boots, starts, a trial and the suite; print figures and ratios.
     Bench(Bench),
 }
 
@@ -115,6 +115,14 @@ pub struct Test {
         conflicts_with = "kernel_tree"
     )]
     pub fuzz: u32,
+    /// How many tests (and so VMs) run at once. Default: as many as the
+    /// machine's cores and memory allow (`harness::pipeline::default_jobs`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+    /// Boot every trial's guest instead of starting it from its saved
+    /// machine (what the saved starts are checked against).
+    #[arg(long)]
+    pub cold_boot: bool,
     /// Only tests whose name contains this (e.g. a scenario name).
     pub filter: Option<String>,
 }
@@ -151,5 +159,25 @@ pub struct Compare {
     pub run_b: Option<PathBuf>,
 }
 
+/// Measures, in one run: the floor (plain QEMU to the first line of
+/// `/init`), the harness's cold start and the start from a saved machine
+/// (each to the agent answering), one typical scenario both ways, and the
+/// scenario suite one VM at a time (cold and saved) and N at once. Prints
+/// min/median/max and the ratios; writes `bench.json` to the run's
+/// artifacts. Nothing is asserted: exit 1 only if a trial did not end as
+/// accepted.
 #[derive(Debug, Args)]
-pub struct Bench {}
+pub struct Bench {
+    /// The kernel variant of the boot, start and trial figures.
+    #[arg(long, default_value = "upstream-6.18")]
+    pub variant: String,
+    /// Repetitions of each boot and start figure (trials: up to 3).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub reps: u32,
+    /// Guests at once in the parallel suite run (default: as `test`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+    /// Leave out the three suite runs (minutes each).
+    #[arg(long)]
+    pub no_suite: bool,
+}

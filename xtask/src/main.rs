@@ -5,6 +5,7 @@
 //! library, which holds all pipeline logic. Errors are mapped to the exit
 //! codes defined in `harness::error`: 0 pass, 1 a finding, 2 infrastructure.
 
+mod bench;
 mod boot;
 mod compare;
 mod flags;
@@ -28,10 +29,7 @@ fn main() -> ExitCode {
         flags::Command::Test(cmd) => cmd.run(&reporter),
         flags::Command::Bless(cmd) => cmd.bless(&reporter),
         flags::Command::Compare(cmd) => cmd.run(&reporter),
-        flags::Command::Bench(_) => Err(harness::Error::infra(
-            "`cargo xtask bench` is not built yet: no benchmarks exist so far",
-        )
-        .into()),
+        flags::Command::Bench(cmd) => cmd.run(&reporter),
     };
     match result {
         Ok(code) => ExitCode::from(code.code() as u8),

@@ -17,7 +17,7 @@ use crate::flags;
 const NEXTEST_TIMEOUT: Duration = Duration::from_secs(3 * 3600);
 
 /// The variants `cargo xtask test` runs when none is named.
-const DEFAULT_VARIANTS: &[&str] = &["upstream-6.18", "sw-msi-rfcv2", "sw-msi-v2"];
+pub(crate) const DEFAULT_VARIANTS: &[&str] = &["upstream-6.18", "sw-msi-rfcv2", "sw-msi-v2"];
 
 impl flags::Test {
     pub fn run(self, reporter: &dyn Reporter) -> anyhow::Result<ExitCode> {
@@ -61,7 +61,10 @@ pub(crate) fn run(
         series: flags.series.as_deref(),
         fuzz: flags.fuzz,
     };
-    let inputs = pipeline::prepare(&requests, options, reporter, &run_dir)?;
+    let mut inputs = pipeline::prepare(&requests, options, reporter, &run_dir)?;
+    if flags.cold_boot {
+        inputs.start = harness::guest::saved::StartMode::Cold;
+    }
     let inputs_file = run_dir.join("inputs.json");
     inputs.write(&inputs_file)?;
     harness::scenario::preflight(&inputs, &run_dir, reporter)?;
@@ -164,6 +167,8 @@ fn nextest_command(flags: &flags::Test, bless: bool, inputs_file: &Path) -> anyh
         "--run-ignored",
         "all",
     ]);
+    let jobs = flags.jobs.unwrap_or_else(pipeline::default_jobs);
+    cmd.args(["--test-threads", &jobs.to_string()]);
     if let Some(filter) = &flags.filter {
         cmd.arg(filter);
     }

@@ -115,6 +115,7 @@ fn make_run(dir: &Path, scenario: &str, variants: &[&str], broken: &[&str]) {
             interrupts_delivered: 0,
             msi_addresses: Vec::new(),
             duration_s: 1.0,
+            restored: false,
             artifacts,
             reproducer: TrialResult::reproducer_for(scenario, variant),
         }

@@ -782,6 +782,7 @@ fn make_run(
             interrupts_delivered: 0,
             msi_addresses: Vec::new(),
             duration_s: 1.0,
+            restored: false,
             artifacts,
             reproducer: format!("cargo xtask test --variant {variant} {scenario}"),
         }

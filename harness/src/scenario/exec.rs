@@ -21,6 +21,7 @@ use super::model::{
     Action, DeviceSpec, ExpectFields, HostStep, MachineType, Requirement, Scenario, ScenarioStep,
     SmmuStageSpec,
 };
+use crate::guest::saved::StartMode;
 use crate::vm::{self, Machine, SmmuStage, TraceCursor, Vm, VmConfig};
 use crate::Error;
 
@@ -71,6 +72,8 @@ pub struct Execution {
     pub attribution_problems: Vec<String>,
     pub interrupts_delivered: u64,
     pub msi_addresses: Vec<String>,
+    /// The guest was started from its saved machine, not booted.
+    pub restored: bool,
 }
 
 /// One executed step, as it happened: what was sent, what came back, and
@@ -113,10 +116,7 @@ pub async fn run(
         return Ok(Completion::Skipped { reason });
     }
     let mut cfg = vm_config(scenario, kernel, inputs, run_dir);
-    let qemu = cfg.qemu.clone();
-    let caps = tokio::task::spawn_blocking(move || vm::probe(&qemu))
-        .await
-        .context("qemu probe task")??;
+    let caps = vm::caps_of(&cfg).await?;
     for req in &scenario.requires {
         if req.qemu_device().is_some_and(|d| !caps.devices.contains(d)) {
             return Ok(Completion::Skipped {
@@ -158,7 +158,11 @@ pub async fn run(
         (scenario.machine.hugepages > 0).then_some(scenario.machine.hugepages),
     );
 
-    let vm = match Vm::boot(cfg).await {
+    let started = match inputs.start {
+        StartMode::Saved => crate::guest::saved::start(cfg).await,
+        StartMode::Cold => Vm::boot(cfg).await,
+    };
+    let vm = match started {
         Ok(vm) => vm,
         Err(e) => {
             if let Some(reason) = vm::skip_reason(&e) {
@@ -238,6 +242,7 @@ pub fn vm_config(
     if !m.trace {
         cfg.trace_events.clear();
     }
+    cfg.caps = inputs.qemu.clone();
     cfg
 }
 
@@ -369,6 +374,7 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
         attribution_problems: Vec::new(),
         interrupts_delivered: 0,
         msi_addresses: Vec::new(),
+        restored: vm.boot_timings().restored,
     };
     let mut addresses = BTreeSet::new();
     for step in &scenario.steps {
@@ -920,6 +926,8 @@ mod tests {
             ssh_private_key: "/i/key".into(),
             results_dir: "/r".into(),
             artifacts_dir: "/a".into(),
+            start: Default::default(),
+            qemu: None,
         };
         let got = vm_config(&s, &kernel, &inputs, Path::new("/run"));
         let want = crate::guest::config(

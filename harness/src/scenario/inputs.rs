@@ -66,6 +66,12 @@ pub struct Inputs {
     pub results_dir: PathBuf,
     /// Where each trial keeps its artifacts (`<scenario>@<variant>/`).
     pub artifacts_dir: PathBuf,
+    /// Whether trials start from saved machines or boot (`--cold-boot`).
+    #[serde(default)]
+    pub start: crate::guest::saved::StartMode,
+    /// The run's probe of the QEMU every guest uses (probed once per run).
+    #[serde(default)]
+    pub qemu: Option<crate::vm::QemuCaps>,
 }
 
 impl Inputs {
@@ -127,6 +133,8 @@ mod tests {
             ssh_private_key: "/c/id_key".into(),
             results_dir: "/r/results".into(),
             artifacts_dir: "/r/scenarios".into(),
+            start: Default::default(),
+            qemu: None,
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("inputs.json");

@@ -228,6 +228,7 @@ mod tests {
             interrupts_delivered: 2,
             msi_addresses: vec!["0x8000040".into()],
             duration_s: 3.2,
+            restored: false,
             artifacts: PathBuf::from("target/msi-harness/artifacts/x"),
             reproducer: TrialResult::reproducer_for(s, v),
         }

@@ -28,6 +28,9 @@ pub struct TrialResult {
     pub msi_addresses: Vec<String>,
     #[serde(default)]
     pub duration_s: f64,
+    /// The guest started from its saved machine (`guest::saved`), not a boot.
+    #[serde(default)]
+    pub restored: bool,
     pub artifacts: PathBuf,
     pub reproducer: String,
 }

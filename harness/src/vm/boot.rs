@@ -14,7 +14,7 @@ use super::error::{is_port_clash, wrap};
 use super::process::QemuProcess;
 use super::qemu::{self, PlanError, QemuPlan, Runtime};
 use super::{
-    artifact, probe, qmp, ssh, BootError, Health, QemuCaps, Qmp, SshState, Vm, VmConfig,
+    artifact, qmp, ssh, BootError, Health, QemuCaps, Qmp, SshState, Vm, VmConfig,
     READY_MARKER,
 };
 use crate::Error;
@@ -26,8 +26,12 @@ pub struct BootTimings {
     pub kernel_first_line: Option<Duration>,
     /// `Run /init as init process` (absent with `quiet`).
     pub init_started: Option<Duration>,
-    /// The readiness marker.
+    /// The readiness marker; for a guest restored from a saved machine,
+    /// the moment it ran again.
     pub ready: Duration,
+    /// Whether the guest was restored from a saved machine (`-incoming`)
+    /// rather than booted.
+    pub restored: bool,
     /// First successful SSH login, when SSH is configured.
     pub ssh_ready: Option<Duration>,
 }
@@ -54,7 +58,11 @@ impl fmt::Display for BootTimings {
             "qemu start → /init              {}",
             s(self.init_started)
         )?;
-        writeln!(f, "qemu start → {READY_MARKER}  {}", s(Some(self.ready)))?;
+        if self.restored {
+            writeln!(f, "qemu start → restored, running  {}", s(Some(self.ready)))?;
+        } else {
+            writeln!(f, "qemu start → {READY_MARKER}  {}", s(Some(self.ready)))?;
+        }
         if self.ssh_ready.is_some() {
             writeln!(f, "qemu start → ssh login          {}", s(self.ssh_ready))?;
         }
@@ -69,11 +77,7 @@ impl fmt::Display for BootTimings {
 impl Vm {
     /// Starts QEMU and returns when the guest is ready.
     pub async fn boot(cfg: VmConfig) -> anyhow::Result<Vm> {
-        let qemu_path = cfg.qemu.clone();
-        let caps = tokio::task::spawn_blocking(move || probe(&qemu_path))
-            .await
-            .context("qemu probe task")?
-            .with_context(|| format!("probe {}", cfg.qemu.display()))?;
+        let caps = super::caps_of(&cfg).await?;
         let plan = match qemu::plan(&cfg, &caps) {
             Ok(p) => p,
             Err(PlanError::Unsupported(u)) => {
@@ -130,6 +134,7 @@ impl Vm {
             qmp_socket: &qmp_socket,
             trace_file: &trace_file,
             ssh_port,
+            incoming: cfg.incoming.as_ref().map(|i| i.state.as_path()),
         })?;
         let mut full = vec![caps.path.display().to_string()];
         full.extend(argv.iter().cloned());
@@ -162,7 +167,13 @@ impl Vm {
         })?;
         let started = sp.started;
         let process = sp.process;
-        let console = Console::spawn(sp.stdout, &artifact(&run_dir, "console.log"), started)?;
+        let replayed = cfg.incoming.as_ref().map_or(&[][..], |i| &i.console[..]);
+        let console = Console::spawn_after(
+            sp.stdout,
+            &artifact(&run_dir, "console.log"),
+            started,
+            replayed,
+        )?;
         let stderr = Stderr::spawn(sp.stderr, &artifact(&run_dir, "qemu-stderr.log"))?;
         let health = Health {
             console,
@@ -199,6 +210,17 @@ impl Vm {
         // initialisation is over, so the machine and every device exist.
         let ready = if cfg.start_paused {
             Duration::ZERO
+        } else if cfg.incoming.is_some() {
+            // The saved machine was ready when it was saved: it is ready
+            // again once QEMU has loaded it and runs it.
+            health
+                .guard("restore", async {
+                    wait_running(&qmp, deadline)
+                        .await
+                        .map_err(|e| boot_err(e, "the saved machine to load"))
+                })
+                .await?;
+            started.elapsed()
         } else {
             // Ready marker.
             let waiting = async {
@@ -270,13 +292,52 @@ impl Vm {
                 kernel_first_line,
                 init_started,
                 ready,
+                restored: cfg.incoming.is_some(),
                 ssh_ready,
             },
             ssh_port,
             command_line,
             sessions: Default::default(),
+            first: Default::default(),
             _sock_dir: sock_dir,
         })
+    }
+}
+
+/// Polls `query-status` until an incoming migration has been loaded and
+/// the guest runs. A machine saved stopped (`Vm::save_state` stops it
+/// first) loads as `paused` and is continued here. A stream that does not
+/// load makes QEMU exit, which the health guard reports with QEMU's stderr.
+async fn wait_running(qmp: &Qmp, deadline: std::time::Instant) -> Result<(), BootError> {
+    let mut continued = false;
+    loop {
+        let status = qmp
+            .execute_raw("query-status", serde_json::Value::Null)
+            .await
+            .map_err(BootError::Qmp)?;
+        match status.get("status").and_then(|s| s.as_str()) {
+            Some("running") => return Ok(()),
+            Some("inmigrate") | Some("prelaunch") | Some("finish-migrate") => {}
+            Some("paused") if !continued => {
+                qmp.execute_raw("cont", serde_json::Value::Null)
+                    .await
+                    .map_err(BootError::Qmp)?;
+                continued = true;
+            }
+            other => {
+                return Err(BootError::Restore(format!(
+                    "the saved machine did not run: QEMU's status is {}",
+                    other.unwrap_or("missing")
+                )))
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(BootError::Timeout {
+                waiting_for: "the saved machine to load",
+                after: Duration::ZERO,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

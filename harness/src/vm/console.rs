@@ -102,13 +102,37 @@ pub(crate) struct Console {
 impl Console {
     /// Starts the reader thread on QEMU's stdout; lines go to `log_path`
     /// as `[  secs.micros] text`.
+    #[cfg(test)]
     pub fn spawn(
-        mut input: impl Read + Send + 'static,
+        input: impl Read + Send + 'static,
         log_path: &Path,
         started: Instant,
     ) -> std::io::Result<Console> {
+        Console::spawn_after(input, log_path, started, &[])
+    }
+
+    /// [`Console::spawn`] for a guest started from a saved machine: the
+    /// saving boot's lines (`replayed`, at time zero) come first, read as
+    /// if this guest had printed them, and the log marks where they end.
+    pub fn spawn_after(
+        mut input: impl Read + Send + 'static,
+        log_path: &Path,
+        started: Instant,
+        replayed: &[String],
+    ) -> std::io::Result<Console> {
         let mut log = BufWriter::new(File::create(log_path)?);
         let state = Arc::new(Mutex::new(ConsoleState::default()));
+        if !replayed.is_empty() {
+            for line in replayed {
+                push_line(&state, &mut log, Duration::ZERO, line.as_bytes());
+            }
+            let _ = writeln!(
+                log,
+                "# msi-harness: the {} lines above are the saved machine's boot; this guest was restored from it here",
+                replayed.len()
+            );
+            log.flush()?;
+        }
         let (tx, rx) = watch::channel(0u64);
         let st = Arc::clone(&state);
         std::thread::Builder::new()

@@ -87,6 +87,9 @@ pub enum BootError {
     Qmp(#[from] QmpError),
     #[error(transparent)]
     Ssh(#[from] SshError),
+    /// Saving a machine or starting from a saved one failed.
+    #[error("{0}")]
+    Restore(String),
 }
 
 /// The guest is gone: QEMU exited or the kernel panicked.

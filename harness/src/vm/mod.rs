@@ -24,6 +24,7 @@
 //! cannot run carries [`Unsupported`]: see [`skip_reason`].
 
 pub mod console;
+pub mod floor;
 mod preflight;
 pub mod process;
 pub mod qemu;
@@ -35,6 +36,7 @@ mod boot;
 mod error;
 mod health;
 mod ops;
+mod save;
 
 #[cfg(test)]
 mod tests;
@@ -46,10 +48,11 @@ pub use boot::BootTimings;
 pub use console::{ConsoleCursor, ConsoleLine, KernelReport, ReportKind, READY_MARKER};
 pub use error::{skip_reason, BootError, VmFailure};
 pub use ops::Session;
+pub use save::SaveReport;
 pub use preflight::preflight;
 pub use process::{kill_all, CleanupError, ExitInfo};
 pub use qemu::{
-    probe, Bdf, Device, Iommu, Machine, PlacedDevice, QemuCaps, SmmuStage, SshConfig, Unsupported,
+    caps_of, probe, Bdf, Device, Incoming, QEMU, Iommu, Machine, PlacedDevice, QemuCaps, SmmuStage, SshConfig, Unsupported,
     VmConfig,
 };
 pub use qmp::{Qmp, QmpError};
@@ -74,6 +77,9 @@ pub struct Vm {
     ssh_port: Option<u16>,
     command_line: String,
     sessions: std::sync::atomic::AtomicU32,
+    /// A shell command the guest must run before anything else it is asked
+    /// ([`Vm::run_first`]); taken by the next command or session.
+    first: Mutex<Option<String>>,
     /// Holds the QMP socket; removed on drop.
     _sock_dir: tempfile::TempDir,
 }

@@ -59,12 +59,37 @@ impl Session {
     }
 }
 
+/// The exit status of a command whose [`Vm::run_first`] prefix failed.
+const FIRST_FAILED: i32 = 125;
+
 impl Vm {
+    /// Has the guest run `cmd` (a shell command) before the next command
+    /// or session it is asked for, as that command's prefix: a guest just
+    /// restored from a saved machine runs everything slowly until TCG has
+    /// translated it again, so a separate round trip would cost a whole
+    /// command. If `cmd` fails, the command it prefixes is not run and
+    /// fails with its output and status 125.
+    pub fn run_first(&self, cmd: &str) {
+        *self.first.lock().unwrap_or_else(|p| p.into_inner()) = Some(cmd.to_string());
+    }
+
+    /// `cmd` behind the pending [`Vm::run_first`] command, if any.
+    fn after_first(&self, cmd: &str) -> String {
+        match self.first.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            // Its own stderr says why; the line after it says what it was.
+            Some(first) => format!(
+                "{{ {first} ; }} || {{ echo 'msi-harness: the command run first in this guest failed' >&2; exit {FIRST_FAILED}; }}; {cmd}"
+            ),
+            None => cmd.to_string(),
+        }
+    }
+
     /// Runs a shell command in the guest. Build `cmd` from values with
     /// [`sh_quote`](super::sh_quote).
     pub async fn exec(&self, cmd: &str, timeout: Duration) -> anyhow::Result<ExecOutput> {
-        self.with_conn(cmd, timeout, move |conn, cmd| {
-            ssh::exec(conn, &cmd, &[], timeout)
+        let full = self.after_first(cmd);
+        self.with_conn(cmd, timeout, move |conn, _| {
+            ssh::exec(conn, &full, &[], timeout)
         })
         .await
     }
@@ -147,6 +172,10 @@ impl Vm {
 
     /// Starts `cmd` (e.g. `/bin/msi-agent serve`) on its own SSH connection
     /// and keeps it running for line-by-line requests.
+    ///
+    /// The session takes the connection the boot logged in with, when it
+    /// is still idle: a key exchange under TCG is a large part of a start
+    /// (`cargo xtask bench`). A later [`Vm::exec`] connects anew.
     pub async fn open_session(&self, cmd: &str) -> anyhow::Result<Session> {
         let Some(ssh) = &self.ssh else {
             return Err(Error::infra(format!(
@@ -160,12 +189,17 @@ impl Vm {
         let stderr_log = artifact(self.run_dir(), &format!("session-{n}.stderr.log"));
         let transcript = fs::File::create(artifact(self.run_dir(), &format!("session-{n}.log")))?;
         let target = ssh.target.clone();
-        let command = cmd.to_string();
+        let command = self.after_first(cmd);
+        let idle = Arc::clone(&ssh.conn);
         let inner = self
             .health
             .guard("open session", async move {
                 tokio::task::spawn_blocking(move || {
-                    let conn = ssh::connect_once(&target, Duration::from_secs(5))?;
+                    let taken = idle.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let conn = match taken {
+                        Some(c) => c,
+                        None => ssh::connect_once(&target, Duration::from_secs(5))?,
+                    };
                     ssh::AgentSession::start(conn, &command, &stderr_log, Duration::from_secs(5))
                 })
                 .await
@@ -371,6 +405,11 @@ impl Vm {
     /// Kernel reports (WARNING, BUG, Oops, panic) at or after `cursor`.
     pub fn kernel_reports_since(&self, cursor: ConsoleCursor) -> Vec<KernelReport> {
         self.health.console.reports_since(cursor)
+    }
+
+    /// When QEMU was started (what [`BootTimings`] count from).
+    pub fn started_at(&self) -> Instant {
+        self.health.started
     }
 
     pub fn boot_timings(&self) -> &BootTimings {

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{probe, qemu, Vm, VmConfig, VmFailure};
+use super::{qemu, Vm, VmConfig, VmFailure};
 use crate::Error;
 
 /// Starts each distinct configuration in `cfgs` paused and quits it again.
@@ -16,10 +16,7 @@ use crate::Error;
 pub async fn preflight(cfgs: Vec<VmConfig>) -> anyhow::Result<usize> {
     let mut seen = BTreeSet::new();
     for mut cfg in cfgs {
-        let caps = {
-            let q = cfg.qemu.clone();
-            tokio::task::spawn_blocking(move || probe(&q)).await??
-        };
+        let caps = super::caps_of(&cfg).await?;
         // Configs this QEMU cannot run are skipped by their tests, and
         // invalid ones are their tests' errors: neither is pre-flight's.
         let Ok(plan) = qemu::plan(&cfg, &caps) else {

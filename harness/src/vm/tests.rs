@@ -498,32 +498,6 @@ fn handles_can_cross_tasks() {
 /// ready over SSH within 3 s of QEMU's start on a 2-core host. Not asserted:
 /// a loaded CI machine would make it flaky; `cargo xtask boot` shows it.
 #[test]
-#[ignore = "needs a booted guest: run by cargo xtask test"]
-fn boot_phases_over_five_boots() {
-    vm_test(|inp| async move {
-        let mut totals = Vec::new();
-        for i in 0..5 {
-            let mut cfg = config(&inp, "vm-boot-time");
-            cfg.devices = vec![Device::Edu {
-                id: "edu0".into(),
-                dma_mask: None,
-            }];
-            let vm = Vm::boot(cfg).await.expect("boot");
-            eprintln!("boot {i}:\n{}", vm.boot_timings());
-            totals.push(vm.boot_timings().total());
-            vm.shutdown().await.unwrap();
-        }
-        totals.sort();
-        eprintln!(
-            "ready over ssh: min {:.2} s, median {:.2} s, max {:.2} s",
-            totals[0].as_secs_f64(),
-            totals[2].as_secs_f64(),
-            totals[4].as_secs_f64()
-        );
-    });
-}
-
-#[test]
 #[ignore = "needs QEMU and a built kernel and image: run by cargo xtask test"]
 fn preflight_starts_each_machine_once_and_reports_a_qemu_that_cannot_start() {
     vm_test(|inp| async move {

@@ -20,6 +20,8 @@ pub struct Runtime<'a> {
     pub qmp_socket: &'a Path,
     pub trace_file: &'a Path,
     pub ssh_port: Option<u16>,
+    /// A saved machine to load instead of booting (`-incoming file:`).
+    pub incoming: Option<&'a Path>,
 }
 
 impl QemuPlan {
@@ -64,6 +66,10 @@ impl QemuPlan {
         for pattern in &self.trace_events {
             argv.push("-trace".into());
             argv.push(format!("enable={pattern},file={file}"));
+        }
+        if let Some(state) = rt.incoming {
+            argv.push("-incoming".into());
+            argv.push(format!("file:{}", path_arg(state)?));
         }
         Ok(argv)
     }

@@ -4,6 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The QEMU every guest runs on unless a config names another (from PATH).
+pub const QEMU: &str = "qemu-system-aarch64";
+
 /// The machine type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Machine {
@@ -105,13 +108,30 @@ pub struct VmConfig {
     /// Start with the CPUs stopped (`-S`) and stop at QMP: the machine and
     /// every device exist, no guest code has run (the pre-flight check).
     pub start_paused: bool,
+    /// Start from a machine saved by `Vm::save_state` (`-incoming`) instead
+    /// of booting: the rest of the config must be the one it was saved
+    /// with, as QEMU migration requires.
+    pub incoming: Option<Incoming>,
+    /// What `qemu` can do, when the run has probed it already (once per
+    /// run, not per guest); `None`: probed at boot.
+    pub caps: Option<super::QemuCaps>,
+}
+
+/// A saved machine to start from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    /// The migration stream, as `migrate` wrote it to a `file:` URI.
+    pub state: PathBuf,
+    /// The saving boot's console up to the save: replayed first, so the
+    /// console (and its kernel reports) reads as a booted guest's would.
+    pub console: Vec<String>,
 }
 
 impl VmConfig {
     /// A config with the harness's defaults for everything but the inputs.
     pub fn new(kernel: PathBuf, initrd: PathBuf, run_dir: PathBuf) -> VmConfig {
         VmConfig {
-            qemu: PathBuf::from("qemu-system-aarch64"),
+            qemu: PathBuf::from(QEMU),
             machine: Machine::Virt,
             iommu: Iommu::SmmuV3(SmmuStage::MachineDefault),
             cpu: "max".into(),
@@ -127,6 +147,8 @@ impl VmConfig {
             run_dir,
             boot_timeout: Duration::from_secs(60),
             start_paused: false,
+            incoming: None,
+            caps: None,
         }
     }
 }

@@ -87,6 +87,18 @@ pub struct QemuPlan {
     pub(super) trace_events: Vec<String>,
 }
 
+impl QemuPlan {
+    /// The planned arguments and trace events, which the runtime ones
+    /// (sockets, ports, files) do not change: two starts with the same
+    /// identity are the same machine to QEMU migration.
+    pub fn identity(&self) -> String {
+        let mut s = self.args.join("\u{0}");
+        s.push_str("\u{0}trace:");
+        s.push_str(&self.trace_events.join(","));
+        s
+    }
+}
+
 /// Slot of the SSH NIC on the root bus.
 pub(super) const NIC_SLOT: u8 = 1;
 /// First root-bus slot for devices under test.
@@ -572,6 +584,7 @@ mod tests {
             qmp_socket: Path::new("/tmp/q,x/qmp.sock"),
             trace_file: Path::new("/run/trace.log"),
             ssh_port: ssh,
+            incoming: None,
         })
         .unwrap()
     }

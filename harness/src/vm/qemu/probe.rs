@@ -26,6 +26,19 @@ pub struct QemuCaps {
     pub trace_events: BTreeSet<String>,
 }
 
+/// The capabilities of `cfg.qemu`: the run's probe when `cfg` carries it,
+/// otherwise [`probe`] (off the async threads: it may run QEMU).
+pub async fn caps_of(cfg: &super::VmConfig) -> anyhow::Result<QemuCaps> {
+    if let Some(caps) = &cfg.caps {
+        return Ok(caps.clone());
+    }
+    let qemu = cfg.qemu.clone();
+    tokio::task::spawn_blocking(move || probe(&qemu))
+        .await
+        .context("qemu probe task")?
+        .with_context(|| format!("probe {}", cfg.qemu.display()))
+}
+
 /// Probes `qemu` (cached per binary path, size and mtime).
 pub fn probe(qemu: &Path) -> anyhow::Result<QemuCaps> {
     let path = resolve_program(qemu)?;

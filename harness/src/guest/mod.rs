@@ -9,6 +9,8 @@
 //! which BDF each got); [`with_devices`] does both for the usual "these
 //! devices, every `edu` bound to vfio-pci".
 
+pub mod saved;
+
 use std::path::Path;
 use std::time::Duration;
 
