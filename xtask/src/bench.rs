@@ -92,13 +92,19 @@ impl flags::Bench {
         )?;
         say(&trial_saved);
 
-        report.ratios.push(Ratio::of("harness boot ÷ floor", &cold_agent, &floor));
         report
             .ratios
-            .push(Ratio::of("saved start ÷ cold boot", &saved_agent, &cold_agent));
-        report
-            .ratios
-            .push(Ratio::of("trial saved ÷ trial cold", &trial_saved, &trial_cold));
+            .push(Ratio::of("harness boot ÷ floor", &cold_agent, &floor));
+        report.ratios.push(Ratio::of(
+            "saved start ÷ cold boot",
+            &saved_agent,
+            &cold_agent,
+        ));
+        report.ratios.push(Ratio::of(
+            "trial saved ÷ trial cold",
+            &trial_saved,
+            &trial_cold,
+        ));
         report.figures.extend([
             floor,
             cold_ssh,
@@ -255,7 +261,9 @@ fn suite(name: &str, jobs: u32, inputs: &Inputs, dir: &Path) -> anyhow::Result<(
     }
     let mut f = Figure::new(
         name,
-        &format!("every scenario trial of the default variants, {jobs} at once (nextest wall time)"),
+        &format!(
+            "every scenario trial of the default variants, {jobs} at once (nextest wall time)"
+        ),
     );
     f.samples_s.push(took.as_secs_f64());
     Ok((f, counts))

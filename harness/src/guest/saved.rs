@@ -100,7 +100,11 @@ impl SavedMachine {
 }
 
 /// The saved machine `cfg` starts from (whether or not it exists yet).
-pub fn saved_machine(cfg: &VmConfig, caps: &QemuCaps, plan: &QemuPlan) -> anyhow::Result<SavedMachine> {
+pub fn saved_machine(
+    cfg: &VmConfig,
+    caps: &QemuCaps,
+    plan: &QemuPlan,
+) -> anyhow::Result<SavedMachine> {
     let key = key(cfg, caps, plan)?;
     let dir = cache::cache_dir("saved")?.join(key.short());
     Ok(SavedMachine { key, dir })
@@ -242,9 +246,7 @@ async fn save_into(cfg: &VmConfig, tmp: &Path, key: &str) -> anyhow::Result<()> 
     vm.exec_ok(SAVE_PCI_CONFIG, Duration::from_secs(30))
         .await
         .context("copy the PCI config spaces before saving")?;
-    let report = vm
-        .save_state(&tmp.join("state"), SAVE_DEADLINE)
-        .await?;
+    let report = vm.save_state(&tmp.join("state"), SAVE_DEADLINE).await?;
     let mut cursor = vm::ConsoleCursor::default();
     let console: Vec<String> = vm
         .console_since(&mut cursor)
@@ -293,5 +295,145 @@ fn lock(path: &Path) -> anyhow::Result<fs::File> {
                 return Err(e).with_context(|| format!("lock {}", path.display()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::Device;
+
+    fn caps() -> QemuCaps {
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        QemuCaps {
+            path: "/q/qemu".into(),
+            version: (10, 0, 2),
+            version_line: "QEMU emulator version 10.0.2".into(),
+            machines: set(&["virt", "virt-9.0"]),
+            devices: set(&[
+                "edu",
+                "pcie-root-port",
+                "virtio-net-pci",
+                "pcie-pci-bridge",
+                "e1000e",
+            ]),
+            virt_props: set(&["iommu", "gic-version", "its"]),
+            trace_events: set(&["smmuv3_translate_success", "smmuv3_record_event"]),
+        }
+    }
+
+    #[test]
+    fn a_saved_machine_is_keyed_by_everything_the_guest_is_made_of() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kernel, initrd, qemu) = (
+            dir.path().join("Image"),
+            dir.path().join("initrd"),
+            dir.path().join("qemu"),
+        );
+        for f in [&kernel, &initrd, &qemu] {
+            fs::write(f, b"x").unwrap();
+        }
+        let mut caps = caps();
+        caps.path = qemu.clone();
+        let mut cfg = VmConfig::new(kernel.clone(), initrd.clone(), dir.path().join("run"));
+        cfg.ssh = Some(vm::SshConfig {
+            private_key: "/k/id".into(),
+            user: "root".into(),
+        });
+        cfg.devices = vec![Device::Edu {
+            id: "edu0".into(),
+            dma_mask: None,
+        }];
+        let k = |cfg: &VmConfig| {
+            let plan = vm::qemu::plan(cfg, &caps).unwrap();
+            key(cfg, &caps, &plan).unwrap()
+        };
+        let base = k(&cfg);
+        assert_eq!(base, k(&cfg), "the same guest is the same machine");
+
+        // The run directory and deadlines are not the machine.
+        let mut other_run = cfg.clone();
+        other_run.run_dir = dir.path().join("elsewhere");
+        other_run.boot_timeout = Duration::from_secs(1);
+        assert_eq!(base, k(&other_run));
+
+        let mut two = cfg.clone();
+        two.devices.push(Device::Edu {
+            id: "edu1".into(),
+            dma_mask: None,
+        });
+        assert_ne!(base, k(&two), "another device is another machine");
+        let mut mem = cfg.clone();
+        mem.memory_mb = 1536;
+        assert_ne!(base, k(&mem));
+        let mut append = cfg.clone();
+        append.append.push_str(" msi.hugepages=8");
+        assert_ne!(base, k(&append));
+        // A rebuilt kernel at the same path is another machine.
+        std::thread::sleep(Duration::from_millis(20));
+        fs::write(&kernel, b"xy").unwrap();
+        assert_ne!(base, k(&cfg));
+    }
+
+    #[test]
+    fn only_a_guest_with_ssh_that_boots_running_starts_from_a_saved_machine() {
+        let mut cfg = VmConfig::new("/k".into(), "/i".into(), "/r".into());
+        assert!(cold_only(&cfg).unwrap().contains("SSH"));
+        cfg.ssh = Some(vm::SshConfig {
+            private_key: "/k/id".into(),
+            user: "root".into(),
+        });
+        assert_eq!(cold_only(&cfg), None);
+        cfg.start_paused = true;
+        assert!(cold_only(&cfg).is_some());
+        assert_eq!(
+            serde_json::to_string(&StartMode::Cold).unwrap(),
+            "\"cold\"",
+            "inputs.json spells it so"
+        );
+        assert_eq!(StartMode::default(), StartMode::Saved);
+    }
+
+    /// A restored `edu` reads back exactly as the booted kernel left it.
+    #[test]
+    #[ignore = "needs QEMU and a built kernel and image: run by cargo xtask test"]
+    fn a_restored_guest_has_its_devices_config_space_back() {
+        let g = crate::testing::guest();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let run = crate::cache::new_run_dir("saved-config").unwrap();
+            let cfg = crate::guest::with_devices(
+                &g.kernel,
+                &g.initramfs,
+                &g.ssh_key,
+                vec![Device::Edu {
+                    id: "edu0".into(),
+                    dma_mask: None,
+                }],
+                &run,
+            )
+            .unwrap();
+            let read = "od -A x -t x4 -v /sys/bus/pci/devices/0000:00:02.0/config | head -n 4";
+            let mut cold_cfg = cfg.clone();
+            cold_cfg.run_dir = run.join("cold");
+            let cold = Vm::boot(cold_cfg).await.unwrap();
+            let want = cold.exec_ok(read, Duration::from_secs(10)).await.unwrap();
+            cold.shutdown().await.unwrap();
+            // Twice: the first start may be the one that saves.
+            for i in 0..2 {
+                let mut c = cfg.clone();
+                c.run_dir = run.join(format!("saved-{i}"));
+                let vm = start(c).await.unwrap();
+                assert!(vm.boot_timings().restored);
+                let got = vm.exec_ok(read, Duration::from_secs(10)).await.unwrap();
+                assert_eq!(got.stdout_str(), want.stdout_str(), "start {i}");
+                // BAR0 decodes: edu's identification register reads back.
+                vm.shutdown().await.unwrap();
+            }
+        });
     }
 }

@@ -647,13 +647,25 @@ impl Runner<'_> {
                 })?;
                 let data =
                     std::fs::read(binary).with_context(|| format!("read {}", binary.display()))?;
+                let t = Instant::now();
                 self.vm
                     .upload(data, "/tmp/iommufd", 0o755, Duration::from_secs(60))
                     .await?;
+                let uploaded = t.elapsed();
+                let t = Instant::now();
                 let out = self
                     .vm
                     .exec("/tmp/iommufd", Duration::from_millis(*timeout_ms))
                     .await?;
+                // Where a kselftest trial's time goes (the rest is the start).
+                let _ = std::fs::write(
+                    self.vm.run_dir().join("kselftest-iommufd.times"),
+                    format!(
+                        "upload {:.2} s\nselftest {:.2} s\n",
+                        uploaded.as_secs_f64(),
+                        t.elapsed().as_secs_f64()
+                    ),
+                );
                 let stdout = out.stdout_str();
                 let totals = crate::ktap::parse_ktap(&stdout);
                 // The totals and failed test names are deterministic; the

@@ -14,8 +14,7 @@ use super::error::{is_port_clash, wrap};
 use super::process::QemuProcess;
 use super::qemu::{self, PlanError, QemuPlan, Runtime};
 use super::{
-    artifact, qmp, ssh, BootError, Health, QemuCaps, Qmp, SshState, Vm, VmConfig,
-    READY_MARKER,
+    artifact, qmp, ssh, BootError, Health, QemuCaps, Qmp, SshState, Vm, VmConfig, READY_MARKER,
 };
 use crate::Error;
 

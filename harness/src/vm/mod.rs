@@ -48,14 +48,14 @@ pub use boot::BootTimings;
 pub use console::{ConsoleCursor, ConsoleLine, KernelReport, ReportKind, READY_MARKER};
 pub use error::{skip_reason, BootError, VmFailure};
 pub use ops::Session;
-pub use save::SaveReport;
 pub use preflight::preflight;
 pub use process::{kill_all, CleanupError, ExitInfo};
 pub use qemu::{
-    caps_of, probe, Bdf, Device, Incoming, QEMU, Iommu, Machine, PlacedDevice, QemuCaps, SmmuStage, SshConfig, Unsupported,
-    VmConfig,
+    caps_of, probe, Bdf, Device, Incoming, Iommu, Machine, PlacedDevice, QemuCaps, SmmuStage,
+    SshConfig, Unsupported, VmConfig, QEMU,
 };
 pub use qmp::{Qmp, QmpError};
+pub use save::SaveReport;
 pub use ssh::{sh_quote, ExecOutput, SshError};
 pub use trace::{TraceCursor, TraceEvent, TraceKind};
 

@@ -34,11 +34,10 @@ impl Vm {
         }
         let uri = format!(
             "file:{}",
-            path.to_str()
-                .ok_or_else(|| crate::Error::infra(format!(
-                    "saved state path is not UTF-8: {}",
-                    path.display()
-                )))?
+            path.to_str().ok_or_else(|| crate::Error::infra(format!(
+                "saved state path is not UTF-8: {}",
+                path.display()
+            )))?
         );
         let what = format!("save the guest to {}", path.display());
         let fail = |m: String| wrap(BootError::Restore(m), what.clone());
