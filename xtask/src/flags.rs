@@ -115,8 +115,8 @@ pub struct Test {
         conflicts_with = "kernel_tree"
     )]
     pub fuzz: u32,
-    /// How many tests (and so VMs) run at once. Default: as many as the
-    /// machine's cores and memory allow (`harness::pipeline::default_jobs`).
+    /// How many tests (and so VMs) run at once. Default: two per core, as
+    /// far as memory allows (`harness::pipeline::default_jobs`).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,
     /// Boot every trial's guest instead of starting it from its saved
