@@ -64,13 +64,19 @@ fn lacks_migration_state(driver: &str) -> bool {
     driver == "edu"
 }
 
-/// What `meta.json` of a saved machine says (for people; nothing reads it).
+/// What `meta.json` of a saved machine says: for people, and for pruning
+/// machines whose kernel or initramfs is gone or was rebuilt.
 #[derive(Debug, Serialize, Deserialize)]
 struct Meta {
     key: String,
     qemu: String,
     kernel: PathBuf,
     initrd: PathBuf,
+    /// [`file_identity`] of each when saved.
+    #[serde(default)]
+    kernel_identity: String,
+    #[serde(default)]
+    initrd_identity: String,
     command_line: String,
     boot_s: f64,
     save_s: f64,
@@ -233,7 +239,37 @@ async fn save(cfg: &VmConfig, saved: &SavedMachine) -> anyhow::Result<()> {
     fs::rename(&tmp, &saved.dir)
         .with_context(|| format!("move {} to {}", tmp.display(), saved.dir.display()))?;
     drop(lock);
+    prune(&root);
     Ok(())
+}
+
+/// Removes saved machines that no start can use any more: their kernel or
+/// initramfs is gone or is another file now (a rebuilt tree, a new image).
+/// Another key's lock is not taken: a machine being saved has no
+/// `meta.json` in its final place yet, and one being loaded is kept open by
+/// QEMU, which a removal does not disturb.
+fn prune(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let dir = e.path();
+        let Ok(text) = fs::read_to_string(dir.join("meta.json")) else {
+            continue;
+        };
+        let Ok(meta) = serde_json::from_str::<Meta>(&text) else {
+            continue;
+        };
+        let current = |path: &Path, saved: &str| {
+            file_identity(path).is_ok_and(|id| saved.is_empty() || id == saved)
+        };
+        if !current(&meta.kernel, &meta.kernel_identity)
+            || !current(&meta.initrd, &meta.initrd_identity)
+        {
+            let _ = fs::remove_dir_all(&dir);
+            let _ = fs::remove_file(root.join(format!("{}.lock", meta.key)));
+        }
+    }
 }
 
 async fn save_into(cfg: &VmConfig, tmp: &Path, key: &str) -> anyhow::Result<()> {
@@ -259,6 +295,8 @@ async fn save_into(cfg: &VmConfig, tmp: &Path, key: &str) -> anyhow::Result<()> 
         qemu: cfg.qemu.display().to_string(),
         kernel: cfg.kernel.clone(),
         initrd: cfg.initrd.clone(),
+        kernel_identity: file_identity(&cfg.kernel)?,
+        initrd_identity: file_identity(&cfg.initrd)?,
         command_line: vm.command_line().to_string(),
         boot_s: booted.as_secs_f64(),
         save_s: report.took.as_secs_f64(),
@@ -373,6 +411,47 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         fs::write(&kernel, b"xy").unwrap();
         assert_ne!(base, k(&cfg));
+    }
+
+    #[test]
+    fn machines_whose_kernel_is_gone_or_rebuilt_are_pruned() {
+        let root = tempfile::tempdir().unwrap();
+        let files = tempfile::tempdir().unwrap();
+        let (kernel, initrd) = (files.path().join("Image"), files.path().join("initrd"));
+        fs::write(&kernel, b"k").unwrap();
+        fs::write(&initrd, b"i").unwrap();
+        let meta = |key: &str, kernel: &Path| Meta {
+            key: key.into(),
+            qemu: "qemu".into(),
+            kernel: kernel.to_path_buf(),
+            initrd: initrd.clone(),
+            kernel_identity: file_identity(kernel).unwrap_or_default(),
+            initrd_identity: file_identity(&initrd).unwrap(),
+            command_line: String::new(),
+            boot_s: 0.0,
+            save_s: 0.0,
+            bytes: 0,
+        };
+        let gone = files.path().join("gone");
+        fs::write(&gone, b"g").unwrap();
+        let rebuilt = files.path().join("rebuilt");
+        fs::write(&rebuilt, b"r").unwrap();
+        for (key, k) in [("keep", &kernel), ("gone", &gone), ("rebuilt", &rebuilt)] {
+            let dir = root.path().join(key);
+            fs::create_dir(&dir).unwrap();
+            fs::write(
+                dir.join("meta.json"),
+                serde_json::to_string(&meta(key, k)).unwrap(),
+            )
+            .unwrap();
+        }
+        fs::remove_file(&gone).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        fs::write(&rebuilt, b"rebuilt").unwrap();
+        prune(root.path());
+        assert!(root.path().join("keep").is_dir());
+        assert!(!root.path().join("gone").exists());
+        assert!(!root.path().join("rebuilt").exists());
     }
 
     #[test]
