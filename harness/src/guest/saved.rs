@@ -4,7 +4,8 @@
 //! (kernel, initramfs, QEMU binary and the whole planned command line:
 //! machine, SMMU, devices and their slots, memory, kernel command line) is
 //! booted once to ready, logged into once (dropbear makes its host key at
-//! the first login), saved with QEMU migration to a file in the cache
+//! the first login), saved with QEMU migration (`mapped-ram`: pages at
+//! fixed offsets of a sparse file, loaded in place) to a file in the cache
 //! (`saved/<key>/state`), and every later start loads that file with
 //! `-incoming` ([`start`]). The key holds everything the guest was made
 //! from, so a changed kernel or device list is a new machine.
@@ -44,7 +45,7 @@ pub enum StartMode {
 }
 
 /// Bumped when what a saved machine holds, or how it is made, changes.
-const FORMAT: &str = "1";
+const FORMAT: &str = "2";
 
 /// Where the guest keeps its PCI functions' config space for a restore.
 const PCI_CONFIG_DIR: &str = "/run/msi-harness/pci-config";
@@ -68,6 +69,9 @@ fn lacks_migration_state(driver: &str) -> bool {
 /// machines whose kernel or initramfs is gone or was rebuilt.
 #[derive(Debug, Serialize, Deserialize)]
 struct Meta {
+    /// [`FORMAT`] when saved: another format is pruned.
+    #[serde(default)]
+    format: String,
     key: String,
     qemu: String,
     kernel: PathBuf,
@@ -243,8 +247,9 @@ async fn save(cfg: &VmConfig, saved: &SavedMachine) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes saved machines that no start can use any more: their kernel or
-/// initramfs is gone or is another file now (a rebuilt tree, a new image).
+/// Removes saved machines that no start can use any more: saved in another
+/// format, or their kernel or initramfs is gone or is another file now (a
+/// rebuilt tree, a new image).
 /// Another key's lock is not taken: a machine being saved has no
 /// `meta.json` in its final place yet, and one being loaded is kept open by
 /// QEMU, which a removal does not disturb.
@@ -263,7 +268,8 @@ fn prune(root: &Path) {
         let current = |path: &Path, saved: &str| {
             file_identity(path).is_ok_and(|id| saved.is_empty() || id == saved)
         };
-        if !current(&meta.kernel, &meta.kernel_identity)
+        if meta.format != FORMAT
+            || !current(&meta.kernel, &meta.kernel_identity)
             || !current(&meta.initrd, &meta.initrd_identity)
         {
             let _ = fs::remove_dir_all(&dir);
@@ -291,6 +297,7 @@ async fn save_into(cfg: &VmConfig, tmp: &Path, key: &str) -> anyhow::Result<()> 
         .collect();
     fs::write(tmp.join("console.txt"), console.join("\n") + "\n")?;
     let meta = Meta {
+        format: FORMAT.to_string(),
         key: key.to_string(),
         qemu: cfg.qemu.display().to_string(),
         kernel: cfg.kernel.clone(),
@@ -421,6 +428,7 @@ mod tests {
         fs::write(&kernel, b"k").unwrap();
         fs::write(&initrd, b"i").unwrap();
         let meta = |key: &str, kernel: &Path| Meta {
+            format: FORMAT.into(),
             key: key.into(),
             qemu: "qemu".into(),
             kernel: kernel.to_path_buf(),
@@ -436,14 +444,19 @@ mod tests {
         fs::write(&gone, b"g").unwrap();
         let rebuilt = files.path().join("rebuilt");
         fs::write(&rebuilt, b"r").unwrap();
-        for (key, k) in [("keep", &kernel), ("gone", &gone), ("rebuilt", &rebuilt)] {
+        for (key, k) in [
+            ("keep", &kernel),
+            ("gone", &gone),
+            ("rebuilt", &rebuilt),
+            ("old-format", &kernel),
+        ] {
             let dir = root.path().join(key);
             fs::create_dir(&dir).unwrap();
-            fs::write(
-                dir.join("meta.json"),
-                serde_json::to_string(&meta(key, k)).unwrap(),
-            )
-            .unwrap();
+            let mut m = meta(key, k);
+            if key == "old-format" {
+                m.format = "0".into();
+            }
+            fs::write(dir.join("meta.json"), serde_json::to_string(&m).unwrap()).unwrap();
         }
         fs::remove_file(&gone).unwrap();
         std::thread::sleep(Duration::from_millis(20));
@@ -452,6 +465,7 @@ mod tests {
         assert!(root.path().join("keep").is_dir());
         assert!(!root.path().join("gone").exists());
         assert!(!root.path().join("rebuilt").exists());
+        assert!(!root.path().join("old-format").exists());
     }
 
     #[test]

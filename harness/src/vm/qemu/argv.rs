@@ -68,8 +68,11 @@ impl QemuPlan {
             argv.push(format!("enable={pattern},file={file}"));
         }
         if let Some(state) = rt.incoming {
+            // Loaded over QMP once the stream's capabilities are set
+            // (`mapped-ram`, as it was saved: `Vm::save_state`).
+            let _ = path_arg(state)?;
             argv.push("-incoming".into());
-            argv.push(format!("file:{}", path_arg(state)?));
+            argv.push("defer".into());
         }
         Ok(argv)
     }
