@@ -388,14 +388,22 @@ fn build_mmio_tool() -> Vec<u8> {
 #[ignore = "needs a booted guest: run by cargo xtask test"]
 fn a_dropped_vm_leaves_no_qemu_even_when_the_test_panics() {
     vm_test(|inp| async move {
-        let vm = Vm::boot(config(&inp, "vm-drop")).await.expect("boot");
+        // What is dropped is QEMU's process group: a guest paused before its
+        // first instruction has one as much as a booted one, and costs no
+        // boot (the suite's CPU is its time).
+        let paused = |label: &str| {
+            let mut cfg = config(&inp, label);
+            cfg.start_paused = true;
+            cfg
+        };
+        let vm = Vm::boot(paused("vm-drop")).await.expect("boot");
         let pid = vm.pid();
         assert!(!gone(pid));
         drop(vm);
         assert!(gone(pid), "qemu {pid} outlived its handle");
 
         // A panicking task that owns a VM: unwinding drops the handle.
-        let cfg = config(&inp, "vm-panic");
+        let cfg = paused("vm-panic");
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let vm = Vm::boot(cfg).await.expect("boot");
