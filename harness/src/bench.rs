@@ -120,10 +120,6 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn figure(&self, name: &str) -> Option<&Figure> {
-        self.figures.iter().find(|f| f.name == name)
-    }
-
     pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
         crate::cache::write_atomic(path, serde_json::to_string_pretty(self)?.as_bytes())
     }
@@ -238,10 +234,7 @@ pub fn trial(
     let name = crate::scenario::name_of(file);
     let mut inputs = inputs.clone();
     inputs.start = mode;
-    let label = match mode {
-        StartMode::Saved => "saved",
-        StartMode::Cold => "cold",
-    };
+    let label = mode.name();
     let mut f = Figure::new(
         &format!("trial {label}"),
         &format!("{name}@{variant}, whole trial (start, steps, snapshot), {label} start"),

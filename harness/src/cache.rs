@@ -218,6 +218,63 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A file's size and modification time (ns since the epoch, 0 when the
+/// filesystem has none): what a key holds for a large file that is cheaper
+/// to stat than to hash (a QEMU binary, a kernel image at every start).
+pub fn file_stamp(path: &Path) -> anyhow::Result<(u64, u128)> {
+    let meta = fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    Ok((meta.len(), mtime))
+}
+
+/// An exclusive lock on `path` (created if missing), polled every `poll`
+/// until `deadline` has passed; `waiting` is called once, when the lock is
+/// first found taken. The error names `holder`, who kept it.
+pub fn lock_exclusive(
+    path: &Path,
+    deadline: std::time::Duration,
+    poll: std::time::Duration,
+    holder: &str,
+    waiting: &mut dyn FnMut(),
+) -> anyhow::Result<fs::File> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    let started = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) => {
+                if !said {
+                    waiting();
+                    said = true;
+                }
+                if started.elapsed() > deadline {
+                    return Err(crate::Error::infra(format!(
+                        "{} stayed locked by {holder} for over {} s",
+                        path.display(),
+                        deadline.as_secs()
+                    ))
+                    .into());
+                }
+                std::thread::sleep(poll);
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("lock {}", path.display()))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use harness::bench::{self, Figure, Ratio, Report};
 use harness::event::Reporter;
 use harness::guest::saved::StartMode;
 use harness::pipeline::{self, KernelRequest};
-use harness::process::{self, Io};
+use harness::process::Io;
 use harness::scenario::Inputs;
 use harness::ExitCode;
 
@@ -211,29 +211,9 @@ impl std::fmt::Display for Counts {
 fn suite(name: &str, jobs: u32, inputs: &Inputs, dir: &Path) -> anyhow::Result<(Figure, Counts)> {
     let inputs_file = dir.join("inputs.json");
     inputs.write(&inputs_file)?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = process::cmd(cargo);
-    cmd.current_dir(harness::cache::project_root());
-    cmd.args([
-        "nextest",
-        "run",
-        "-p",
-        "harness",
-        "--test",
-        "scenarios",
-        "--profile",
-        "ci",
-        "--no-fail-fast",
-        "--run-ignored",
-        "all",
-        "--test-threads",
-        &jobs.to_string(),
-        "-E",
-        "test(/@/)",
-    ]);
-    cmd.env(harness::scenario::inputs::INPUTS_ENV, &inputs_file);
-    cmd.env("INSTA_UPDATE", "no");
-    cmd.env("RUST_BACKTRACE", "0");
+    // Only the scenario trials (their names have `@`).
+    let selection = ["-p", "harness", "--test", "scenarios", "-E", "test(/@/)"];
+    let cmd = crate::test::nextest(&selection, jobs, &inputs_file)?;
     let t = Instant::now();
     // A failed trial is counted below, not an error of the bench.
     let _ = cmd

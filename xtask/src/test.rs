@@ -146,6 +146,23 @@ impl flags::Test {
 /// `cargo nextest run` over the whole workspace, ignored (VM-gated) tests
 /// included, with the inputs file in its environment.
 fn nextest_command(flags: &flags::Test, bless: bool, inputs_file: &Path) -> anyhow::Result<Cmd> {
+    let jobs = flags.jobs.unwrap_or_else(pipeline::default_jobs);
+    let mut cmd = nextest(&["--workspace"], jobs, inputs_file)?;
+    if let Some(filter) = &flags.filter {
+        cmd.arg(filter);
+    }
+    if bless {
+        cmd.env("INSTA_UPDATE", "always");
+        cmd.env_remove("CI");
+    }
+    Ok(cmd)
+}
+
+/// How the suite's tests run, for `test` and `bench` alike: the `ci`
+/// profile, the `selection` of tests, ignored (VM-gated) ones included,
+/// `jobs` at once, the inputs file in the environment, snapshots compared
+/// and never written.
+pub(crate) fn nextest(selection: &[&str], jobs: u32, inputs_file: &Path) -> anyhow::Result<Cmd> {
     if harness::deps::which("cargo-nextest").is_none() {
         return Err(harness::Error::infra(
             "cargo-nextest is not installed: run `cargo install --locked cargo-nextest`",
@@ -155,10 +172,9 @@ fn nextest_command(flags: &flags::Test, bless: bool, inputs_file: &Path) -> anyh
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = process::cmd(cargo);
     cmd.current_dir(harness::cache::project_root());
+    cmd.args(["nextest", "run"]);
+    cmd.args(selection);
     cmd.args([
-        "nextest",
-        "run",
-        "--workspace",
         "--profile",
         "ci",
         "--no-fail-fast",
@@ -166,23 +182,15 @@ fn nextest_command(flags: &flags::Test, bless: bool, inputs_file: &Path) -> anyh
         // here their inputs exist, so they run.
         "--run-ignored",
         "all",
+        "--test-threads",
+        &jobs.to_string(),
     ]);
-    let jobs = flags.jobs.unwrap_or_else(pipeline::default_jobs);
-    cmd.args(["--test-threads", &jobs.to_string()]);
-    if let Some(filter) = &flags.filter {
-        cmd.arg(filter);
-    }
     cmd.env(harness::scenario::inputs::INPUTS_ENV, inputs_file);
     cmd.env_remove("INSTA_FORCE_PASS");
     // A snapshot mismatch is a finding, not a crash: its diff is the
     // message, a backtrace would only bury it.
     cmd.env("RUST_BACKTRACE", "0");
-    if bless {
-        cmd.env("INSTA_UPDATE", "always");
-        cmd.env_remove("CI");
-    } else {
-        cmd.env("INSTA_UPDATE", "no");
-    }
+    cmd.env("INSTA_UPDATE", "no");
     Ok(cmd)
 }
 

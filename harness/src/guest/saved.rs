@@ -24,14 +24,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{self, ContentKey, KeyBuilder};
 use crate::vm::{self, qemu::QemuPlan, Incoming, QemuCaps, Vm, VmConfig};
-use crate::Error;
 
 /// How a trial's guest starts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +41,16 @@ pub enum StartMode {
     Saved,
     /// A full boot, every time (`--cold-boot`).
     Cold,
+}
+
+impl StartMode {
+    /// The name `inputs.json` gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StartMode::Saved => "saved",
+            StartMode::Cold => "cold",
+        }
+    }
 }
 
 /// Bumped when what a saved machine holds, or how it is made, changes.
@@ -138,14 +147,8 @@ fn key(cfg: &VmConfig, caps: &QemuCaps, plan: &QemuPlan) -> anyhow::Result<Conte
 /// A file as the key sees it: path, size and modification time (hashing a
 /// kernel image at every start would cost more than the start).
 fn file_identity(path: &Path) -> anyhow::Result<String> {
-    let meta = fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    Ok(format!("{} {} {mtime}", path.display(), meta.len()))
+    let (size, mtime) = cache::file_stamp(path)?;
+    Ok(format!("{} {size} {mtime}", path.display()))
 }
 
 /// Why `cfg` cannot start from a saved machine, if it cannot.
@@ -218,9 +221,17 @@ async fn save(cfg: &VmConfig, saved: &SavedMachine) -> anyhow::Result<()> {
         .context("saved machine dir has a parent")?
         .to_path_buf();
     let lock_path = root.join(format!("{}.lock", saved.key.short()));
-    let lock = tokio::task::spawn_blocking(move || lock(&lock_path))
-        .await
-        .context("lock task")??;
+    let lock = tokio::task::spawn_blocking(move || {
+        cache::lock_exclusive(
+            &lock_path,
+            LOCK_DEADLINE,
+            Duration::from_millis(50),
+            "another start saving this machine",
+            &mut || {},
+        )
+    })
+    .await
+    .context("lock task")??;
     if saved.exists() {
         return Ok(());
     }
@@ -312,35 +323,6 @@ async fn save_into(cfg: &VmConfig, tmp: &Path, key: &str) -> anyhow::Result<()> 
     fs::write(tmp.join("meta.json"), serde_json::to_string_pretty(&meta)?)?;
     vm.shutdown().await.context("shut down the saved guest")?;
     Ok(())
-}
-
-fn lock(path: &Path) -> anyhow::Result<fs::File> {
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("open {}", path.display()))?;
-    let started = Instant::now();
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_DEADLINE => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(Error::infra(format!(
-                    "{} stayed locked by another start saving this machine for over {} s",
-                    path.display(),
-                    LOCK_DEADLINE.as_secs()
-                ))
-                .into())
-            }
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("lock {}", path.display()))
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -479,11 +461,13 @@ mod tests {
         assert_eq!(cold_only(&cfg), None);
         cfg.start_paused = true;
         assert!(cold_only(&cfg).is_some());
-        assert_eq!(
-            serde_json::to_string(&StartMode::Cold).unwrap(),
-            "\"cold\"",
-            "inputs.json spells it so"
-        );
+        for mode in [StartMode::Cold, StartMode::Saved] {
+            assert_eq!(
+                serde_json::to_string(&mode).unwrap(),
+                format!("\"{}\"", mode.name()),
+                "inputs.json spells it so"
+            );
+        }
         assert_eq!(StartMode::default(), StartMode::Saved);
     }
 

@@ -3,13 +3,12 @@
 //! and publishing a finished directory by atomic rename.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::ContentKey;
-use crate::error::Error;
 use crate::event::{Reporter, Stage};
 
 use super::check::PatchRecord;
@@ -89,39 +88,18 @@ pub(super) fn publish(tmp: &Path, dest: &Path, done: &Path) -> anyhow::Result<()
 /// An exclusive lock on a work directory; waits (with a deadline) while
 /// another build of the same variant runs.
 pub(crate) fn lock(path: &Path, reporter: &dyn Reporter) -> anyhow::Result<std::fs::File> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("open {}", path.display()))?;
-    let started = Instant::now();
-    let mut said = false;
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                if !said {
-                    reporter.line(
-                        Stage::Kernel,
-                        format!("waiting for another build holding {}", path.display()),
-                    );
-                    said = true;
-                }
-                if started.elapsed() > MAKE_TIMEOUT {
-                    return Err(Error::infra(format!(
-                        "{} stayed locked by another build for too long",
-                        path.display()
-                    ))
-                    .into());
-                }
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).context(format!("lock {}", path.display()))
-            }
-        }
-    }
+    crate::cache::lock_exclusive(
+        path,
+        MAKE_TIMEOUT,
+        Duration::from_secs(1),
+        "another build",
+        &mut || {
+            reporter.line(
+                Stage::Kernel,
+                format!("waiting for another build holding {}", path.display()),
+            )
+        },
+    )
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::UNIX_EPOCH;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -42,17 +41,11 @@ pub async fn caps_of(cfg: &super::VmConfig) -> anyhow::Result<QemuCaps> {
 /// Probes `qemu` (cached per binary path, size and mtime).
 pub fn probe(qemu: &Path) -> anyhow::Result<QemuCaps> {
     let path = resolve_program(qemu)?;
-    let meta = std::fs::metadata(&path).with_context(|| format!("stat {}", path.display()))?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let (size, mtime) = cache::file_stamp(&path)?;
     let key = KeyBuilder::new()
         .str("probe-format", "1")
         .str("path", &path.to_string_lossy())
-        .str("size", &meta.len().to_string())
+        .str("size", &size.to_string())
         .str("mtime", &mtime.to_string())
         .finish();
     let cache_file = cache::cache_dir("qemu")?.join(format!("caps-{}.json", key.short()));
