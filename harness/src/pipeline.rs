@@ -69,18 +69,37 @@ pub fn build_kernel(
         label,
         iommufd_selftest: Some(selftest),
         selector,
+        report_scope: declared(request.variant())?
+            .map(|v| v.report_scope)
+            .unwrap_or_default(),
     };
     Ok((build, input))
 }
 
-/// The SW_MSI dialect `kernels.toml` declares for `variant` (`None` for
-/// a name that is not a variant, such as `xtask kernel`'s `tree`).
+/// The variant `kernels.toml` declares as `name` (flavoured names too);
+/// `None` for a name that is not a variant, such as `xtask kernel`'s `tree`.
+fn declared(name: &str) -> anyhow::Result<Option<kernel::Variant>> {
+    let file = kernel::variants::load_file(&kernel::variants::kernels_toml(
+        &crate::cache::project_root(),
+    ))?;
+    Ok(file.variant(name).ok())
+}
+
+/// The SW_MSI dialect `kernels.toml` declares for `variant`.
 fn dialect_of(variant: &str) -> anyhow::Result<Option<kernel::Dialect>> {
-    let variants = kernel::load_variants(&crate::cache::project_root())?;
-    Ok(variants
-        .into_iter()
-        .find(|v| v.name == variant)
-        .and_then(|v| v.sw_msi))
+    Ok(declared(variant)?.and_then(|v| v.sw_msi))
+}
+
+/// The variant whose snapshots a requested kernel is compared with: a
+/// tree's `--as`, a variant's `compare_as` (flavoured alike), else itself.
+pub fn compared_as(request: &KernelRequest) -> anyhow::Result<String> {
+    Ok(match request {
+        KernelRequest::Variant(v) => match declared(v)? {
+            Some(d) => d.snapshots().to_string(),
+            None => v.clone(),
+        },
+        KernelRequest::Tree { as_variant, .. } => as_variant.clone(),
+    })
 }
 
 /// Whether a kernel's headers and its variant's declaration agree that it
@@ -164,7 +183,14 @@ pub fn prepare(
     for request in kernels {
         let (_, input) = build_kernel(request, options, reporter, run_dir)?;
         check_declared(request.variant(), &input)?;
-        built.insert(request.variant().to_string(), input);
+        let key = compared_as(request)?;
+        if built.contains_key(&key) {
+            return Err(crate::error::Error::infra(format!(
+                "two kernels of this run are compared with the snapshots of {key}: run them one at a time"
+            ))
+            .into());
+        }
+        built.insert(key, input);
     }
     let image = image::build(reporter, run_dir)?;
     let results_dir = run_dir.join("results");

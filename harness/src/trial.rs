@@ -99,13 +99,15 @@ fn run_steps(
     result.interrupts_delivered = exec.interrupts_delivered;
     result.restored = exec.restored;
     result.msi_addresses = exec.msi_addresses.clone();
-    let doc = SnapshotDoc::new(&scenario, variant, &exec);
+    let doc = SnapshotDoc::new(&scenario, variant, &exec, &kernel.report_scope);
     // The observations as JSON, kept with the artifacts even when the
     // snapshot matched.
     let _ = std::fs::write(
         dir.join("observations.json"),
         serde_json::to_string_pretty(&doc).unwrap_or_default(),
     );
+
+    write_kernel_reports(&dir, &exec, &kernel.report_scope);
 
     let known = crate::scenario::known::load(&crate::scenario::scenarios_dir(), variant)
         .map_err(|e| infra(e.to_string()))?;
@@ -136,4 +138,33 @@ fn run_steps(
     };
     problems.extend(judged.known);
     Err((outcome, problems.join("\n")))
+}
+
+/// Every kernel report of the trial, whole, with its signature and whether
+/// the snapshot records it: `kernel-reports.txt` beside the console log.
+fn write_kernel_reports(dir: &Path, exec: &exec::Execution, scope: &crate::kernel::ReportScope) {
+    use crate::snapshot::kernel_report::{admits, parse};
+    let mut text = String::new();
+    let sections = std::iter::once(("boot".to_string(), &exec.boot_console)).chain(
+        exec.steps
+            .iter()
+            .map(|s| (format!("step {}", s.step), &s.console)),
+    );
+    for (name, lines) in sections {
+        for r in parse(lines.iter().map(String::as_str)) {
+            let recorded = if admits(scope, &r.finding) {
+                "in the snapshot"
+            } else {
+                "outside the report scope: not in the snapshot"
+            };
+            text.push_str(&format!(
+                "== {name}: {} ({recorded})\n{}\n\n",
+                r.finding.signature(),
+                r.text.join("\n")
+            ));
+        }
+    }
+    if !text.is_empty() {
+        let _ = std::fs::write(dir.join("kernel-reports.txt"), text);
+    }
 }

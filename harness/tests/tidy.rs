@@ -531,12 +531,23 @@ fn every_scenario_has_its_snapshots_and_none_is_orphaned() {
     let scenarios = names("scenarios", ".toml");
     let snapshots = names("scenarios/snapshots", "");
     let kernels: toml::Value = toml::from_str(&read("kernel-configs/kernels.toml")).unwrap();
-    let variants: Vec<String> = kernels["variant"]
+    let mut variants: Vec<String> = kernels["variant"]
         .as_array()
         .expect("kernels.toml has [[variant]] tables")
         .iter()
         .map(|v| v["name"].as_str().unwrap().to_string())
         .collect();
+    // Flavoured variants (`VARIANT+FLAVOUR`) have snapshots of their own.
+    let flavours: Vec<String> = kernels
+        .get("flavour")
+        .and_then(|f| f.as_table())
+        .map(|t| t.keys().cloned().collect())
+        .unwrap_or_default();
+    let flavoured: Vec<String> = variants
+        .iter()
+        .flat_map(|v| flavours.iter().map(move |f| format!("{v}+{f}")))
+        .collect();
+    variants.extend(flavoured);
     let defaults = default_variants(&read("xtask/src/test.rs"));
     assert!(
         !scenarios.is_empty() && !defaults.is_empty(),
@@ -585,7 +596,7 @@ fn dialects_and_known_findings_name_what_exists() {
             ));
             continue;
         };
-        if !kernels.variants.iter().any(|v| v.name == variant) {
+        if !kernels.knows(variant) {
             problems.push(format!(
                 "scenarios/known-findings/{name}: kernels.toml has no variant `{variant}`"
             ));

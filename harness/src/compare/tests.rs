@@ -32,6 +32,7 @@ fn doc(scenario: &str, variant: &str, steps: Vec<SnapshotStep>) -> SnapshotDoc {
             requester_id: "0x10".into(),
         }],
         boot_kernel_reports: Vec::new(),
+        boot_reports: Vec::new(),
         steps,
         aborted: None,
     }

@@ -50,7 +50,7 @@ pub use plan::{BuildOptions, KernelSource, KeyInputs};
 pub(crate) use store::lock;
 use store::{cached, publish, Metadata};
 pub use uapi_check::UapiReport;
-pub use variants::{load_variants, SourceSpec, Variant};
+pub use variants::{load_variants, ReportScope, SourceSpec, Variant};
 
 use crate::process::Log;
 

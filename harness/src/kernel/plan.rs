@@ -129,14 +129,7 @@ pub(super) fn plan(source: KernelSource, options: BuildOptions, log: &Log) -> an
     let toolchain = toolchain_version(log)?;
     let (name, spec, tree, series, fragments, source_id) = match source {
         KernelSource::Variant(wanted) => {
-            let Some(v) = file.variants.iter().find(|v| v.name == wanted) else {
-                let names: Vec<&str> = file.variants.iter().map(|v| v.name.as_str()).collect();
-                return Err(Error::infra(format!(
-                    "no kernel variant `{wanted}` in kernel-configs/kernels.toml (variants: {})",
-                    names.join(", ")
-                ))
-                .into());
-            };
+            let v = &file.variant(wanted)?;
             // `--series`, else the variant's `patches`: a series directory
             // or one file (an mbox as archived).
             let series = match (options.series, &v.patches) {

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::dialect::Dialect;
 use toml::Spanned;
@@ -72,6 +72,33 @@ pub struct Variant {
     /// How the kernel speaks IOMMU_OPTION_SW_MSI_*; `None`: it has no such
     /// options.
     pub sw_msi: Option<Dialect>,
+    /// The debug flavour built on top (`NAME+FLAVOUR`), if any.
+    pub flavour: Option<String>,
+    /// Which of its kernel reports the snapshots record (the flavour's).
+    pub report_scope: ReportScope,
+    /// The variant whose accepted snapshots this kernel is compared with,
+    /// when not its own (a test-only series that plants bugs in a subject
+    /// is judged against the subject's snapshots; flavoured alike).
+    pub compare_as: Option<String>,
+}
+
+impl Variant {
+    /// The name of the snapshots this kernel is compared with.
+    pub fn snapshots(&self) -> &str {
+        self.compare_as.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// `[flavour.NAME]`: a debug build of any variant (`VARIANT+NAME`), its
+/// fragments merged after the variant's own, cached on its own key (the
+/// fragments are part of the build key) and symbol-checked like them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flavour {
+    pub name: String,
+    pub description: String,
+    pub fragments: Vec<PathBuf>,
+    /// Which of the kernel's reports its snapshots record.
+    pub report_scope: ReportScope,
 }
 
 /// The parsed file: variants, and the fragments `--kernel-tree` builds use.
@@ -84,6 +111,81 @@ pub struct KernelsFile {
     pub selftest_libcap: Option<PinnedDeb>,
     /// `[dialect.NAME]`, by name.
     pub dialects: BTreeMap<String, Dialect>,
+    /// `[flavour.NAME]`, by name.
+    pub flavours: BTreeMap<String, Flavour>,
+}
+
+/// Which reports a kernel's snapshot records: those naming a function of
+/// the code under test, by the flavour's patterns (`iommufd_*`, `*msi*`).
+/// KCSAN samples accesses all over the kernel, so its reports of the
+/// scheduler's or the page cache's races turn up at random in any step;
+/// they are kept in the artifacts (`kernel-reports.txt`), not in the
+/// snapshot. Empty: every report counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ReportScope(pub Vec<String>);
+
+impl ReportScope {
+    /// Whether a function name matches one of the patterns (`*` at either
+    /// end is any text).
+    pub fn names(&self, function: &str) -> bool {
+        self.0
+            .iter()
+            .any(|p| match (p.strip_prefix('*'), p.strip_suffix('*')) {
+                (Some(rest), _) if rest.ends_with('*') => {
+                    function.contains(&rest[..rest.len() - 1])
+                }
+                (Some(rest), _) => function.ends_with(rest),
+                (None, Some(prefix)) => function.starts_with(prefix),
+                (None, None) => function == p,
+            })
+    }
+}
+
+/// The separator of a flavoured variant's name: `sw-msi-rfcv2+kcsan`.
+pub const FLAVOUR_SEPARATOR: char = '+';
+
+impl KernelsFile {
+    /// The variant `name`, which may carry a flavour (`VARIANT+FLAVOUR`).
+    pub fn variant(&self, name: &str) -> Result<Variant, Error> {
+        let (base, flavour) = match name.split_once(FLAVOUR_SEPARATOR) {
+            Some((b, f)) => (b, Some(f)),
+            None => (name, None),
+        };
+        let Some(v) = self.variants.iter().find(|v| v.name == base) else {
+            let names: Vec<&str> = self.variants.iter().map(|v| v.name.as_str()).collect();
+            return Err(Error::infra(format!(
+                "no kernel variant `{base}` in kernel-configs/kernels.toml (variants: {})",
+                names.join(", ")
+            )));
+        };
+        let Some(flavour) = flavour else {
+            return Ok(v.clone());
+        };
+        let Some(f) = self.flavours.get(flavour) else {
+            return Err(Error::infra(format!(
+                "no flavour `{flavour}` in kernel-configs/kernels.toml (flavours: {}); \
+                 a flavoured variant is named VARIANT{FLAVOUR_SEPARATOR}FLAVOUR",
+                self.flavours.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        };
+        let mut out = v.clone();
+        out.name = name.to_string();
+        out.description = format!("{} ({} flavour: {})", v.description, f.name, f.description);
+        out.fragments.extend(f.fragments.iter().cloned());
+        out.flavour = Some(f.name.clone());
+        out.report_scope = f.report_scope.clone();
+        out.compare_as = v
+            .compare_as
+            .as_ref()
+            .map(|c| format!("{c}{FLAVOUR_SEPARATOR}{}", f.name));
+        Ok(out)
+    }
+
+    /// Whether `name` is a variant or a flavoured variant.
+    pub fn knows(&self, name: &str) -> bool {
+        self.variant(name).is_ok()
+    }
 }
 
 /// An arm64 Debian package pinned by version and the sha256 of its `.deb`.
@@ -118,6 +220,17 @@ struct RawFile {
     selftest: Option<RawSelftest>,
     #[serde(default)]
     dialect: BTreeMap<String, Dialect>,
+    #[serde(default)]
+    flavour: BTreeMap<String, Spanned<RawFlavour>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlavour {
+    description: String,
+    fragments: Vec<Spanned<String>>,
+    #[serde(default)]
+    report_scope: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -144,6 +257,8 @@ struct RawVariant {
     fragments: Option<Vec<Spanned<String>>>,
     /// The name of its `[dialect.NAME]`.
     sw_msi: Option<Spanned<String>>,
+    /// The variant whose snapshots it is compared with.
+    compare_as: Option<Spanned<String>>,
 }
 
 /// Reads the project's `kernel-configs/kernels.toml`.
@@ -395,13 +510,64 @@ pub fn parse(file: &Path, text: &str) -> Result<KernelsFile, Error> {
             patches,
             fragments,
             sw_msi,
+            flavour: None,
+            report_scope: ReportScope::default(),
+            compare_as: v.compare_as.as_ref().map(|c| c.get_ref().clone()),
         });
+    }
+    for spanned in &raw.variant {
+        let v = spanned.get_ref();
+        if let Some(c) = &v.compare_as {
+            let target = variants.iter().find(|o| o.name == *c.get_ref());
+            match target {
+                None => {
+                    return Err(at(
+                        c.span(),
+                        format!("compare_as: no variant `{}` in this file", c.get_ref()),
+                    ))
+                }
+                Some(t) if t.compare_as.is_some() || t.name == *v.name.get_ref() => {
+                    return Err(at(
+                        c.span(),
+                        format!(
+                            "compare_as: `{}` must be a variant compared with its own snapshots",
+                            c.get_ref()
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let mut flavours = BTreeMap::new();
+    for (name, spanned) in &raw.flavour {
+        let f = spanned.get_ref();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+        {
+            return Err(at(
+                spanned.span(),
+                format!("flavour name `{name}` must be letters, digits, '_' or '-'"),
+            ));
+        }
+        flavours.insert(
+            name.clone(),
+            Flavour {
+                name: name.clone(),
+                description: f.description.clone(),
+                fragments: fragment_list(&f.fragments)?,
+                report_scope: ReportScope(f.report_scope.clone()),
+            },
+        );
     }
     Ok(KernelsFile {
         variants,
         default_fragments,
         selftest_libcap: raw.selftest.and_then(|s| s.libcap),
         dialects,
+        flavours,
     })
 }
 

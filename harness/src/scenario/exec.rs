@@ -931,6 +931,7 @@ mod tests {
             label: "v".into(),
             iommufd_selftest: None,
             selector: String::new(),
+            report_scope: Default::default(),
         };
         let inputs = Inputs {
             kernels: Default::default(),

@@ -38,6 +38,10 @@ pub struct KernelInput {
     /// for reproducer lines.
     #[serde(default)]
     pub selector: String,
+    /// Which of its kernel reports the snapshots record (its flavour's
+    /// `report_scope`; empty: all).
+    #[serde(default)]
+    pub report_scope: crate::kernel::ReportScope,
 }
 
 impl KernelInput {
@@ -125,6 +129,7 @@ mod tests {
                 label: "sw-msi-rfcv2".into(),
                 iommufd_selftest: None,
                 selector: String::new(),
+                report_scope: Default::default(),
             },
         );
         let inputs = Inputs {

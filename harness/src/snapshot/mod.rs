@@ -7,6 +7,7 @@
 //! Trace events are aggregated with counts (see [`observe`]).
 
 pub mod junit;
+pub mod kernel_report;
 pub mod observe;
 pub mod report;
 pub mod result;
@@ -36,6 +37,9 @@ pub struct SnapshotDoc {
     /// Kernel reports printed while booting (normally none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub boot_kernel_reports: Vec<String>,
+    /// Those reports with their signatures (see `kernel_report`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boot_reports: Vec<kernel_report::KernelFinding>,
     pub steps: Vec<SnapshotStep>,
     /// Set when the scenario could not run to the end.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -67,7 +71,14 @@ pub struct SnapshotStep {
 impl SnapshotDoc {
     /// The normalised view of `exec`: trace events aggregated, kernel lines
     /// without timestamps and PIDs, keys in reading order.
-    pub fn new(scenario: &Scenario, variant: &str, exec: &Execution) -> SnapshotDoc {
+    /// `scope`: which kernel reports the snapshot records (the kernel's
+    /// flavour says; see [`kernel_report::ReportScope`]).
+    pub fn new(
+        scenario: &Scenario,
+        variant: &str,
+        exec: &Execution,
+        scope: &kernel_report::ReportScope,
+    ) -> SnapshotDoc {
         SnapshotDoc {
             scenario: scenario.name.clone(),
             variant: variant.to_string(),
@@ -85,13 +96,17 @@ impl SnapshotDoc {
             boot_kernel_reports: observe::console_reports(
                 exec.boot_console.iter().map(String::as_str),
             ),
-            steps: exec.steps.iter().map(snapshot_step).collect(),
+            boot_reports: kernel_report::findings(
+                exec.boot_console.iter().map(String::as_str),
+                scope,
+            ),
+            steps: exec.steps.iter().map(|r| snapshot_step(r, scope)).collect(),
             aborted: exec.aborted.clone(),
         }
     }
 }
 
-fn snapshot_step(r: &StepRecord) -> SnapshotStep {
+fn snapshot_step(r: &StepRecord, scope: &kernel_report::ReportScope) -> SnapshotStep {
     SnapshotStep {
         step: r.step,
         request: OpFirst(r.request.clone()),
@@ -101,6 +116,7 @@ fn snapshot_step(r: &StepRecord) -> SnapshotStep {
             &r.trace,
             &r.devices_by_rid,
             r.console.iter().map(String::as_str),
+            scope,
         ),
     }
 }
@@ -195,6 +211,7 @@ mod tests {
             machine: "virt".into(),
             devices: Vec::new(),
             boot_kernel_reports: Vec::new(),
+            boot_reports: Vec::new(),
             steps: Vec::new(),
             aborted: None,
         };

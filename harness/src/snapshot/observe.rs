@@ -25,6 +25,10 @@ pub struct Observations {
     /// Kernel WARNING/BUG/Oops/panic and `arm-smmu-v3 ... event` lines.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernel: Vec<String>,
+    /// The step's kernel reports with their signatures (a kernel with
+    /// symbolized stacks: the debug flavours), distinct and sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_reports: Vec<super::kernel_report::KernelFinding>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -61,7 +65,9 @@ pub fn aggregate<'a>(
     events: &[TraceEvent],
     rids: &BTreeMap<u16, String>,
     lines: impl Iterator<Item = &'a str>,
+    scope: &super::kernel_report::ReportScope,
 ) -> Observations {
+    let lines: Vec<&str> = lines.collect();
     let name = |rid: u32| -> Option<String> {
         u16::try_from(rid).ok().and_then(|r| rids.get(&r)).cloned()
     };
@@ -154,7 +160,8 @@ pub fn aggregate<'a>(
                 count,
             })
             .collect(),
-        kernel: console_reports(lines),
+        kernel: console_reports(lines.iter().copied()),
+        kernel_reports: super::kernel_report::findings(lines.iter().copied(), scope),
     }
 }
 
@@ -212,7 +219,7 @@ mod tests {
         let events = parse_all(text);
         let rids = BTreeMap::from([(8u16, "edu0".to_string())]);
         let lines = ["[    3.123456] WARNING: CPU: 1 PID: 231 at drivers/iommu/io-pgtable-arm.c:395 __arm_lpae_map+0x1/0x2", "[    3.2] hello"];
-        let o = aggregate(&events, &rids, lines.into_iter());
+        let o = aggregate(&events, &rids, lines.into_iter(), &Default::default());
         assert_eq!(o.smmu_translations.len(), 1, "{o:?}");
         assert_eq!(o.smmu_translations[0].count, 2);
         assert_eq!(o.smmu_translations[0].iova, "0x8000040");
