@@ -212,7 +212,11 @@ impl Cmd {
         self
     }
 
+    /// Sets `name` for the child; a later `env` or `env_remove` of the same
+    /// name replaces this one, as with `std::process::Command` (duct lets
+    /// the first, innermost setting win, so the list keeps one per name).
     pub fn env(&mut self, name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> &mut Cmd {
+        self.env.retain(|(n, _)| n.as_os_str() != name.as_ref());
         self.env.push((
             name.as_ref().to_os_string(),
             Some(value.as_ref().to_os_string()),
@@ -221,6 +225,7 @@ impl Cmd {
     }
 
     pub fn env_remove(&mut self, name: impl AsRef<OsStr>) -> &mut Cmd {
+        self.env.retain(|(n, _)| n.as_os_str() != name.as_ref());
         self.env.push((name.as_ref().to_os_string(), None));
         self
     }

@@ -213,7 +213,12 @@ fn suite(name: &str, jobs: u32, inputs: &Inputs, dir: &Path) -> anyhow::Result<(
     inputs.write(&inputs_file)?;
     // Only the scenario trials (their names have `@`).
     let selection = ["-p", "harness", "--test", "scenarios", "-E", "test(/@/)"];
-    let cmd = crate::test::nextest(&selection, jobs, &inputs_file)?;
+    let cmd = crate::test::nextest(
+        &selection,
+        jobs,
+        &inputs_file,
+        crate::test::Snapshots::Compare,
+    )?;
     let t = Instant::now();
     // A failed trial is counted below, not an error of the bench.
     let _ = cmd

@@ -147,22 +147,36 @@ impl flags::Test {
 /// included, with the inputs file in its environment.
 fn nextest_command(flags: &flags::Test, bless: bool, inputs_file: &Path) -> anyhow::Result<Cmd> {
     let jobs = flags.jobs.unwrap_or_else(pipeline::default_jobs);
-    let mut cmd = nextest(&["--workspace"], jobs, inputs_file)?;
+    let update = if bless {
+        Snapshots::Write
+    } else {
+        Snapshots::Compare
+    };
+    let mut cmd = nextest(&["--workspace"], jobs, inputs_file, update)?;
     if let Some(filter) = &flags.filter {
         cmd.arg(filter);
-    }
-    if bless {
-        cmd.env("INSTA_UPDATE", "always");
-        cmd.env_remove("CI");
     }
     Ok(cmd)
 }
 
-/// How the suite's tests run, for `test` and `bench` alike: the `ci`
-/// profile, the `selection` of tests, ignored (VM-gated) ones included,
-/// `jobs` at once, the inputs file in the environment, snapshots compared
-/// and never written.
-pub(crate) fn nextest(selection: &[&str], jobs: u32, inputs_file: &Path) -> anyhow::Result<Cmd> {
+/// Whether a run writes the snapshots it takes (`bless`) or only compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Snapshots {
+    Compare,
+    Write,
+}
+
+/// How the suite's tests run, for `test`, `bless` and `bench` alike: the
+/// `ci` profile, the `selection` of tests, ignored (VM-gated) ones
+/// included, `jobs` at once, the inputs file in the environment, snapshots
+/// compared, or written for `bless`. (The environment is set once, here:
+/// an outer `env` on the command would not override an inner one.)
+pub(crate) fn nextest(
+    selection: &[&str],
+    jobs: u32,
+    inputs_file: &Path,
+    snapshots: Snapshots,
+) -> anyhow::Result<Cmd> {
     if harness::deps::which("cargo-nextest").is_none() {
         return Err(harness::Error::infra(
             "cargo-nextest is not installed: run `cargo install --locked cargo-nextest`",
@@ -190,7 +204,15 @@ pub(crate) fn nextest(selection: &[&str], jobs: u32, inputs_file: &Path) -> anyh
     // A snapshot mismatch is a finding, not a crash: its diff is the
     // message, a backtrace would only bury it.
     cmd.env("RUST_BACKTRACE", "0");
-    cmd.env("INSTA_UPDATE", "no");
+    match snapshots {
+        Snapshots::Compare => {
+            cmd.env("INSTA_UPDATE", "no");
+        }
+        Snapshots::Write => {
+            cmd.env("INSTA_UPDATE", "always");
+            cmd.env_remove("CI");
+        }
+    }
     Ok(cmd)
 }
 

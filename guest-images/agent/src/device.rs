@@ -88,6 +88,11 @@ impl Device {
         Ok(arg.pt_id)
     }
 
+    /// The cdev, for ioctls issued from other threads (`concurrent`).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// `VFIO_DEVICE_DETACH_IOMMUFD_PT`.
     pub fn detach(&mut self) -> Outcome<()> {
         let mut arg = VfioDeviceDetachIommufdPt {

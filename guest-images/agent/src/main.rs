@@ -8,6 +8,7 @@
 //! msi-agent version             print agent and protocol versions
 //! ```
 
+mod concurrent;
 mod device;
 mod kmsg;
 mod observe;

@@ -245,7 +245,90 @@ impl Session {
                 std::thread::sleep(Duration::from_millis(*ms));
                 Ok(StepValue::Done)
             }
+            Step::Concurrent {
+                iterations,
+                duration_ms,
+                branches,
+            } => self.concurrent(
+                *iterations,
+                duration_ms.map(Duration::from_millis),
+                branches,
+            ),
         }
+    }
+
+    /// Resolves every branch's steps, then runs them at once.
+    fn concurrent(
+        &mut self,
+        iterations: u32,
+        duration: Option<Duration>,
+        branches: &[msi_protocol::Branch],
+    ) -> Outcome<StepValue> {
+        use crate::concurrent::{self, Call, Plan};
+        if branches.is_empty() {
+            return Err(Failure::agent("a concurrent step needs branches"));
+        }
+        // What cannot run in a branch is a scenario bug, told before any
+        // system call.
+        if let Some(s) = branches
+            .iter()
+            .flat_map(|b| &b.steps)
+            .find(|s| !msi_protocol::Branch::OPS.contains(&s.op()))
+        {
+            return Err(concurrent::not_in_a_branch(s.op()));
+        }
+        self.iommufd()?;
+        let this = &*self;
+        let iommufd = this
+            .iommufd
+            .as_ref()
+            .ok_or_else(|| Failure::agent("iommufd vanished"))?;
+        let device = |name: &str| -> Outcome<&File> {
+            this.devices
+                .get(name)
+                .map(Device::file)
+                .ok_or_else(|| unknown_device(name))
+        };
+        let mut plans = Vec::new();
+        for b in branches {
+            let mut calls = Vec::new();
+            for step in &b.steps {
+                calls.push(match step {
+                    Step::OptionSet {
+                        option,
+                        object,
+                        value,
+                    } => Call::Option {
+                        iommufd,
+                        option_id: option.id(),
+                        op: IOMMU_OPTION_OP_SET,
+                        object_id: this.resolve(object)?,
+                        val64: value.get(),
+                    },
+                    Step::OptionGet { option, object } => Call::Option {
+                        iommufd,
+                        option_id: option.id(),
+                        op: IOMMU_OPTION_OP_GET,
+                        object_id: this.resolve(object)?,
+                        val64: 0,
+                    },
+                    Step::Attach { device: d, pt } | Step::Replace { device: d, pt } => {
+                        Call::Attach {
+                            device: device(d)?,
+                            pt_id: this.resolve(pt)?,
+                        }
+                    }
+                    Step::Detach { device: d } => Call::Detach { device: device(d)? },
+                    other => return Err(concurrent::not_in_a_branch(other.op())),
+                });
+            }
+            plans.push(Plan {
+                name: b.name.clone(),
+                iterations: b.iterations.unwrap_or(iterations),
+                calls,
+            });
+        }
+        Ok(StepValue::Concurrent(concurrent::run(plans, duration)))
     }
 
     /// The session's iommufd, opened at first need.
@@ -646,6 +729,29 @@ mod tests {
         assert!(
             matches!(got, StepResult::AgentError { ref message } if message.contains("invalid PCI address"))
         );
+    }
+
+    #[test]
+    fn a_concurrent_branch_runs_only_iommufd_and_vfio_calls() {
+        let mut session = Session::default();
+        let step = Step::Concurrent {
+            iterations: 1,
+            duration_ms: None,
+            branches: vec![msi_protocol::Branch {
+                name: "b".into(),
+                iterations: None,
+                steps: vec![Step::Sleep { ms: 1 }],
+            }],
+        };
+        match session.run(&step) {
+            StepResult::AgentError { message } => {
+                assert!(
+                    message.contains("`sleep` cannot run in a concurrent branch"),
+                    "{message}"
+                )
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

@@ -131,13 +131,16 @@ use serde::{Deserialize, Serialize};
 pub use crate::errno::{errno_name, errno_number};
 pub use crate::hex::{HexU64, ParseHexU64Error};
 pub use crate::result::{
-    DmaReport, ErrnoError, IovaRange, IrqLine, MsiConfig, ReservedRegions, StepResult, StepValue,
+    BranchOutcome, DmaReport, ErrnoError, IovaRange, IrqLine, MsiConfig, ReservedRegions,
+    StepResult, StepValue,
 };
-pub use crate::step::{DmaDirection, HwptFlag, ObjectRef, OptionId, Step, DEFAULT_WAIT_TIMEOUT_MS};
+pub use crate::step::{
+    Branch, DmaDirection, HwptFlag, ObjectRef, OptionId, Step, DEFAULT_WAIT_TIMEOUT_MS,
+};
 
 /// The protocol version both sides must agree on in `hello`. Bump it on any
 /// change to the types of this crate that an older peer would misread.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// What the agent writes to the kernel log (`/dev/kmsg`) after each step,
 /// before it answers: on the serial console, every kernel line the step's

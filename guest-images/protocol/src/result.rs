@@ -99,6 +99,20 @@ pub enum StepValue {
     ProcInterrupts(Vec<IrqLine>),
     /// `dmesg`: new kernel log lines, `[seconds.micros] text`.
     Dmesg(Vec<String>),
+    /// `concurrent`: what each branch's steps answered.
+    Concurrent(Vec<BranchOutcome>),
+}
+
+/// What one branch of a `concurrent` step saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BranchOutcome {
+    pub branch: String,
+    /// Iterations done (fewer than asked when a `duration_ms` ended them).
+    pub iterations: u32,
+    /// Per step of the branch, in order: outcome (`ok` or the errno's name)
+    /// → how many times.
+    pub steps: Vec<std::collections::BTreeMap<String, u32>>,
 }
 
 /// An inclusive IOVA range, `struct iommu_iova_range`.

@@ -147,6 +147,37 @@ pub enum Step {
     CloseDevice { device: String },
     /// Sleep `ms` milliseconds. → `done`.
     Sleep { ms: u64 },
+    /// The `branches` at once, each on its own thread, each repeating its
+    /// steps `iterations` times (a branch may say its own), or, with
+    /// `duration_ms`, until that much time has passed (`iterations` is then
+    /// each branch's cap). Only
+    /// `option_set`, `option_get`, `attach`, `replace` and `detach` run in
+    /// a branch; names are resolved before the threads start, and the
+    /// session's bookkeeping (what is attached) is not updated by them. →
+    /// `concurrent`: per branch and step, how often each outcome happened
+    /// (never the interleaving).
+    Concurrent {
+        iterations: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
+        branches: Vec<Branch>,
+    },
+}
+
+/// One thread of a `concurrent` step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Branch {
+    pub name: String,
+    /// Overrides the step's `iterations` for this branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iterations: Option<u32>,
+    pub steps: Vec<Step>,
+}
+
+impl Branch {
+    /// The ops a branch may run.
+    pub const OPS: [&'static str; 5] = ["option_set", "option_get", "attach", "replace", "detach"];
 }
 
 fn yes() -> bool {
@@ -174,7 +205,7 @@ fn dma_timeout_ms() -> u64 {
 impl Step {
     /// Every op, in declaration order. Tests check it against serde's own
     /// variant names and [`Step::op`], so it cannot drift.
-    pub const OPS: [&'static str; 26] = [
+    pub const OPS: [&'static str; 27] = [
         "open_device",
         "bind",
         "ioas_alloc",
@@ -201,6 +232,7 @@ impl Step {
         "dmesg",
         "close_device",
         "sleep",
+        "concurrent",
     ];
 
     /// The ops whose step has a `device` field (tests check it against the
@@ -253,7 +285,8 @@ impl Step {
             | Step::IovaRanges { .. }
             | Step::Destroy { .. }
             | Step::Dmesg {}
-            | Step::Sleep { .. } => None,
+            | Step::Sleep { .. }
+            | Step::Concurrent { .. } => None,
         }
     }
 
@@ -286,6 +319,7 @@ impl Step {
             Step::Dmesg {} => "dmesg",
             Step::CloseDevice { .. } => "close_device",
             Step::Sleep { .. } => "sleep",
+            Step::Concurrent { .. } => "concurrent",
         }
     }
 }

@@ -103,6 +103,26 @@ fn all_steps() -> Vec<Step> {
         Step::Dmesg {},
         Step::CloseDevice { device: dev() },
         Step::Sleep { ms: 10 },
+        Step::Concurrent {
+            iterations: 100,
+            duration_ms: Some(50),
+            branches: vec![
+                crate::Branch {
+                    name: "set".into(),
+                    iterations: Some(1000),
+                    steps: vec![Step::OptionSet {
+                        option: OptionId::SwMsiStart,
+                        object: ObjectRef::Id(0),
+                        value: HexU64(0x1000_0000),
+                    }],
+                },
+                crate::Branch {
+                    name: "attach".into(),
+                    iterations: None,
+                    steps: vec![Step::Detach { device: dev() }],
+                },
+            ],
+        },
     ]
 }
 
@@ -113,7 +133,7 @@ fn sample_covers_every_op() {
     ops.dedup();
     // `Step::op` is an exhaustive match, so a new variant shows up there;
     // bump this count and add it to `all_steps` together.
-    assert_eq!(ops.len(), 26, "{ops:?}");
+    assert_eq!(ops.len(), 27, "{ops:?}");
 }
 
 #[test]

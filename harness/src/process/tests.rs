@@ -365,3 +365,16 @@ fn every_external_command_goes_through_the_runner() {
     assert!(re.is_match("use std::process::{Child, Command, Stdio};"));
     assert!(!re.is_match("use std::os::unix::process::CommandExt;"));
 }
+
+/// `bless` sets `INSTA_UPDATE=always` on the command the suite's runner
+/// already set `no` on: the later setting is the one the child sees.
+#[test]
+fn a_later_env_replaces_an_earlier_one() {
+    let mut cmd = sh("echo \"$X${Y-unset}\"");
+    cmd.env("X", "first")
+        .env("X", "second")
+        .env("Y", "y")
+        .env_remove("Y");
+    let out = cmd.run(Duration::from_secs(10), Io::quiet()).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "secondunset");
+}

@@ -561,8 +561,19 @@ impl Runner<'_> {
             }
         }
         if let Some(device) = &step.sw_msi_device {
-            window_step(&mut s, device, self.sw_msi)
-                .map_err(|e| Error::infra(format!("step {}: {e}", step.index)))?;
+            let at = |e: String| Error::infra(format!("step {}: {e}", step.index));
+            if let Step::Concurrent { branches, .. } = &mut s {
+                for b in branches.iter_mut() {
+                    for branch_step in b.steps.iter_mut() {
+                        if matches!(branch_step, Step::OptionSet { option, .. } | Step::OptionGet { option, .. } if matches!(option, OptionId::SwMsiStart | OptionId::SwMsiSize))
+                        {
+                            window_step(branch_step, device, self.sw_msi).map_err(at)?;
+                        }
+                    }
+                }
+            } else {
+                window_step(&mut s, device, self.sw_msi).map_err(at)?;
+            }
         }
         Ok(s)
     }
@@ -736,6 +747,25 @@ fn step_timeout(step: &Step) -> Duration {
             Duration::from_millis(*timeout_ms)
         }
         Step::Sleep { ms } => Duration::from_millis(*ms),
+        // The longest branch, at a generous 20 ms per ioctl (an attach
+        // under a KASAN or KCSAN kernel on TCG takes a few).
+        Step::Concurrent {
+            duration_ms: Some(ms),
+            ..
+        } => Duration::from_millis(*ms).max(Duration::from_secs(10)),
+        Step::Concurrent {
+            iterations,
+            branches,
+            ..
+        } => branches
+            .iter()
+            .map(|b| {
+                let calls = u64::from(b.iterations.unwrap_or(*iterations)) * b.steps.len() as u64;
+                Duration::from_millis(20 * calls)
+            })
+            .max()
+            .unwrap_or_default()
+            .max(Duration::from_secs(10)),
         _ => Duration::from_secs(10),
     };
     own + ANSWER_MARGIN

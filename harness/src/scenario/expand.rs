@@ -462,7 +462,9 @@ impl<'s> Expander<'s> {
         // An option step without `object` means "this device's window": its
         // `device` (or the only device) is ours, not the agent's.
         let mut window_device = None;
-        if (op == "option_set" || op == "option_get") && !has(&rest, "object") {
+        // A `concurrent` step's SW_MSI option steps are its device's window.
+        if (op == "option_set" || op == "option_get" || op == "concurrent") && !has(&rest, "object")
+        {
             let given = rest
                 .iter()
                 .find(|(k, _)| k.get_ref() == "device")
@@ -553,6 +555,7 @@ impl<'s> Expander<'s> {
             {
                 Some(d)
             }
+            (Action::Agent(Step::Concurrent { .. }), d) => d,
             (_, Some(_)) => {
                 return Err(src.err(
                     item.span(),

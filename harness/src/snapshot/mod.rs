@@ -111,7 +111,7 @@ fn snapshot_step(r: &StepRecord, scope: &kernel_report::ReportScope) -> Snapshot
         step: r.step,
         request: OpFirst(r.request.clone()),
         expect: r.expect.clone(),
-        result: snapshot_result(&r.result),
+        result: snapshot_result(&r.result, &r.request),
         observed: observe::aggregate(
             &r.trace,
             &r.devices_by_rid,
@@ -123,7 +123,7 @@ fn snapshot_step(r: &StepRecord, scope: &kernel_report::ReportScope) -> Snapshot
 
 /// A step's answer as the snapshot shows it: kernel log lines lose their
 /// timestamps and PIDs (the transcript keeps them raw).
-fn snapshot_result(output: &StepOutput) -> serde_json::Value {
+fn snapshot_result(output: &StepOutput, request: &serde_json::Value) -> serde_json::Value {
     let value = match output {
         StepOutput::Agent(StepResult::Ok(StepValue::Dmesg(lines))) => {
             let lines = lines
@@ -132,12 +132,50 @@ fn snapshot_result(output: &StepOutput) -> serde_json::Value {
                 .collect();
             serde_json::to_value(StepResult::Ok(StepValue::Dmesg(lines)))
         }
+        StepOutput::Agent(StepResult::Ok(StepValue::Concurrent(branches))) => {
+            let timed = request.get("duration_ms").is_some();
+            Ok(concurrent_view(branches, timed))
+        }
         StepOutput::Agent(r) => serde_json::to_value(r),
         StepOutput::Host(v) => Ok(v.clone()),
         StepOutput::ProtocolError(message) => Ok(serde_json::json!({ "protocol_error": message })),
     };
     // A StepResult is plain data; serialising it cannot fail.
     value.unwrap_or(serde_json::Value::Null)
+}
+
+/// A `concurrent` step's answer as the snapshot shows it: which outcomes
+/// each branch step had, `all` of its iterations or `some`. The counts
+/// depend on the interleaving (v2 answers EBUSY only while attached), so
+/// they stay in the agent transcript.
+/// A timed run (`duration_ms`) does as many iterations as fit, so their
+/// number is left out too.
+fn concurrent_view(branches: &[msi_protocol::BranchOutcome], timed: bool) -> serde_json::Value {
+    let view: Vec<serde_json::Value> = branches
+        .iter()
+        .map(|b| {
+            let steps: Vec<serde_json::Value> = b
+                .steps
+                .iter()
+                .map(|counts| {
+                    counts
+                        .iter()
+                        .map(|(outcome, n)| {
+                            let how = if *n == b.iterations { "all" } else { "some" };
+                            (outcome.clone(), serde_json::Value::from(how))
+                        })
+                        .collect::<serde_json::Map<_, _>>()
+                        .into()
+                })
+                .collect();
+            if timed {
+                serde_json::json!({ "branch": b.branch, "outcomes": steps })
+            } else {
+                serde_json::json!({ "branch": b.branch, "iterations": b.iterations, "outcomes": steps })
+            }
+        })
+        .collect();
+    serde_json::json!({ "ok": { "concurrent": view } })
 }
 
 /// A step's JSON object, serialized with `op` first and the other keys in
