@@ -72,6 +72,7 @@ pub fn build_kernel(
         report_scope: declared(request.variant())?
             .map(|v| v.report_scope)
             .unwrap_or_default(),
+        report_signatures: declared(request.variant())?.is_some_and(|v| v.flavour.is_some()),
     };
     Ok((build, input))
 }

@@ -99,7 +99,12 @@ fn run_steps(
     result.interrupts_delivered = exec.interrupts_delivered;
     result.restored = exec.restored;
     result.msi_addresses = exec.msi_addresses.clone();
-    let doc = SnapshotDoc::new(&scenario, variant, &exec, &kernel.report_scope);
+    let doc = SnapshotDoc::new(
+        &scenario,
+        variant,
+        &exec,
+        kernel.report_signatures.then_some(&kernel.report_scope),
+    );
     // The observations as JSON, kept with the artifacts even when the
     // snapshot matched.
     let _ = std::fs::write(

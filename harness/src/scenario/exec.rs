@@ -962,6 +962,7 @@ mod tests {
             iommufd_selftest: None,
             selector: String::new(),
             report_scope: Default::default(),
+            report_signatures: false,
         };
         let inputs = Inputs {
             kernels: Default::default(),

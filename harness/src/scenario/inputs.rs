@@ -42,6 +42,11 @@ pub struct KernelInput {
     /// `report_scope`; empty: all).
     #[serde(default)]
     pub report_scope: crate::kernel::ReportScope,
+    /// Whether its snapshots record kernel reports with signatures
+    /// (`kernel_reports`): a debug flavour's do; the default variants'
+    /// keep a report's first line only, as their accepted snapshots have.
+    #[serde(default)]
+    pub report_signatures: bool,
 }
 
 impl KernelInput {
@@ -130,6 +135,7 @@ mod tests {
                 iommufd_selftest: None,
                 selector: String::new(),
                 report_scope: Default::default(),
+                report_signatures: false,
             },
         );
         let inputs = Inputs {

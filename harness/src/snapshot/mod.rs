@@ -71,13 +71,14 @@ pub struct SnapshotStep {
 impl SnapshotDoc {
     /// The normalised view of `exec`: trace events aggregated, kernel lines
     /// without timestamps and PIDs, keys in reading order.
-    /// `scope`: which kernel reports the snapshot records (the kernel's
-    /// flavour says; see [`kernel_report::ReportScope`]).
+    /// `scope`: which kernel reports the snapshot records with signatures
+    /// (the kernel's flavour says; see [`kernel_report::ReportScope`]);
+    /// `None`: none (a default variant's snapshot keeps first lines only).
     pub fn new(
         scenario: &Scenario,
         variant: &str,
         exec: &Execution,
-        scope: &kernel_report::ReportScope,
+        scope: Option<&kernel_report::ReportScope>,
     ) -> SnapshotDoc {
         SnapshotDoc {
             scenario: scenario.name.clone(),
@@ -106,7 +107,7 @@ impl SnapshotDoc {
     }
 }
 
-fn snapshot_step(r: &StepRecord, scope: &kernel_report::ReportScope) -> SnapshotStep {
+fn snapshot_step(r: &StepRecord, scope: Option<&kernel_report::ReportScope>) -> SnapshotStep {
     SnapshotStep {
         step: r.step,
         request: OpFirst(r.request.clone()),

@@ -65,7 +65,7 @@ pub fn aggregate<'a>(
     events: &[TraceEvent],
     rids: &BTreeMap<u16, String>,
     lines: impl Iterator<Item = &'a str>,
-    scope: &super::kernel_report::ReportScope,
+    scope: Option<&super::kernel_report::ReportScope>,
 ) -> Observations {
     let lines: Vec<&str> = lines.collect();
     let name = |rid: u32| -> Option<String> {
@@ -219,7 +219,7 @@ mod tests {
         let events = parse_all(text);
         let rids = BTreeMap::from([(8u16, "edu0".to_string())]);
         let lines = ["[    3.123456] WARNING: CPU: 1 PID: 231 at drivers/iommu/io-pgtable-arm.c:395 __arm_lpae_map+0x1/0x2", "[    3.2] hello"];
-        let o = aggregate(&events, &rids, lines.into_iter(), &Default::default());
+        let o = aggregate(&events, &rids, lines.into_iter(), None);
         assert_eq!(o.smmu_translations.len(), 1, "{o:?}");
         assert_eq!(o.smmu_translations[0].count, 2);
         assert_eq!(o.smmu_translations[0].iova, "0x8000040");
