@@ -668,4 +668,41 @@ patches = "p"
             assert!(names.contains(&want), "{names:?}");
         }
     }
+
+    #[test]
+    fn a_flavoured_name_is_its_variant_with_the_flavour_fragments_after_its_own() {
+        let dir = setup();
+        std::fs::write(
+            dir.path().join("lockdep.config"),
+            "CONFIG_PROVE_LOCKING=y\n",
+        )
+        .unwrap();
+        let text = format!(
+            "{GOOD}\n[[variant]]\nname = \"planted\"\nsource = \"linux-1.0\"\ncompare_as = \"patched-1.0\"\n\n[flavour.lockdep]\ndescription = \"d\"\nfragments = [\"lockdep.config\"]\nreport_scope = [\"iommufd_*\"]\n"
+        );
+        let f = parse(&dir.path().join("kernels.toml"), &text).unwrap();
+        let v = f.variant("patched-1.0+lockdep").unwrap();
+        assert_eq!(v.name, "patched-1.0+lockdep");
+        assert_eq!(v.flavour.as_deref(), Some("lockdep"));
+        let names: Vec<_> = v
+            .fragments
+            .iter()
+            .map(|p| p.file_name().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["base.config", "lockdep.config"]);
+        assert_eq!(v.snapshots(), "patched-1.0+lockdep");
+        assert!(v.report_scope.names("iommufd_option"));
+        // A planted series is judged against its subject's flavour.
+        assert_eq!(
+            f.variant("planted+lockdep").unwrap().snapshots(),
+            "patched-1.0+lockdep"
+        );
+        assert_eq!(f.variant("planted").unwrap().snapshots(), "patched-1.0");
+        let err = f.variant("patched-1.0+kasan").unwrap_err().to_string();
+        assert!(
+            err.contains("no flavour `kasan`") && err.contains("lockdep"),
+            "{err}"
+        );
+        assert!(!f.knows("nope+lockdep"));
+    }
 }
