@@ -358,11 +358,18 @@ impl Builder {
         if stacks.is_empty() && self.locks.is_empty() && !detector {
             return None;
         }
+        let (mut object, mut stacks) = (self.object, stacks);
+        if self.kind == "kcsan" {
+            // KCSAN names first the access whose watchpoint fired, which
+            // either side of a race may be: the race is the same.
+            object.sort();
+            stacks.sort();
+        }
         Some(ParsedReport {
             finding: KernelFinding {
                 kind: self.kind,
                 title: self.title,
-                object: self.object,
+                object,
                 locks: self.locks,
                 stacks,
             },
@@ -406,12 +413,13 @@ mod tests {
             f.title,
             "data-race in iommufd_device_do_attach / iommufd_option_sw_msi"
         );
-        assert_eq!(f.object, vec!["write of 8 bytes", "read of 8 bytes"]);
+        // In name order: which side's watchpoint fired does not matter.
+        assert_eq!(f.object, vec!["read of 8 bytes", "write of 8 bytes"]);
         assert_eq!(
             f.stacks,
             vec![
-                "write: iommufd_option_sw_msi < iommufd_option < iommufd_fops_ioctl",
                 "read: iommufd_device_do_attach < iommufd_device_attach < vfio_iommufd_physical_attach_ioas",
+                "write: iommufd_option_sw_msi < iommufd_option < iommufd_fops_ioctl",
             ]
         );
         assert_eq!(r[0].text.len(), 18, "from the title to the closing rule");
@@ -615,11 +623,11 @@ read to 0xfff000003fcda9dd of 1 bytes by task 84 on cpu 0:
         );
         let f = findings(KCSAN.lines(), Some(&scope));
         assert_eq!(f.len(), 1);
-        assert_eq!(f[0].object, vec!["write of 8 bytes", "read of 8 bytes"]);
+        assert_eq!(f[0].object, vec!["read of 8 bytes", "write of 8 bytes"]);
         // A marked access is said so.
         assert_eq!(
             parse(elsewhere.lines())[0].finding.object,
-            vec!["write (marked) of 1 bytes", "read of 1 bytes"]
+            vec!["read of 1 bytes", "write (marked) of 1 bytes"]
         );
     }
 }

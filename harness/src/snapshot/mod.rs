@@ -94,8 +94,9 @@ impl SnapshotDoc {
                     requester_id: format!("{:#x}", d.requester_id),
                 })
                 .collect(),
-            boot_kernel_reports: observe::console_reports(
+            boot_kernel_reports: observe::first_lines(
                 exec.boot_console.iter().map(String::as_str),
+                scope,
             ),
             boot_reports: kernel_report::findings(
                 exec.boot_console.iter().map(String::as_str),

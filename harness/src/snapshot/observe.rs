@@ -160,7 +160,7 @@ pub fn aggregate<'a>(
                 count,
             })
             .collect(),
-        kernel: console_reports(lines.iter().copied()),
+        kernel: first_lines(lines.iter().copied(), scope),
         kernel_reports: super::kernel_report::findings(lines.iter().copied(), scope),
     }
 }
@@ -170,6 +170,19 @@ pub fn console_reports<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<String> 
     lines
         .filter(|l| classify(l).is_some() || is_smmu_event(l))
         .map(normalise_kernel_line)
+        .collect()
+}
+
+/// [`console_reports`] for a kernel whose reports are also recorded with
+/// signatures (`scope` given): KCSAN's first lines are left to those, which
+/// keep only the reports in scope (KCSAN's others come at random).
+pub fn first_lines<'a>(
+    lines: impl Iterator<Item = &'a str>,
+    scope: Option<&super::kernel_report::ReportScope>,
+) -> Vec<String> {
+    console_reports(lines)
+        .into_iter()
+        .filter(|l| scope.is_none() || !l.starts_with("BUG: KCSAN: "))
         .collect()
 }
 
