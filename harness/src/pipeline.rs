@@ -49,7 +49,8 @@ pub fn build_kernel(
     };
     let build = kernel::build_with(source, options, reporter, run_dir)?;
     let has_sw_msi = build.uapi.defines("IOMMU_OPTION_SW_MSI_START");
-    let sw_msi = dialect_of(request.variant())?;
+    let declared = declared(request.variant())?;
+    let sw_msi = declared.as_ref().and_then(|v| v.sw_msi.clone());
     if let Some(dialect) = &sw_msi {
         let work_dir = run_dir.join(format!("uapi-check-{}", build.name));
         kernel::uapi_check::check_dialect(&build.headers, &work_dir, dialect)?;
@@ -69,10 +70,7 @@ pub fn build_kernel(
         label,
         iommufd_selftest: Some(selftest),
         selector,
-        report_scope: declared(request.variant())?
-            .map(|v| v.report_scope)
-            .unwrap_or_default(),
-        report_signatures: declared(request.variant())?.is_some_and(|v| v.flavour.is_some()),
+        report_scope: declared.and_then(|v| v.report_scope),
     };
     Ok((build, input))
 }
@@ -84,11 +82,6 @@ fn declared(name: &str) -> anyhow::Result<Option<kernel::Variant>> {
         &crate::cache::project_root(),
     ))?;
     Ok(file.variant(name).ok())
-}
-
-/// The SW_MSI dialect `kernels.toml` declares for `variant`.
-fn dialect_of(variant: &str) -> anyhow::Result<Option<kernel::Dialect>> {
-    Ok(declared(variant)?.and_then(|v| v.sw_msi))
 }
 
 /// The variant whose snapshots a requested kernel is compared with: a

@@ -99,12 +99,7 @@ fn run_steps(
     result.interrupts_delivered = exec.interrupts_delivered;
     result.restored = exec.restored;
     result.msi_addresses = exec.msi_addresses.clone();
-    let doc = SnapshotDoc::new(
-        &scenario,
-        variant,
-        &exec,
-        kernel.report_signatures.then_some(&kernel.report_scope),
-    );
+    let doc = SnapshotDoc::new(&scenario, variant, &exec, kernel.report_scope.as_ref());
     // The observations as JSON, kept with the artifacts even when the
     // snapshot matched.
     let _ = std::fs::write(
@@ -112,7 +107,7 @@ fn run_steps(
         serde_json::to_string_pretty(&doc).unwrap_or_default(),
     );
 
-    write_kernel_reports(&dir, &exec, &kernel.report_scope);
+    write_kernel_reports(&dir, &exec, kernel.report_scope.as_ref());
 
     let known = crate::scenario::known::load(&crate::scenario::scenarios_dir(), variant)
         .map_err(|e| infra(e.to_string()))?;
@@ -147,7 +142,11 @@ fn run_steps(
 
 /// Every kernel report of the trial, whole, with its signature and whether
 /// the snapshot records it: `kernel-reports.txt` beside the console log.
-fn write_kernel_reports(dir: &Path, exec: &exec::Execution, scope: &crate::kernel::ReportScope) {
+fn write_kernel_reports(
+    dir: &Path,
+    exec: &exec::Execution,
+    scope: Option<&crate::kernel::ReportScope>,
+) {
     use crate::snapshot::kernel_report::{admits, parse};
     let mut text = String::new();
     let sections = std::iter::once(("boot".to_string(), &exec.boot_console)).chain(
@@ -157,10 +156,10 @@ fn write_kernel_reports(dir: &Path, exec: &exec::Execution, scope: &crate::kerne
     );
     for (name, lines) in sections {
         for r in parse(lines.iter().map(String::as_str)) {
-            let recorded = if admits(scope, &r.finding) {
-                "in the snapshot"
-            } else {
-                "outside the report scope: not in the snapshot"
+            let recorded = match scope {
+                None => "first line only in the snapshot (no flavour)",
+                Some(s) if admits(s, &r.finding) => "in the snapshot",
+                Some(_) => "outside the report scope: not in the snapshot",
             };
             text.push_str(&format!(
                 "== {name}: {} ({recorded})\n{}\n\n",

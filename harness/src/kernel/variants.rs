@@ -74,8 +74,9 @@ pub struct Variant {
     pub sw_msi: Option<Dialect>,
     /// The debug flavour built on top (`NAME+FLAVOUR`), if any.
     pub flavour: Option<String>,
-    /// Which of its kernel reports the snapshots record (the flavour's).
-    pub report_scope: ReportScope,
+    /// A flavour's: which of its kernel reports the snapshots record with
+    /// signatures; `None` (no flavour): none, first lines only.
+    pub report_scope: Option<ReportScope>,
     /// The variant whose accepted snapshots this kernel is compared with,
     /// when not its own (a test-only series that plants bugs in a subject
     /// is judged against the subject's snapshots; flavoured alike).
@@ -174,7 +175,7 @@ impl KernelsFile {
         out.description = format!("{} ({} flavour: {})", v.description, f.name, f.description);
         out.fragments.extend(f.fragments.iter().cloned());
         out.flavour = Some(f.name.clone());
-        out.report_scope = f.report_scope.clone();
+        out.report_scope = Some(f.report_scope.clone());
         out.compare_as = v
             .compare_as
             .as_ref()
@@ -511,7 +512,7 @@ pub fn parse(file: &Path, text: &str) -> Result<KernelsFile, Error> {
             fragments,
             sw_msi,
             flavour: None,
-            report_scope: ReportScope::default(),
+            report_scope: None,
             compare_as: v.compare_as.as_ref().map(|c| c.get_ref().clone()),
         });
     }
@@ -691,7 +692,7 @@ patches = "p"
             .collect();
         assert_eq!(names, ["base.config", "lockdep.config"]);
         assert_eq!(v.snapshots(), "patched-1.0+lockdep");
-        assert!(v.report_scope.names("iommufd_option"));
+        assert!(v.report_scope.unwrap().names("iommufd_option"));
         // A planted series is judged against its subject's flavour.
         assert_eq!(
             f.variant("planted+lockdep").unwrap().snapshots(),

@@ -565,7 +565,7 @@ impl Runner<'_> {
             if let Step::Concurrent { branches, .. } = &mut s {
                 for b in branches.iter_mut() {
                     for branch_step in b.steps.iter_mut() {
-                        if matches!(branch_step, Step::OptionSet { option, .. } | Step::OptionGet { option, .. } if matches!(option, OptionId::SwMsiStart | OptionId::SwMsiSize))
+                        if matches!(branch_step, Step::OptionSet { option, .. } | Step::OptionGet { option, .. } if super::expand::is_window_option(*option))
                         {
                             window_step(branch_step, device, self.sw_msi).map_err(at)?;
                         }
@@ -961,8 +961,7 @@ mod tests {
             label: "v".into(),
             iommufd_selftest: None,
             selector: String::new(),
-            report_scope: Default::default(),
-            report_signatures: false,
+            report_scope: None,
         };
         let inputs = Inputs {
             kernels: Default::default(),

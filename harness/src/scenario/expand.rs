@@ -586,7 +586,7 @@ struct Fill {
 }
 
 /// The options whose object and id the dialect decides.
-fn is_window_option(option: OptionId) -> bool {
+pub(crate) fn is_window_option(option: OptionId) -> bool {
     matches!(option, OptionId::SwMsiStart | OptionId::SwMsiSize)
 }
 

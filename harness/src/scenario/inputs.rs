@@ -38,15 +38,12 @@ pub struct KernelInput {
     /// for reproducer lines.
     #[serde(default)]
     pub selector: String,
-    /// Which of its kernel reports the snapshots record (its flavour's
-    /// `report_scope`; empty: all).
+    /// Which of its kernel reports the snapshots record with signatures
+    /// (`kernel_reports`): a debug flavour's `report_scope` (empty: all).
+    /// `None` for the default variants: their snapshots keep a report's
+    /// first line only, as they were accepted.
     #[serde(default)]
-    pub report_scope: crate::kernel::ReportScope,
-    /// Whether its snapshots record kernel reports with signatures
-    /// (`kernel_reports`): a debug flavour's do; the default variants'
-    /// keep a report's first line only, as their accepted snapshots have.
-    #[serde(default)]
-    pub report_signatures: bool,
+    pub report_scope: Option<crate::kernel::ReportScope>,
 }
 
 impl KernelInput {
@@ -134,8 +131,7 @@ mod tests {
                 label: "sw-msi-rfcv2".into(),
                 iommufd_selftest: None,
                 selector: String::new(),
-                report_scope: Default::default(),
-                report_signatures: false,
+                report_scope: None,
             },
         );
         let inputs = Inputs {

@@ -6,7 +6,7 @@
 //! machinery (`dump_stack`, `kasan_report`, `__lock_acquire`, ...).
 //!
 //! Findings are recorded for the debug flavours' kernels (the kernel
-//! input's `report_signatures`; `kernel-configs/flavours/common.config`
+//! input's `report_scope`; `kernel-configs/flavours/common.config`
 //! makes sure of KALLSYMS). The default variants' snapshots keep each
 //! report's first line only (`observe::console_reports`), as they were
 //! accepted. A report without named frames, locks or a detector's title
