@@ -1,7 +1,7 @@
 //! `concurrent` steps: branches of iommufd/VFIO ioctls on their own
 //! threads, counted per outcome. Names are resolved to file descriptors and
 //! kernel ids before any thread starts, so the threads only issue ioctls on
-//! shared `&File`s (an ioctl needs no exclusive access to its fd); what
+//! shared references (an ioctl needs no exclusive access to its fd); what
 //! comes back is how often each step answered what, never in which order,
 //! so a snapshot of it does not depend on the interleaving.
 
@@ -10,8 +10,9 @@ use std::fs::File;
 
 use msi_protocol::{errno_name, BranchOutcome};
 
-use crate::sys::{self, Failure, Outcome};
-use crate::uapi::*;
+use crate::device::Device;
+use crate::session::iommu_option;
+use crate::sys::{Failure, Outcome};
 
 /// One branch step, ready to issue.
 #[derive(Debug, Clone, Copy)]
@@ -24,11 +25,11 @@ pub enum Call<'a> {
         val64: u64,
     },
     Attach {
-        device: &'a File,
+        device: &'a Device,
         pt_id: u32,
     },
     Detach {
-        device: &'a File,
+        device: &'a Device,
     },
 }
 
@@ -41,42 +42,9 @@ impl Call<'_> {
                 op,
                 object_id,
                 val64,
-            } => {
-                let mut arg = IommuOption {
-                    size: size32::<IommuOption>(),
-                    option_id,
-                    op,
-                    object_id,
-                    val64,
-                    ..Default::default()
-                };
-                sys::ioctl(iommufd, IOMMU_OPTION, &mut arg, "IOMMU_OPTION")
-            }
-            Call::Attach { device, pt_id } => {
-                let mut arg = VfioDeviceAttachIommufdPt {
-                    argsz: size32::<VfioDeviceAttachIommufdPt>(),
-                    pt_id,
-                    ..Default::default()
-                };
-                sys::ioctl(
-                    device,
-                    VFIO_DEVICE_ATTACH_IOMMUFD_PT,
-                    &mut arg,
-                    "VFIO_DEVICE_ATTACH_IOMMUFD_PT",
-                )
-            }
-            Call::Detach { device } => {
-                let mut arg = VfioDeviceDetachIommufdPt {
-                    argsz: size32::<VfioDeviceDetachIommufdPt>(),
-                    ..Default::default()
-                };
-                sys::ioctl(
-                    device,
-                    VFIO_DEVICE_DETACH_IOMMUFD_PT,
-                    &mut arg,
-                    "VFIO_DEVICE_DETACH_IOMMUFD_PT",
-                )
-            }
+            } => iommu_option(iommufd, option_id, op, object_id, val64).map(drop),
+            Call::Attach { device, pt_id } => device.attach(pt_id).map(drop),
+            Call::Detach { device } => device.detach(),
         }
     }
 }

@@ -73,7 +73,7 @@ impl Device {
 
     /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT` (attach, or replace when attached);
     /// returns the id the kernel reports back.
-    pub fn attach(&mut self, pt_id: u32) -> Outcome<u32> {
+    pub fn attach(&self, pt_id: u32) -> Outcome<u32> {
         let mut arg = VfioDeviceAttachIommufdPt {
             argsz: size32::<VfioDeviceAttachIommufdPt>(),
             pt_id,
@@ -88,13 +88,8 @@ impl Device {
         Ok(arg.pt_id)
     }
 
-    /// The cdev, for ioctls issued from other threads (`concurrent`).
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-
     /// `VFIO_DEVICE_DETACH_IOMMUFD_PT`.
-    pub fn detach(&mut self) -> Outcome<()> {
+    pub fn detach(&self) -> Outcome<()> {
         let mut arg = VfioDeviceDetachIommufdPt {
             argsz: size32::<VfioDeviceDetachIommufdPt>(),
             ..Default::default()

@@ -283,11 +283,8 @@ impl Session {
             .iommufd
             .as_ref()
             .ok_or_else(|| Failure::agent("iommufd vanished"))?;
-        let device = |name: &str| -> Outcome<&File> {
-            this.devices
-                .get(name)
-                .map(Device::file)
-                .ok_or_else(|| unknown_device(name))
+        let device = |name: &str| -> Outcome<&Device> {
+            this.devices.get(name).ok_or_else(|| unknown_device(name))
         };
         let mut plans = Vec::new();
         for b in branches {
@@ -448,16 +445,7 @@ impl Session {
         val64: u64,
     ) -> Outcome<u64> {
         let object_id = self.resolve(object)?;
-        let mut arg = IommuOption {
-            size: size32::<IommuOption>(),
-            option_id: option.id(),
-            op,
-            object_id,
-            val64,
-            ..Default::default()
-        };
-        sys::ioctl(self.iommufd()?, IOMMU_OPTION, &mut arg, "IOMMU_OPTION")?;
-        Ok(arg.val64)
+        iommu_option(self.iommufd()?, option.id(), op, object_id, val64)
     }
 
     fn ioas_map(
@@ -682,6 +670,26 @@ impl Session {
             data_matches,
         }))
     }
+}
+
+/// `IOMMU_OPTION` on `iommufd`: the value the kernel left in `val64`.
+pub(crate) fn iommu_option(
+    iommufd: &File,
+    option_id: u32,
+    op: u16,
+    object_id: u32,
+    val64: u64,
+) -> Outcome<u64> {
+    let mut arg = IommuOption {
+        size: size32::<IommuOption>(),
+        option_id,
+        op,
+        object_id,
+        val64,
+        ..Default::default()
+    };
+    sys::ioctl(iommufd, IOMMU_OPTION, &mut arg, "IOMMU_OPTION")?;
+    Ok(arg.val64)
 }
 
 fn unknown_device(name: &str) -> Failure {
