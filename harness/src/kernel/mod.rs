@@ -24,6 +24,7 @@ mod check;
 pub mod dialect;
 pub mod kconfig;
 mod make;
+pub mod mutate;
 pub mod patch;
 mod plan;
 pub mod selftest;
