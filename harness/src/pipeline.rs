@@ -71,6 +71,10 @@ pub fn build_kernel(
         iommufd_selftest: Some(selftest),
         selector,
         report_scope: declared.and_then(|v| v.report_scope),
+        mutant: match options.mutation {
+            kernel::Mutation::Mutant(m) => Some(m.id.clone()),
+            _ => None,
+        },
     };
     Ok((build, input))
 }
@@ -135,7 +139,11 @@ fn describe<'a>(
             if options.fuzz > 0 {
                 selector.push_str(&format!(" --fuzz {}", options.fuzz));
             }
-            (KernelSource::Variant(v), v.clone(), selector)
+            let label = match options.mutation {
+                kernel::Mutation::Mutant(m) => format!("{v} mutant {}", m.id),
+                _ => v.clone(),
+            };
+            (KernelSource::Variant(v), label, selector)
         }
         KernelRequest::Tree { path, as_variant } => (
             KernelSource::Tree { path },
@@ -252,6 +260,7 @@ mod tests {
         let options = BuildOptions {
             series: Some(&picked),
             fuzz: 1,
+            ..Default::default()
         };
         let (_, label, selector) = describe(&request, options);
         assert_eq!(label, "upstream-6.18");

@@ -33,6 +33,8 @@ pub enum Command {
     Compare(Compare),
     /// Measure boots, starts, a trial and the suite; print figures and ratios.
     Bench(Bench),
+    /// Mutation testing of the variant's series: which scenarios kill which mutant.
+    Mutants(Mutants),
 }
 
 #[derive(Debug, Args)]
@@ -180,4 +182,36 @@ pub struct Bench {
     /// Leave out the three suite runs (minutes each).
     #[arg(long)]
     pub no_suite: bool,
+}
+
+/// Mutation testing of the patch under test: mutants of the `.c` lines the
+/// variant's series adds (delete a statement, negate a condition, `&&`/`||`,
+/// `==`/`!=`, a constant ±1 or ± a page, a returned errno → 0, an
+/// assignment's source swapped with a sibling's), each built incrementally
+/// in one tree (`kernel/work/<variant>.mutants`, every build kept, so a
+/// second run builds nothing) and run through the scenarios on cold-booted
+/// guests against the variant's snapshots. Prints the kill matrix (mutant ×
+/// scenario), the counts and each survivor with its diff; writes
+/// `mutants.json` and `mutants.txt` to the run's artifacts.
+///
+/// The unmutated series must pass every scenario first. Exit code 0 when
+/// every mutant that compiled and differs from the baseline's object code
+/// was killed, 1 when one survived, 2 when a trial could not run (or the
+/// baseline did not pass).
+#[derive(Debug, Args)]
+pub struct Mutants {
+    /// The kernel variant whose series is mutated.
+    #[arg(long, default_value = "sw-msi-rfcv2")]
+    pub variant: String,
+    /// Only scenarios whose name contains this (a column of the matrix).
+    #[arg(long, value_name = "NAME")]
+    pub scenario: Option<String>,
+    /// How many trials (and so VMs) run at once (default: as `test`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+    /// Print the mutants and their diffs; build and run nothing.
+    #[arg(long)]
+    pub list: bool,
+    /// Only mutants whose id contains this (`ioas.c:85`, `negate`).
+    pub filter: Option<String>,
 }

@@ -28,6 +28,7 @@ impl flags::Kernel {
         let options = BuildOptions {
             series: self.series.as_deref(),
             fuzz: self.fuzz,
+            ..Default::default()
         };
         if self.check {
             let started = Instant::now();

@@ -10,6 +10,7 @@ mod boot;
 mod compare;
 mod flags;
 mod kernel;
+mod mutants;
 mod test;
 
 use std::process::ExitCode;
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
         flags::Command::Bless(cmd) => cmd.bless(&reporter),
         flags::Command::Compare(cmd) => cmd.run(&reporter),
         flags::Command::Bench(cmd) => cmd.run(&reporter),
+        flags::Command::Mutants(cmd) => cmd.run(&reporter),
     };
     match result {
         Ok(code) => ExitCode::from(code.code() as u8),

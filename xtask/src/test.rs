@@ -60,6 +60,7 @@ pub(crate) fn run(
     let options = harness::kernel::BuildOptions {
         series: flags.series.as_deref(),
         fuzz: flags.fuzz,
+        ..Default::default()
     };
     let mut inputs = pipeline::prepare(&requests, options, reporter, &run_dir)?;
     if flags.cold_boot {

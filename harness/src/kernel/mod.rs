@@ -34,6 +34,7 @@ pub mod tree;
 pub mod uapi_check;
 pub mod variants;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -47,7 +48,7 @@ pub use dialect::Dialect;
 pub use make::CcacheCounts;
 use make::{other_full_build_cc, toolchain_version, Make, Stats};
 use plan::{plan, Plan};
-pub use plan::{BuildOptions, KernelSource, KeyInputs};
+pub use plan::{BuildOptions, KernelSource, KeyInputs, Mutation};
 pub(crate) use store::lock;
 use store::{cached, publish, Metadata};
 pub use uapi_check::UapiReport;
@@ -93,6 +94,10 @@ pub struct KernelBuild {
     pub patches: Vec<PatchRecord>,
     /// The fuzz it was applied with (0: strict).
     pub fuzz: u32,
+    /// For a build in a mutants tree: the sha256 of the object file of
+    /// each `.c` file the series writes (`drivers/x.c` → hash of `x.o`), so
+    /// a mutant whose code is the baseline's is known to be equivalent.
+    pub objects: BTreeMap<String, String>,
 }
 
 /// Builds (or finds in the cache) a kernel; the full log goes to `run_dir`.
@@ -139,6 +144,11 @@ fn describe(source: KernelSource, options: BuildOptions) -> String {
     if options.fuzz > 0 {
         what.push_str(&format!(", fuzz {}", options.fuzz));
     }
+    match options.mutation {
+        Mutation::None => {}
+        Mutation::Baseline => what.push_str(" (mutants tree, unmutated)"),
+        Mutation::Mutant(m) => what.push_str(&format!(" mutant {}", m.id)),
+    }
     what
 }
 
@@ -151,6 +161,8 @@ pub struct SeriesCheck {
     pub patches: Vec<PatchRecord>,
     /// Every file the series changes, creates or deletes.
     pub files: Vec<String>,
+    /// What each of them becomes.
+    pub applied: apply::Applied,
     pub fuzz: u32,
 }
 
@@ -190,6 +202,7 @@ fn check_inner(
         pristine,
         patches: checked.records,
         files: checked.applied.files.keys().cloned().collect(),
+        applied: checked.applied,
         fuzz: plan.fuzz,
     })
 }
@@ -253,7 +266,7 @@ fn build_inner(
     let source_key = plan.inputs.source_key();
     let out_dir = cache_root.join("kernel/out").join(key.short());
     let headers_dir = cache_root.join("kernel/headers").join(source_key.short());
-    let work = cache_root.join("kernel/work").join(&plan.name);
+    let work = cache_root.join("kernel/work").join(&plan.work_name);
     let source_tree = plan.tree.clone().unwrap_or_else(|| work.join("src"));
     if let Some(mut found) = cached(&plan, &key, &out_dir, &headers_dir, &source_tree) {
         let mut checked_now = false;
@@ -299,11 +312,19 @@ fn build_inner(
     }
     let src = match (&plan.spec, &plan.tree) {
         (Some(spec), _) => {
-            let applied = checked
+            let mut applied = checked
                 .as_ref()
                 .map(|c| c.applied.clone())
                 .unwrap_or_default();
-            prepare_variant_tree(spec, &applied, &work, &source_key, reporter, &log)?
+            if let Mutation::Mutant(m) = options.mutation {
+                m.apply(&mut applied)
+                    .map_err(|e| Error::infra(format!("{e:#}")))?;
+            }
+            let keys = TreeKeys {
+                source: &source_key,
+                tree: &plan.inputs.tree_key(),
+            };
+            prepare_variant_tree(spec, &applied, &work, keys, reporter, &log)?
         }
         (None, Some(tree)) => tree.clone(),
         (None, None) => anyhow::bail!("plan without a source"),
@@ -378,6 +399,11 @@ fn build_inner(
         cache::write_atomic(&stats_file, &data)?;
     }
 
+    let objects = match options.mutation {
+        Mutation::None => BTreeMap::new(),
+        _ => object_hashes(&build, checked.as_ref().map(|c| &c.applied))?,
+    };
+
     // Headers, once per source+patches.
     if !headers_dir.join("include").is_dir() {
         reporter.line(
@@ -443,6 +469,7 @@ fn build_inner(
             .map(|c| c.records.clone())
             .unwrap_or_default(),
         fuzz: plan.fuzz,
+        objects,
     };
     cache::write_atomic(
         &tmp_out.join("metadata.json"),
@@ -462,7 +489,30 @@ fn build_inner(
         uapi: UapiReport::default(),
         patches: meta.patches,
         fuzz: meta.fuzz,
+        objects: meta.objects,
     })
+}
+
+/// The sha256 of the object built from each `.c` file of `applied`.
+fn object_hashes(
+    build: &Path,
+    applied: Option<&apply::Applied>,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    use sha2::Digest;
+    let mut out = BTreeMap::new();
+    for (path, state) in applied.map(|a| a.files.iter()).into_iter().flatten() {
+        let Some(stem) = path.strip_suffix(".c") else {
+            continue;
+        };
+        if state.is_none() {
+            continue;
+        }
+        let object = build.join(format!("{stem}.o"));
+        if let Ok(data) = std::fs::read(&object) {
+            out.insert(path.clone(), hex::encode(sha2::Sha256::digest(&data)));
+        }
+    }
+    Ok(out)
 }
 
 /// A cached build's series, as its metadata recorded it (or as checked
@@ -493,26 +543,49 @@ fn report_cached_series(build: &KernelBuild, checked_now: bool, reporter: &dyn R
     );
 }
 
+/// What a work tree is to hold: the patched source (`src.base`) and that
+/// with a mutation, if any (`src.key`).
+#[derive(Clone, Copy)]
+struct TreeKeys<'a> {
+    source: &'a ContentKey,
+    tree: &'a ContentKey,
+}
+
 /// Makes `work/src` the pristine source plus the series (`applied`, from
-/// the check), unless it already is (`src.key`).
+/// the check, a mutant's line included), unless it already is (`src.key`).
+/// A tree that holds the same patched source with another mutation
+/// (`src.base`) only gets the series' files rewritten: no rsync of the
+/// whole tree per mutant.
 fn prepare_variant_tree(
     spec: &SourceSpec,
     applied: &apply::Applied,
     work: &Path,
-    source_key: &ContentKey,
+    keys: TreeKeys,
     reporter: &dyn Reporter,
     log: &Log,
 ) -> anyhow::Result<PathBuf> {
     let pristine = source::ensure_pristine(spec, reporter, log)?;
     let src = work.join("src");
     let key_file = work.join("src.key");
-    if std::fs::read_to_string(&key_file).ok().as_deref() == Some(source_key.0.as_str())
-        && src.is_dir()
-    {
+    let base_file = work.join("src.base");
+    let holds = |file: &Path, key: &ContentKey| {
+        std::fs::read_to_string(file).ok().as_deref() == Some(key.0.as_str())
+    };
+    if holds(&key_file, keys.tree) && src.is_dir() {
         return Ok(src);
     }
     let _ = std::fs::remove_file(&key_file);
     let started = Instant::now();
+    if holds(&base_file, keys.source) && src.is_dir() {
+        let written = tree::write_series(&src, applied)?;
+        reporter.line(
+            Stage::Kernel,
+            format!("source tree ready: {written} of the series' files rewritten"),
+        );
+        cache::write_atomic(&key_file, keys.tree.0.as_bytes())?;
+        return Ok(src);
+    }
+    let _ = std::fs::remove_file(&base_file);
     let prepared = tree::prepare(&pristine, &src, applied, log)?;
     if prepared.linked {
         // Objects in an old build dir could be newer than these sources
@@ -535,7 +608,8 @@ fn prepare_variant_tree(
             prepared.deleted
         ),
     );
-    cache::write_atomic(&key_file, source_key.0.as_bytes())?;
+    cache::write_atomic(&base_file, keys.source.0.as_bytes())?;
+    cache::write_atomic(&key_file, keys.tree.0.as_bytes())?;
     Ok(src)
 }
 

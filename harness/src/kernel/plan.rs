@@ -8,6 +8,7 @@ use crate::error::Error;
 use crate::process::Log;
 
 use super::make::toolchain_version;
+use super::mutate::Mutant;
 use super::patch::series::{self, SeriesSpec};
 use super::variants::{self, SourceSpec};
 use super::{kconfig, patch, source, tree, ARCH, CROSS_COMPILE, KERNEL_STEP_VERSION, TARGET};
@@ -30,6 +31,34 @@ pub struct BuildOptions<'a> {
     /// patch(1)'s fuzz: up to this many context lines at each end of a hunk
     /// may be ignored; 0 (the default) applies strictly.
     pub fuzz: u32,
+    /// Build in the variant's mutants tree (`cargo xtask mutants`).
+    pub mutation: Mutation<'a>,
+}
+
+/// Whether, and how, a build changes one line of the series' result.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Mutation<'a> {
+    /// The variant as it is, in its own work directory.
+    #[default]
+    None,
+    /// The variant as it is, built in its mutants tree
+    /// (`kernel/work/<variant>.mutants`): what each mutant's object files
+    /// are compared with.
+    Baseline,
+    /// The variant with one line changed, built in its mutants tree.
+    Mutant(&'a Mutant),
+}
+
+impl Mutation<'_> {
+    /// What goes into the build key: `None` for a normal build, so that
+    /// its keys stay what they were.
+    fn key(&self) -> Option<String> {
+        match self {
+            Mutation::None => None,
+            Mutation::Baseline => Some("baseline".into()),
+            Mutation::Mutant(m) => Some(format!("mutant\n{}", m.key())),
+        }
+    }
 }
 
 /// What the cache key is computed from.
@@ -48,6 +77,10 @@ pub struct KeyInputs {
     pub fragments: Vec<Vec<u8>>,
     /// First line of `aarch64-linux-gnu-gcc --version`.
     pub toolchain: String,
+    /// [`Mutation::key`]: a mutant changes a `.c` line only, so it is in
+    /// the tree and build keys but not the source key (the uapi headers
+    /// are the variant's) nor the configuration's (no reconfiguring).
+    pub mutation: Option<String>,
 }
 
 impl KeyInputs {
@@ -71,6 +104,17 @@ impl KeyInputs {
         k.finish()
     }
 
+    /// What the work tree holds: the patched source, with the mutation.
+    pub(super) fn tree_key(&self) -> ContentKey {
+        match &self.mutation {
+            None => self.source_key(),
+            Some(m) => KeyBuilder::new()
+                .str("source", &self.source_key().0)
+                .str("mutation", m)
+                .finish(),
+        }
+    }
+
     /// The key of the configured source.
     pub(super) fn config_key(&self) -> ContentKey {
         let mut k = KeyBuilder::new();
@@ -85,17 +129,23 @@ impl KeyInputs {
 
     /// The key of the built kernel.
     pub fn build_key(&self) -> ContentKey {
-        KeyBuilder::new()
-            .str("config", &self.config_key().0)
+        let mut k = KeyBuilder::new();
+        k.str("config", &self.config_key().0)
             .str("cross", CROSS_COMPILE)
-            .str("target", TARGET)
-            .finish()
+            .str("target", TARGET);
+        if let Some(m) = &self.mutation {
+            k.str("mutation", m);
+        }
+        k.finish()
     }
 }
 
 /// Everything resolved before anything is built.
 pub(super) struct Plan {
     pub(super) name: String,
+    /// The directory under `kernel/work` it is built in: the name, or
+    /// `<name>.mutants` for a mutation.
+    pub(super) work_name: String,
     /// A variant's source spec, or `None` for a local tree.
     pub(super) spec: Option<SourceSpec>,
     /// The local tree, for tree builds.
@@ -142,6 +192,9 @@ pub(super) fn plan(source: KernelSource, options: BuildOptions, log: &Log) -> an
             };
             match &v.source {
                 SourceSpec::Tree { path, .. } => {
+                    if !matches!(options.mutation, Mutation::None) {
+                        return Err(Error::infra("a tree is built as it is: mutants need a variant with a downloaded source").into());
+                    }
                     if options.series.is_some() || options.fuzz > 0 {
                         return Err(Error::infra("a tree is built as it is: --series and --fuzz need a variant with a downloaded source").into());
                     }
@@ -170,7 +223,10 @@ pub(super) fn plan(source: KernelSource, options: BuildOptions, log: &Log) -> an
             }
         }
         KernelSource::Tree { path } => {
-            if options.series.is_some() || options.fuzz > 0 {
+            if options.series.is_some()
+                || options.fuzz > 0
+                || !matches!(options.mutation, Mutation::None)
+            {
                 return Err(Error::infra("--series and --fuzz cannot be combined with --kernel-tree: the tree is built as it is, never modified").into());
             }
             let path = tree::check_kernel_tree(path)?;
@@ -209,7 +265,12 @@ pub(super) fn plan(source: KernelSource, options: BuildOptions, log: &Log) -> an
         fragment_bytes.push(kconfig::canonical(&settings).into_bytes());
         requests.extend(settings);
     }
+    let work_name = match options.mutation {
+        Mutation::None => name.clone(),
+        _ => format!("{name}.mutants"),
+    };
     Ok(Plan {
+        work_name,
         name,
         spec,
         tree,
@@ -226,6 +287,7 @@ pub(super) fn plan(source: KernelSource, options: BuildOptions, log: &Log) -> an
             fuzz: options.fuzz,
             fragments: fragment_bytes,
             toolchain,
+            mutation: options.mutation.key(),
         },
         series_files,
     })
@@ -243,6 +305,7 @@ mod tests {
             fuzz: 0,
             fragments: vec![b"CONFIG_PCI=y\n".to_vec()],
             toolchain: "aarch64-linux-gnu-gcc (Debian 12.2.0-14) 12.2.0".into(),
+            mutation: None,
         }
     }
 
@@ -317,6 +380,17 @@ mod tests {
                 false,
             ),
         ];
+        let mutated = KeyInputs {
+            mutation: Some("mutant\nx.c\n3\n;".into()),
+            ..inputs()
+        };
+        // A mutant is its own build and tree, on the variant's source
+        // (headers) and configuration.
+        assert_ne!(mutated.build_key(), base.build_key());
+        assert_ne!(mutated.tree_key(), base.tree_key());
+        assert_eq!(base.tree_key(), base.source_key());
+        assert_eq!(mutated.source_key(), base.source_key());
+        assert_eq!(mutated.config_key(), base.config_key());
         for (what, changed, source_too) in variants {
             assert_ne!(
                 changed.build_key(),

@@ -2,6 +2,7 @@
 //! build, looking a build up by key, exclusive locks on work directories,
 //! and publishing a finished directory by atomic rename.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -34,6 +35,9 @@ pub(super) struct Metadata {
     /// The fuzz the series was applied with (0: strict).
     #[serde(default)]
     pub(super) fuzz: u32,
+    /// Builds in a mutants tree: each series `.c` file's object hash.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) objects: BTreeMap<String, String>,
 }
 
 /// The finished build for `key`, if the cache has all of it.
@@ -63,6 +67,7 @@ pub(super) fn cached(
         uapi: UapiReport::default(),
         patches: meta.patches,
         fuzz: meta.fuzz,
+        objects: meta.objects,
     })
 }
 

@@ -95,6 +95,24 @@ pub fn prepare(
         touch(&src.join(rel), now)?;
         prepared.restored += 1;
     }
+    let (written, deleted) = write_files(src, applied)?;
+    prepared.written = written;
+    prepared.deleted = deleted;
+    Ok(prepared)
+}
+
+/// Writes the series' files of `applied` into a tree that already holds
+/// everything else (the same source with another mutant): how many files
+/// were written or deleted.
+pub fn write_series(src: &Path, applied: &Applied) -> anyhow::Result<usize> {
+    let (written, deleted) = write_files(src, applied)?;
+    Ok(written + deleted)
+}
+
+/// Each file of `applied` written where its content differs (deleted where
+/// the series deletes it): (written, deleted).
+fn write_files(src: &Path, applied: &Applied) -> anyhow::Result<(usize, usize)> {
+    let (mut written, mut deleted) = (0, 0);
     for (rel, state) in &applied.files {
         let path = src.join(rel);
         match state {
@@ -102,7 +120,7 @@ pub fn prepare(
                 if path.symlink_metadata().is_ok() {
                     std::fs::remove_file(&path)
                         .with_context(|| format!("remove {}", path.display()))?;
-                    prepared.deleted += 1;
+                    deleted += 1;
                 }
             }
             Some(state) => {
@@ -118,7 +136,7 @@ pub fn prepare(
                     let _ = std::fs::remove_file(&path);
                     std::fs::write(&path, &state.data)
                         .with_context(|| format!("write {}", path.display()))?;
-                    prepared.written += 1;
+                    written += 1;
                 }
                 if let Some(exec) = state.executable {
                     use std::os::unix::fs::PermissionsExt;
@@ -128,7 +146,7 @@ pub fn prepare(
             }
         }
     }
-    Ok(prepared)
+    Ok((written, deleted))
 }
 
 /// rsync filter patterns treat `*?[` specially; a backslash quotes them.

@@ -961,6 +961,7 @@ mod tests {
             label: "v".into(),
             iommufd_selftest: None,
             selector: String::new(),
+            mutant: None,
             report_scope: None,
         };
         let inputs = Inputs {

@@ -44,11 +44,24 @@ pub struct KernelInput {
     /// first line only, as they were accepted.
     #[serde(default)]
     pub report_scope: Option<crate::kernel::ReportScope>,
+    /// A mutant of the variant (`cargo xtask mutants`): its id, which the
+    /// reproducer names instead of a `test` selection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutant: Option<String>,
 }
 
 impl KernelInput {
     /// The `cargo xtask test` command that re-runs `scenario` on this kernel.
     pub fn reproducer(&self, variant: &str, scenario: &str) -> String {
+        let q = crate::process::quote;
+        if let Some(id) = &self.mutant {
+            return format!(
+                "cargo xtask mutants --variant {} --scenario {} {}",
+                q(variant),
+                q(scenario),
+                q(id)
+            );
+        }
         let selector = if self.selector.is_empty() {
             format!("--variant {}", crate::process::quote(variant))
         } else {
@@ -131,6 +144,7 @@ mod tests {
                 label: "sw-msi-rfcv2".into(),
                 iommufd_selftest: None,
                 selector: String::new(),
+                mutant: None,
                 report_scope: None,
             },
         );
