@@ -17,6 +17,7 @@ pub mod guest;
 pub mod image;
 pub mod kernel;
 pub mod ktap;
+pub mod mutants;
 pub mod outcome;
 pub mod pipeline;
 pub mod process;

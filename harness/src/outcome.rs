@@ -82,6 +82,20 @@ pub fn comparison_exit_code(incomparable_scenarios: usize) -> ExitCode {
     }
 }
 
+/// How a `cargo xtask mutants` run ended. A mutant no scenario killed is
+/// a finding about the suite (a blind spot, or an equivalent mutant the
+/// object check could not see); one whose trials could not all run
+/// decides nothing: infrastructure, which wins, as nothing is known of it.
+pub fn mutation_exit_code(survived: usize, undecided: usize) -> ExitCode {
+    if undecided > 0 {
+        ExitCode::Infrastructure
+    } else if survived > 0 {
+        ExitCode::Finding
+    } else {
+        ExitCode::Pass
+    }
+}
+
 /// How one trial ended. Serialised as one word: `pass`, `known`, `skip`,
 /// `finding`, `infrastructure`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

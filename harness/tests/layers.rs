@@ -31,8 +31,9 @@ const LAYERS: &[&[&str]] = &[
     &["trial"],
     &["compare"],
     &["pipeline"],
-    // What `cargo xtask bench` measures (boots, starts, trials).
-    &["bench"],
+    // What `cargo xtask bench` measures (boots, starts, trials) and what
+    // `cargo xtask mutants` records (verdicts, the kill matrix).
+    &["bench", "mutants"],
 ];
 
 fn src() -> PathBuf {

@@ -20,97 +20,16 @@ use std::time::{Duration, Instant};
 use harness::event::{Reporter, Stage};
 use harness::kernel::mutate::{self, Mutant};
 use harness::kernel::{BuildOptions, KernelSource, Mutation};
-use harness::outcome::{Failure, Outcome};
+use harness::mutants::{by_operator, exit_code, report, Cell, Record, Verdict};
 use harness::pipeline::{self, Inputs, KernelRequest};
 use harness::process::{Io, Log};
 use harness::ExitCode;
-use serde::Serialize;
 
 use crate::flags;
 use crate::test::{nextest, Snapshots};
 
 /// One nextest run of the scenarios on one kernel: minutes at most.
 const TRIALS_TIMEOUT: Duration = Duration::from_secs(1800);
-
-/// What became of a mutant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-enum Verdict {
-    /// At least one scenario had a finding.
-    Killed,
-    /// Every scenario ended as accepted.
-    Survived,
-    /// Its object code is the baseline's.
-    Equivalent,
-    /// The build failed.
-    NotCompiled,
-    /// No finding, but a trial could not run: neither killed nor survived.
-    Undecided,
-}
-
-impl Verdict {
-    fn word(self) -> &'static str {
-        match self {
-            Verdict::Killed => "killed",
-            Verdict::Survived => "survived",
-            Verdict::Equivalent => "equivalent",
-            Verdict::NotCompiled => "not compiled",
-            Verdict::Undecided => "undecided",
-        }
-    }
-}
-
-/// One cell of the kill matrix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-enum Cell {
-    Killed,
-    Held,
-    Skipped,
-    Infrastructure,
-    /// The trial left no result.
-    Missing,
-}
-
-impl Cell {
-    fn of(outcome: Option<Outcome>) -> Cell {
-        match outcome {
-            Some(Outcome::Pass | Outcome::Known) => Cell::Held,
-            Some(Outcome::Skip) => Cell::Skipped,
-            Some(Outcome::Fail(Failure::Finding)) => Cell::Killed,
-            Some(Outcome::Fail(Failure::Infrastructure)) => Cell::Infrastructure,
-            None => Cell::Missing,
-        }
-    }
-
-    fn mark(self) -> char {
-        match self {
-            Cell::Killed => 'K',
-            Cell::Held => '.',
-            Cell::Skipped => '-',
-            Cell::Infrastructure => 'I',
-            Cell::Missing => '?',
-        }
-    }
-}
-
-/// A mutant's record in `mutants.json`.
-#[derive(Debug, Serialize)]
-struct Record {
-    #[serde(flatten)]
-    mutant: Mutant,
-    verdict: Verdict,
-    /// Scenario → how its trial ended (empty when no trial ran).
-    scenarios: BTreeMap<String, Cell>,
-    /// The build came from the cache.
-    build_cached: bool,
-    build_s: f64,
-    trials_s: f64,
-    /// The build error's last lines, for a mutant that did not compile.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    build_error: Option<String>,
-    diff: String,
-}
 
 impl flags::Mutants {
     pub fn run(self, reporter: &dyn Reporter) -> anyhow::Result<ExitCode> {
@@ -210,26 +129,14 @@ impl flags::Mutants {
                 reporter,
             )?;
             println!(
-                "[{:>2}/{}] {:<32} {:<12} build {:>5.1} s{}  trials {:>5.1} s{}",
+                "[{:>2}/{}] {:<28} build {:>5.1} s{:<9} trials {:>5.1} s  {}",
                 n + 1,
                 mutants.len(),
                 m.id,
-                record.verdict.word(),
                 record.build_s,
                 if record.build_cached { " (cached)" } else { "" },
                 record.trials_s,
-                match record.verdict {
-                    Verdict::Killed => format!(
-                        "  by {} of {}",
-                        record
-                            .scenarios
-                            .values()
-                            .filter(|c| **c == Cell::Killed)
-                            .count(),
-                        record.scenarios.len()
-                    ),
-                    _ => String::new(),
-                }
+                record.line()
             );
             records.push(record);
         }
@@ -247,14 +154,7 @@ impl flags::Mutants {
             }))?,
         )?;
         println!("artifacts {}", run_dir.display());
-        let count = |v: Verdict| records.iter().filter(|r| r.verdict == v).count();
-        Ok(if count(Verdict::Undecided) > 0 {
-            ExitCode::Infrastructure
-        } else if count(Verdict::Survived) > 0 {
-            ExitCode::Finding
-        } else {
-            ExitCode::Pass
-        })
+        Ok(exit_code(&records))
     }
 }
 
@@ -278,18 +178,6 @@ fn generate(variant: &str, reporter: &dyn Reporter, run_dir: &Path) -> anyhow::R
         })
         .collect();
     Ok(mutate::generate(&checked.applied, &pristine))
-}
-
-/// `delete 12, negate 6, …`
-fn by_operator(mutants: &[Mutant]) -> String {
-    let mut n: BTreeMap<&str, usize> = BTreeMap::new();
-    for m in mutants {
-        *n.entry(m.operator).or_default() += 1;
-    }
-    n.iter()
-        .map(|(op, k)| format!("{op} {k}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Builds one mutant and, unless it did not compile or is equivalent,
@@ -353,17 +241,7 @@ fn one(
     inputs.kernels = BTreeMap::from([(key.to_string(), input)]);
     let (cells, trials_s) = trials(&inputs, &dir, jobs, scenario)?;
     record.trials_s = trials_s;
-    record.verdict = if cells.values().any(|c| *c == Cell::Killed) {
-        Verdict::Killed
-    } else if cells
-        .values()
-        .all(|c| matches!(c, Cell::Held | Cell::Skipped))
-        && !cells.is_empty()
-    {
-        Verdict::Survived
-    } else {
-        Verdict::Undecided
-    };
+    record.verdict = Verdict::of_trials(&cells);
     record.scenarios = cells;
     Ok(record)
 }
@@ -411,98 +289,4 @@ fn trials(
         cells.insert(t.scenario.clone(), Cell::of(Some(t.outcome)));
     }
     Ok((cells, started.elapsed().as_secs_f64()))
-}
-
-/// The kill matrix, the counts and every survivor with its diff.
-fn report(records: &[Record], scenarios: &[String], wall: Duration) -> String {
-    let mut out = String::new();
-    let count = |v: Verdict| records.iter().filter(|r| r.verdict == v).count();
-    out.push_str("\nkill matrix (K killed, . held, - skipped, I infrastructure, ? no result; columns are scenarios):\n");
-    let width = records
-        .iter()
-        .map(|r| r.mutant.id.len())
-        .max()
-        .unwrap_or(6)
-        .max(6);
-    for (i, s) in scenarios.iter().enumerate() {
-        out.push_str(&format!("  {:>2} {s}\n", i + 1));
-    }
-    let header: String = (1..=scenarios.len()).map(|i| format!("{:>3}", i)).collect();
-    out.push_str(&format!("{:width$} {header}  verdict\n", "mutant"));
-    for r in records {
-        let row: String = scenarios
-            .iter()
-            .map(|s| match r.scenarios.get(s) {
-                Some(c) => format!("{:>3}", c.mark()),
-                None => "   ".to_string(),
-            })
-            .collect();
-        out.push_str(&format!(
-            "{:width$} {row}  {}\n",
-            r.mutant.id,
-            r.verdict.word()
-        ));
-    }
-    let killed_by: Vec<usize> = scenarios
-        .iter()
-        .map(|s| {
-            records
-                .iter()
-                .filter(|r| r.scenarios.get(s) == Some(&Cell::Killed))
-                .count()
-        })
-        .collect();
-    let row: String = killed_by.iter().map(|k| format!("{k:>3}")).collect();
-    out.push_str(&format!("{:width$} {row}\n", "kills"));
-    let decided = count(Verdict::Killed) + count(Verdict::Survived);
-    out.push_str(&format!(
-        "\n{} mutants: {} killed, {} survived, {} equivalent, {} not compiled, {} undecided; \
-         mutation score {}; wall time {}\n",
-        records.len(),
-        count(Verdict::Killed),
-        count(Verdict::Survived),
-        count(Verdict::Equivalent),
-        count(Verdict::NotCompiled),
-        count(Verdict::Undecided),
-        if decided > 0 {
-            format!(
-                "{:.0} % of killed + survived",
-                100.0 * count(Verdict::Killed) as f64 / decided as f64
-            )
-        } else {
-            "n/a".into()
-        },
-        minutes(wall),
-    ));
-    let built = records.iter().filter(|r| r.verdict != Verdict::NotCompiled);
-    let (cached, fresh): (Vec<&Record>, Vec<&Record>) = built.partition(|r| r.build_cached);
-    out.push_str(&format!(
-        "builds: {} reused from the cache, {} built ({:.0} s in all)\n",
-        cached.len(),
-        fresh.len(),
-        fresh.iter().map(|r| r.build_s).sum::<f64>()
-    ));
-    for r in records.iter().filter(|r| r.verdict == Verdict::Survived) {
-        out.push_str(&format!("\nsurvived: {}\n{}", r.mutant.id, r.diff));
-    }
-    for r in records.iter().filter(|r| r.verdict == Verdict::Undecided) {
-        let why: Vec<String> = r
-            .scenarios
-            .iter()
-            .filter(|(_, c)| matches!(c, Cell::Infrastructure | Cell::Missing))
-            .map(|(s, c)| format!("{s} ({c:?})"))
-            .collect();
-        out.push_str(&format!(
-            "\nundecided: {}: {}\n",
-            r.mutant.id,
-            why.join(", ")
-        ));
-    }
-    out
-}
-
-/// `12m05s`.
-fn minutes(d: Duration) -> String {
-    let s = d.as_secs();
-    format!("{}m{:02}s", s / 60, s % 60)
 }
