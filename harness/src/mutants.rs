@@ -220,8 +220,8 @@ pub fn report(records: &[Record], scenarios: &[String], wall: Duration) -> Strin
         "builds: {} reused from the cache, {} built ({:.0} s in all); trials {:.0} s in all\n",
         built.len() - fresh.len(),
         fresh.len(),
-        fresh.iter().map(|r| r.build_s).sum::<f64>(),
-        records.iter().map(|r| r.trials_s).sum::<f64>()
+        fresh.iter().fold(0.0, |s, r| s + r.build_s),
+        records.iter().fold(0.0, |s, r| s + r.trials_s)
     ));
     for r in records.iter().filter(|r| r.verdict == Verdict::Survived) {
         out.push_str(&format!("\nsurvived: {}\n{}", r.mutant.id, r.diff));
@@ -373,8 +373,18 @@ mod tests {
         assert!(text.contains(&format!("not compiled: {}", id(3))) && text.contains("error: x"));
         assert_eq!(exit_code(&records), ExitCode::Finding);
         assert_eq!(exit_code(&records[..1]), ExitCode::Pass);
+        // Nothing built: 0 s, not -0 s (an empty f64 sum is -0.0).
+        let cached = record(&m[2], Verdict::Equivalent, &[]);
+        let text = report(std::slice::from_ref(&cached), &scenarios, Duration::ZERO);
+        assert!(
+            text.contains("1 reused from the cache, 0 built (0 s in all)"),
+            "{text}"
+        );
         let undecided = record(&m[0], Verdict::Undecided, &[Cell::Held, Cell::Missing]);
-        assert_eq!(exit_code(std::slice::from_ref(&undecided)), ExitCode::Infrastructure);
+        assert_eq!(
+            exit_code(std::slice::from_ref(&undecided)),
+            ExitCode::Infrastructure
+        );
         let text = report(&[undecided], &scenarios, Duration::ZERO);
         assert!(
             text.contains(&format!("undecided: {}: b-scenario (Missing)", id(0))),
