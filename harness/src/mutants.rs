@@ -68,13 +68,13 @@ pub enum Cell {
 }
 
 impl Cell {
-    pub fn of(outcome: Option<Outcome>) -> Cell {
+    /// A trial that left a result (one that left none is `Missing`).
+    pub fn of(outcome: Outcome) -> Cell {
         match outcome {
-            Some(Outcome::Pass | Outcome::Known) => Cell::Held,
-            Some(Outcome::Skip) => Cell::Skipped,
-            Some(Outcome::Fail(Failure::Finding)) => Cell::Killed,
-            Some(Outcome::Fail(Failure::Infrastructure)) => Cell::Infrastructure,
-            None => Cell::Missing,
+            Outcome::Pass | Outcome::Known => Cell::Held,
+            Outcome::Skip => Cell::Skipped,
+            Outcome::Fail(Failure::Finding) => Cell::Killed,
+            Outcome::Fail(Failure::Infrastructure) => Cell::Infrastructure,
         }
     }
 
@@ -319,12 +319,8 @@ mod tests {
             Verdict::Undecided
         );
         assert_eq!(Verdict::of_trials(&cells(&[])), Verdict::Undecided);
-        assert_eq!(
-            Cell::of(Some(Outcome::FINDING)),
-            Killed,
-            "a finding is a kill"
-        );
-        assert_eq!(Cell::of(Some(Outcome::Known)), Held);
+        assert_eq!(Cell::of(Outcome::FINDING), Killed, "a finding is a kill");
+        assert_eq!(Cell::of(Outcome::Known), Held);
     }
 
     #[test]

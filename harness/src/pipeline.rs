@@ -180,10 +180,23 @@ pub fn prepare(
     reporter: &dyn Reporter,
     run_dir: &Path,
 ) -> anyhow::Result<Inputs> {
+    Ok(prepare_with_builds(kernels, options, reporter, run_dir)?.0)
+}
+
+/// [`prepare`], and each kernel's [`KernelBuild`] in the order asked (for
+/// what the inputs do not carry, such as a mutants-tree build's objects).
+pub fn prepare_with_builds(
+    kernels: &[KernelRequest],
+    options: BuildOptions,
+    reporter: &dyn Reporter,
+    run_dir: &Path,
+) -> anyhow::Result<(Inputs, Vec<KernelBuild>)> {
     deps::ensure(reporter)?;
     let mut built = BTreeMap::new();
+    let mut builds = Vec::with_capacity(kernels.len());
     for request in kernels {
-        let (_, input) = build_kernel(request, options, reporter, run_dir)?;
+        let (build, input) = build_kernel(request, options, reporter, run_dir)?;
+        builds.push(build);
         check_declared(request.variant(), &input)?;
         let key = compared_as(request)?;
         if built.contains_key(&key) {
@@ -201,7 +214,7 @@ pub fn prepare(
     std::fs::create_dir_all(&artifacts_dir)?;
     // Probed once here; every trial of the run reads it from the inputs.
     let qemu = crate::vm::probe(Path::new(crate::vm::QEMU))?;
-    Ok(Inputs {
+    let inputs = Inputs {
         kernels: built,
         initramfs: image.initramfs,
         ssh_private_key: image.ssh_private_key,
@@ -209,7 +222,8 @@ pub fn prepare(
         artifacts_dir,
         start: Default::default(),
         qemu: Some(qemu),
-    })
+    };
+    Ok((inputs, builds))
 }
 
 /// Guest RAM the largest scenario asks for, plus QEMU's own: what one

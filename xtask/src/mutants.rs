@@ -73,7 +73,7 @@ impl flags::Mutants {
             mutation: Mutation::Baseline,
             ..Default::default()
         };
-        let mut inputs = pipeline::prepare(
+        let (mut inputs, builds) = pipeline::prepare_with_builds(
             std::slice::from_ref(&request),
             baseline_options,
             reporter,
@@ -81,19 +81,17 @@ impl flags::Mutants {
         )?;
         inputs.start = harness::guest::saved::StartMode::Cold;
         harness::scenario::preflight(&inputs, &run_dir, reporter)?;
-        let baseline_objects = harness::kernel::build_with(
-            KernelSource::Variant(variant),
-            baseline_options,
-            &harness::event::Quiet,
-            &run_dir,
-        )?
-        .objects;
+        let baseline_objects = builds
+            .into_iter()
+            .next()
+            .map(|b| b.objects)
+            .unwrap_or_default();
         let key = pipeline::compared_as(&request)?;
         let baseline_dir = run_dir.join("baseline");
         let (cells, trials_s) = trials(&inputs, &baseline_dir, jobs, self.scenario.as_deref())?;
         let bad: Vec<_> = cells
             .iter()
-            .filter(|(_, c)| **c != Cell::Held && **c != Cell::Skipped)
+            .filter(|(_, c)| !c.held())
             .map(|(s, c)| format!("{s}: {c:?}"))
             .collect();
         if cells.is_empty() || !bad.is_empty() {
@@ -286,7 +284,7 @@ fn trials(
         .map(|s| (s.clone(), Cell::Missing))
         .collect();
     for t in &summary.trials {
-        cells.insert(t.scenario.clone(), Cell::of(Some(t.outcome)));
+        cells.insert(t.scenario.clone(), Cell::of(t.outcome));
     }
     Ok((cells, started.elapsed().as_secs_f64()))
 }

@@ -401,7 +401,7 @@ fn build_inner(
 
     let objects = match options.mutation {
         Mutation::None => BTreeMap::new(),
-        _ => object_hashes(&build, checked.as_ref().map(|c| &c.applied))?,
+        _ => object_hashes(&build, checked.as_ref().map(|c| &c.applied)),
     };
 
     // Headers, once per source+patches.
@@ -494,10 +494,7 @@ fn build_inner(
 }
 
 /// The sha256 of the object built from each `.c` file of `applied`.
-fn object_hashes(
-    build: &Path,
-    applied: Option<&apply::Applied>,
-) -> anyhow::Result<BTreeMap<String, String>> {
+fn object_hashes(build: &Path, applied: Option<&apply::Applied>) -> BTreeMap<String, String> {
     use sha2::Digest;
     let mut out = BTreeMap::new();
     for (path, state) in applied.map(|a| a.files.iter()).into_iter().flatten() {
@@ -512,7 +509,7 @@ fn object_hashes(
             out.insert(path.clone(), hex::encode(sha2::Sha256::digest(&data)));
         }
     }
-    Ok(out)
+    out
 }
 
 /// A cached build's series, as its metadata recorded it (or as checked
