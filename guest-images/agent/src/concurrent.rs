@@ -81,6 +81,7 @@ pub fn run(plans: Vec<Plan<'_>>, duration: Option<std::time::Duration>) -> Vec<B
                                 Ok(()) => "ok".to_string(),
                                 Err(Failure::Errno { errno, .. }) => errno_name(errno)
                                     .map_or_else(|| format!("E{errno}"), str::to_string),
+                                Err(Failure::Returned { rc, .. }) => format!("returned {rc}"),
                                 Err(Failure::Agent(m)) => m,
                             };
                             *count.entry(outcome).or_default() += 1;

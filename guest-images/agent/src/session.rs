@@ -158,6 +158,17 @@ impl Session {
                 IOMMU_OPTION_OP_GET,
                 0,
             )?))),
+            Step::OptionOp {
+                option,
+                object,
+                code,
+                value,
+            } => Ok(StepValue::Value(HexU64(self.option(
+                *option,
+                object,
+                *code,
+                value.get(),
+            )?))),
             Step::IoasMap {
                 ioas,
                 iova,

@@ -16,6 +16,8 @@ use msi_protocol::StepResult;
 pub enum Failure {
     /// A system call failed with `errno`; `call` names it (`IOMMU_OPTION`).
     Errno { errno: i32, call: String },
+    /// An ioctl that must return 0 on success returned `rc` > 0.
+    Returned { rc: i32, call: String },
     /// The agent could not perform the step; `message` says why.
     Agent(String),
 }
@@ -44,6 +46,7 @@ impl From<Failure> for StepResult {
     fn from(failure: Failure) -> StepResult {
         match failure {
             Failure::Errno { errno, call } => StepResult::errno(errno, call),
+            Failure::Returned { rc, call } => StepResult::returned(rc, call),
             Failure::Agent(message) => StepResult::agent_error(message),
         }
     }
@@ -56,15 +59,30 @@ pub type Outcome<T> = Result<T, Failure>;
 ///
 /// `T` must be one of the `#[repr(C)]` structures of `uapi` (or a buffer
 /// laid out like one), sized as its own `size`/`argsz` field says.
+///
+/// Every command issued through here (iommufd's `IOMMU_*`, VFIO's cdev
+/// `VFIO_DEVICE_*`) returns 0 on success, so a positive return is the
+/// kernel's answer and is reported as such ([`Failure::Returned`]), never
+/// taken for success: a handler that returns 1 where it means 0 would
+/// otherwise pass unseen (mutant `ioas.c:656:const+1` of RFCv2 did).
 pub fn ioctl<T>(fd: &impl AsRawFd, request: u32, arg: &mut T, call: &str) -> Outcome<()> {
     // SAFETY: `arg` is a valid, exclusively borrowed object of the size the
     // kernel expects for `request` (the caller passes the matching uapi
     // structure); the kernel writes only within it.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request as libc::Ioctl, arg as *mut T) };
-    if rc < 0 {
-        return Err(Failure::last_os(call));
+    zero_on_success(rc, call)
+}
+
+/// An ioctl's return as [`ioctl`] judges it.
+fn zero_on_success(rc: libc::c_int, call: &str) -> Outcome<()> {
+    match rc {
+        0 => Ok(()),
+        rc if rc < 0 => Err(Failure::last_os(call)),
+        rc => Err(Failure::Returned {
+            rc,
+            call: call.to_owned(),
+        }),
     }
-    Ok(())
 }
 
 /// Like [`ioctl`] for a variable-length argument held in `buf` (a structure
@@ -73,10 +91,7 @@ pub fn ioctl_buf(fd: &impl AsRawFd, request: u32, buf: &mut [u32], call: &str) -
     // SAFETY: `buf` is valid for its whole length, which the caller made
     // equal to the `argsz` the kernel reads from its head.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request as libc::Ioctl, buf.as_mut_ptr()) };
-    if rc < 0 {
-        return Err(Failure::last_os(call));
-    }
-    Ok(())
+    zero_on_success(rc, call)
 }
 
 /// The system page size.
@@ -278,6 +293,27 @@ mod tests {
         assert_eq!(
             StepResult::from(got.unwrap_err()),
             StepResult::errno(25, "IOMMU_OPTION")
+        );
+    }
+
+    #[test]
+    fn a_positive_return_is_the_kernels_answer_not_success() {
+        assert_eq!(zero_on_success(0, "IOMMU_OPTION"), Ok(()));
+        let got = zero_on_success(1, "IOMMU_OPTION");
+        assert_eq!(
+            got,
+            Err(Failure::Returned {
+                rc: 1,
+                call: "IOMMU_OPTION".into()
+            })
+        );
+        assert_eq!(
+            StepResult::from(got.unwrap_err()),
+            StepResult::returned(1, "IOMMU_OPTION")
+        );
+        assert_eq!(
+            serde_json::to_string(&StepResult::returned(1, "IOMMU_OPTION")).unwrap(),
+            r#"{"returned":{"rc":1,"call":"IOMMU_OPTION"}}"#
         );
     }
 

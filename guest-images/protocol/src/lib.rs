@@ -32,6 +32,8 @@
 //!   holds (`done`, `dev_id`, `iova`, `value`, `interrupts`, ...);
 //! - `err`: a system call failed ([`ErrnoError`]: number, kernel name and the
 //!   call). This is how the kernel answers, so scenarios assert on it;
+//! - `returned`: an ioctl that must return 0 on success returned a positive
+//!   value ([`NonzeroReturn`]): also the kernel's answer, never taken for `ok`;
 //! - `agent_error`: the step could not be performed (unknown name, device not
 //!   bound, bad argument). That is a bug in the scenario, not a finding.
 //!
@@ -59,6 +61,7 @@
 //! | `detach {device}` | `VFIO_DEVICE_DETACH_IOMMUFD_PT` | `done` |
 //! | `option_set {option, object=0, value}` | `IOMMU_OPTION` SET | `done` |
 //! | `option_get {option, object=0}` | `IOMMU_OPTION` GET | `value` |
+//! | `option_op {option, object=0, code, value=0}` | `IOMMU_OPTION` with `op = code` (neither SET nor GET: a probe of the handler's op check) | `value` |
 //! | `ioas_map {ioas, iova?, length, readable=true, writable=true}` | `IOMMU_IOAS_MAP` of fresh anonymous memory; fixed IOVA when `iova` is given | `iova` |
 //! | `ioas_unmap {ioas, iova, length}` | `IOMMU_IOAS_UNMAP` | `unmapped` |
 //! | `iova_ranges {ioas}` | `IOMMU_IOAS_IOVA_RANGES` | `iova_ranges` |
@@ -131,8 +134,8 @@ use serde::{Deserialize, Serialize};
 pub use crate::errno::{errno_name, errno_number};
 pub use crate::hex::{HexU64, ParseHexU64Error};
 pub use crate::result::{
-    BranchOutcome, DmaReport, ErrnoError, IovaRange, IrqLine, MsiConfig, ReservedRegions,
-    StepResult, StepValue,
+    BranchOutcome, DmaReport, ErrnoError, IovaRange, IrqLine, MsiConfig, NonzeroReturn,
+    ReservedRegions, StepResult, StepValue,
 };
 pub use crate::step::{
     Branch, DmaDirection, HwptFlag, ObjectRef, OptionId, Step, DEFAULT_WAIT_TIMEOUT_MS,
@@ -140,7 +143,7 @@ pub use crate::step::{
 
 /// The protocol version both sides must agree on in `hello`. Bump it on any
 /// change to the types of this crate that an older peer would misread.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// What the agent writes to the kernel log (`/dev/kmsg`) after each step,
 /// before it answers: on the serial console, every kernel line the step's

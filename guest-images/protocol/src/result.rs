@@ -16,6 +16,12 @@ pub enum StepResult {
     Ok(StepValue),
     /// A system call failed: the kernel's answer, which scenarios assert on.
     Err(ErrnoError),
+    /// An ioctl documented to return 0 on success (every iommufd and VFIO
+    /// cdev ioctl the agent issues) returned a positive value. That is the
+    /// kernel's behaviour, so it is a result the snapshot shows, not an agent
+    /// error; what the call may have written back is not reported, as no
+    /// caller can know whether it was.
+    Returned(NonzeroReturn),
     /// The agent could not perform the step (unknown object name, device not
     /// bound, malformed argument...): a scenario bug, not a kernel finding.
     AgentError { message: String },
@@ -25,6 +31,14 @@ impl StepResult {
     /// The result of `call` failing with `errno`, named from the kernel's table.
     pub fn errno(errno: i32, call: impl Into<String>) -> StepResult {
         StepResult::Err(ErrnoError::new(errno, call))
+    }
+
+    /// The result of `call` returning `rc` (> 0) where it must return 0.
+    pub fn returned(rc: i32, call: impl Into<String>) -> StepResult {
+        StepResult::Returned(NonzeroReturn {
+            rc,
+            call: call.into(),
+        })
     }
 
     /// An agent error with `message`.
@@ -56,6 +70,16 @@ impl ErrnoError {
             call: call.into(),
         }
     }
+}
+
+/// A positive return from a call that must return 0 on success.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NonzeroReturn {
+    /// What the call returned.
+    pub rc: i32,
+    /// The ioctl (`IOMMU_OPTION`).
+    pub call: String,
 }
 
 /// What a successful step produced; the variant name says what it is.

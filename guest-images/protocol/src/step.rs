@@ -61,6 +61,19 @@ pub enum Step {
         #[serde(default)]
         object: ObjectRef,
     },
+    /// `IOMMU_OPTION` with `op = code`, for the codes that are neither SET
+    /// (0) nor GET (1): a probe of the handler's own check, since every
+    /// IOMMU_OPTION handler answers EOPNOTSUPP to an op it does not know.
+    /// `value` (raw, never converted to a dialect's unit) goes in `val64`.
+    /// → `value` (what the kernel left in `val64`).
+    OptionOp {
+        option: OptionId,
+        #[serde(default)]
+        object: ObjectRef,
+        code: u16,
+        #[serde(default)]
+        value: HexU64,
+    },
     /// `IOMMU_IOAS_MAP` of fresh anonymous memory (kept until unmapped or the
     /// session ends). Without `iova` the kernel picks one. → `iova`.
     IoasMap {
@@ -205,7 +218,7 @@ fn dma_timeout_ms() -> u64 {
 impl Step {
     /// Every op, in declaration order. Tests check it against serde's own
     /// variant names and [`Step::op`], so it cannot drift.
-    pub const OPS: [&'static str; 27] = [
+    pub const OPS: [&'static str; 28] = [
         "open_device",
         "bind",
         "ioas_alloc",
@@ -215,6 +228,7 @@ impl Step {
         "replace",
         "option_set",
         "option_get",
+        "option_op",
         "ioas_map",
         "ioas_unmap",
         "iova_ranges",
@@ -280,6 +294,7 @@ impl Step {
             Step::IoasAlloc { .. }
             | Step::OptionSet { .. }
             | Step::OptionGet { .. }
+            | Step::OptionOp { .. }
             | Step::IoasMap { .. }
             | Step::IoasUnmap { .. }
             | Step::IovaRanges { .. }
@@ -302,6 +317,7 @@ impl Step {
             Step::Replace { .. } => "replace",
             Step::OptionSet { .. } => "option_set",
             Step::OptionGet { .. } => "option_get",
+            Step::OptionOp { .. } => "option_op",
             Step::IoasMap { .. } => "ioas_map",
             Step::IoasUnmap { .. } => "ioas_unmap",
             Step::IovaRanges { .. } => "iova_ranges",

@@ -42,6 +42,12 @@ fn all_steps() -> Vec<Step> {
             option: OptionId::Raw(99),
             object: "ioas0".into(),
         },
+        Step::OptionOp {
+            option: OptionId::SwMsiSize,
+            object: ObjectRef::Id(0),
+            code: 2,
+            value: HexU64(1),
+        },
         Step::IoasMap {
             ioas: "ioas0".into(),
             iova: Some(HexU64(0x1000_0000)),
@@ -133,7 +139,7 @@ fn sample_covers_every_op() {
     ops.dedup();
     // `Step::op` is an exhaustive match, so a new variant shows up there;
     // bump this count and add it to `all_steps` together.
-    assert_eq!(ops.len(), 27, "{ops:?}");
+    assert_eq!(ops.len(), 28, "{ops:?}");
 }
 
 #[test]

@@ -379,7 +379,7 @@ fn leaves(v: &Value) -> Vec<(String, String)> {
 }
 
 /// A step's result in words: `ok`, `ok value=0x10000000`,
-/// `EOPNOTSUPP (IOMMU_OPTION)`, `agent error: …`.
+/// `EOPNOTSUPP (IOMMU_OPTION)`, `returned 1 (IOMMU_OPTION)`, `agent error: …`.
 pub fn summary(result: &Value) -> String {
     if let Some(ok) = result.get("ok") {
         return match ok {
@@ -400,6 +400,13 @@ pub fn summary(result: &Value) -> String {
         return match err.get("call").and_then(Value::as_str) {
             Some(call) => format!("{name} ({call})"),
             None => name,
+        };
+    }
+    if let Some(r) = result.get("returned") {
+        let rc = r.get("rc").map_or_else(|| "?".into(), inline);
+        return match r.get("call").and_then(Value::as_str) {
+            Some(call) => format!("returned {rc} ({call})"),
+            None => format!("returned {rc}"),
         };
     }
     if let Some(m) = result.get("agent_error") {

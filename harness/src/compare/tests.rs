@@ -151,6 +151,22 @@ fn an_errno_against_a_value_is_one_result_row() {
 }
 
 #[test]
+fn a_positive_return_reads_as_one_against_ok() {
+    let returned = json!({"returned": {"rc": 1, "call": "IOMMU_OPTION"}});
+    let a = doc("s", "a", vec![option_set(1, 0, json!({"ok": "done"}))]);
+    let b = doc("s", "b", vec![option_set(1, 0, returned)]);
+    assert_eq!(
+        rows(&compare_docs(a, b)),
+        vec![(
+            Some(1),
+            "result".into(),
+            lines(&["ok"]),
+            lines(&["returned 1 (IOMMU_OPTION)"])
+        )]
+    );
+}
+
+#[test]
 fn values_of_one_kind_differ_by_field() {
     let a = doc("s", "a", vec![msi_config(1, "0x8000040")]);
     let b = doc("s", "b", vec![msi_config(1, "0x10000040")]);

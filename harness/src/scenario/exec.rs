@@ -519,6 +519,8 @@ fn window_step(
             value,
         } => (option, object, Some(value)),
         Step::OptionGet { option, object } => (option, object, None),
+        // A raw op's value is sent as written: it is a probe, not a SIZE.
+        Step::OptionOp { option, object, .. } => (option, object, None),
         _ => return Ok(()),
     };
     let Some(d) = dialect else {

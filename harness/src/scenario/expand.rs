@@ -463,8 +463,8 @@ impl<'s> Expander<'s> {
         // `device` (or the only device) is ours, not the agent's.
         let mut window_device = None;
         // A `concurrent` step's SW_MSI option steps are its device's window.
-        if (op == "option_set" || op == "option_get" || op == "concurrent") && !has(&rest, "object")
-        {
+        let option_op = matches!(op, "option_set" | "option_get" | "option_op");
+        if (option_op || op == "concurrent") && !has(&rest, "object") {
             let given = rest
                 .iter()
                 .find(|(k, _)| k.get_ref() == "device")
@@ -489,7 +489,7 @@ impl<'s> Expander<'s> {
                     }
                 },
             };
-        } else if op == "option_set" || op == "option_get" {
+        } else if option_op {
             if let Some((k, _)) = rest.iter().find(|(k, _)| k.get_ref() == "device") {
                 return Err(src.err(
                     k.span(),
@@ -550,7 +550,14 @@ impl<'s> Expander<'s> {
             Action::Agent(deserialize(src, &rest_value, &ctx)?)
         };
         let sw_msi_device = match (&action, window_device) {
-            (Action::Agent(Step::OptionSet { option, .. } | Step::OptionGet { option, .. }), Some(d))
+            (
+                Action::Agent(
+                    Step::OptionSet { option, .. }
+                    | Step::OptionGet { option, .. }
+                    | Step::OptionOp { option, .. },
+                ),
+                Some(d),
+            )
                 if is_window_option(*option) =>
             {
                 Some(d)
