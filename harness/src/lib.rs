@@ -18,6 +18,7 @@ pub mod image;
 pub mod kernel;
 pub mod ktap;
 pub mod mutants;
+pub mod nightly;
 pub mod outcome;
 pub mod pipeline;
 pub mod process;

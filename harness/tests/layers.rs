@@ -31,9 +31,10 @@ const LAYERS: &[&[&str]] = &[
     &["trial"],
     &["compare"],
     &["pipeline"],
-    // What `cargo xtask bench` measures (boots, starts, trials) and what
-    // `cargo xtask mutants` records (verdicts, the kill matrix).
-    &["bench", "mutants"],
+    // What `cargo xtask bench` measures (boots, starts, trials), what
+    // `cargo xtask mutants` records (verdicts, the kill matrix) and the
+    // nightly matrix's plan and results (shards, KCIDB).
+    &["bench", "mutants", "nightly"],
 ];
 
 fn src() -> PathBuf {

@@ -35,6 +35,8 @@ pub enum Command {
     Bench(Bench),
     /// Mutation testing of the variant's series: which scenarios kill which mutant.
     Mutants(Mutants),
+    /// Print the nightly matrix (kernels, test shards) from kernels.toml as JSON.
+    Matrix(Matrix),
 }
 
 #[derive(Debug, Args)]
@@ -214,4 +216,15 @@ pub struct Mutants {
     pub list: bool,
     /// Only mutants whose id contains this (`ioas.c:85`, `negate`).
     pub filter: Option<String>,
+}
+
+/// Prints the nightly matrix as one line of JSON, `{"kernels": [...],
+/// "shards": [{"kernel": ..., "partition": "count:1/2"}, ...]}`: every
+/// variant of kernel-configs/kernels.toml not marked `nightly = false`, then
+/// the flavours' `nightly` lists. The workflow reads it with `fromJSON`.
+#[derive(Debug, Args)]
+pub struct Matrix {
+    /// Test jobs per kernel (nextest partitions).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub shards: u32,
 }

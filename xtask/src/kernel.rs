@@ -115,3 +115,14 @@ fn fuzz_note(fuzz: u32) -> String {
         String::new()
     }
 }
+
+impl flags::Matrix {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let file = harness::kernel::variants::load_file(&harness::kernel::variants::kernels_toml(
+            &harness::cache::project_root(),
+        ))?;
+        let matrix = harness::nightly::matrix(&file, self.shards);
+        println!("{}", serde_json::to_string(&matrix)?);
+        Ok(ExitCode::Pass)
+    }
+}

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         flags::Command::Compare(cmd) => cmd.run(&reporter),
         flags::Command::Bench(cmd) => cmd.run(&reporter),
         flags::Command::Mutants(cmd) => cmd.run(&reporter),
+        flags::Command::Matrix(cmd) => cmd.run(),
     };
     match result {
         Ok(code) => ExitCode::from(code.code() as u8),

@@ -81,6 +81,9 @@ pub struct Variant {
     /// when not its own (a test-only series that plants bugs in a subject
     /// is judged against the subject's snapshots; flavoured alike).
     pub compare_as: Option<String>,
+    /// Whether the nightly matrix builds and tests it (`nightly = false`:
+    /// a test-only series, run by hand or with a flavour).
+    pub nightly: bool,
 }
 
 impl Variant {
@@ -100,6 +103,9 @@ pub struct Flavour {
     pub fragments: Vec<PathBuf>,
     /// Which of the kernel's reports its snapshots record.
     pub report_scope: ReportScope,
+    /// The variants the nightly matrix runs this flavour of (those that
+    /// have its snapshots).
+    pub nightly: Vec<String>,
 }
 
 /// The parsed file: variants, and the fragments `--kernel-tree` builds use.
@@ -183,6 +189,26 @@ impl KernelsFile {
         Ok(out)
     }
 
+    /// The kernels of the nightly matrix, in file order: every variant not
+    /// marked `nightly = false`, then each flavour of the variants its
+    /// `nightly` names (`sw-msi-rfcv2+lockdep`).
+    pub fn nightly(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .variants
+            .iter()
+            .filter(|v| v.nightly)
+            .map(|v| v.name.clone())
+            .collect();
+        for f in self.flavours.values() {
+            out.extend(
+                f.nightly
+                    .iter()
+                    .map(|v| format!("{v}{FLAVOUR_SEPARATOR}{}", f.name)),
+            );
+        }
+        out
+    }
+
     /// Whether `name` is a variant or a flavoured variant.
     pub fn knows(&self, name: &str) -> bool {
         self.variant(name).is_ok()
@@ -232,6 +258,9 @@ struct RawFlavour {
     fragments: Vec<Spanned<String>>,
     #[serde(default)]
     report_scope: Vec<String>,
+    /// The variants the nightly matrix runs this flavour of.
+    #[serde(default)]
+    nightly: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -260,6 +289,8 @@ struct RawVariant {
     sw_msi: Option<Spanned<String>>,
     /// The variant whose snapshots it is compared with.
     compare_as: Option<Spanned<String>>,
+    /// In the nightly matrix (default true).
+    nightly: Option<bool>,
 }
 
 /// Reads the project's `kernel-configs/kernels.toml`.
@@ -514,6 +545,7 @@ pub fn parse(file: &Path, text: &str) -> Result<KernelsFile, Error> {
             flavour: None,
             report_scope: None,
             compare_as: v.compare_as.as_ref().map(|c| c.get_ref().clone()),
+            nightly: v.nightly.unwrap_or(true),
         });
     }
     for spanned in &raw.variant {
@@ -560,6 +592,20 @@ pub fn parse(file: &Path, text: &str) -> Result<KernelsFile, Error> {
                 description: f.description.clone(),
                 fragments: fragment_list(&f.fragments)?,
                 report_scope: ReportScope(f.report_scope.clone()),
+                nightly: f
+                    .nightly
+                    .iter()
+                    .map(|v| {
+                        if variants.iter().any(|o| o.name == *v.get_ref()) {
+                            Ok(v.get_ref().clone())
+                        } else {
+                            Err(at(
+                                v.span(),
+                                format!("flavour `{name}`: nightly names no variant `{}`", v.get_ref()),
+                            ))
+                        }
+                    })
+                    .collect::<Result<_, _>>()?,
             },
         );
     }
@@ -705,5 +751,38 @@ patches = "p"
             "{err}"
         );
         assert!(!f.knows("nope+lockdep"));
+    }
+
+    #[test]
+    fn the_nightly_matrix_is_every_variant_not_opted_out_then_the_flavours_it_names() {
+        let dir = setup();
+        std::fs::write(dir.path().join("k.config"), "CONFIG_KASAN=y\n").unwrap();
+        let flavour = "[flavour.kasan]\ndescription = \"d\"\nfragments = [\"k.config\"]\n";
+        let text = format!(
+            "{GOOD}\n[[variant]]\nname = \"planted\"\nsource = \"linux-1.0\"\nnightly = false\n\n{flavour}nightly = [\"patched-1.0\"]\n"
+        );
+        let f = parse(&dir.path().join("kernels.toml"), &text).unwrap();
+        assert_eq!(f.nightly(), ["plain-1.0", "patched-1.0", "patched-1.0+kasan"]);
+        let bad = format!("{GOOD}\n{flavour}nightly = [\"nope\"]\n");
+        let err = parse(&dir.path().join("kernels.toml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("kernels.toml:") && err.contains("nightly names no variant `nope`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_projects_nightly_matrix_holds_the_default_suite() {
+        let f = load_file(&kernels_toml(&crate::cache::project_root())).unwrap();
+        let nightly = f.nightly();
+        for v in ["upstream-6.18", "sw-msi-rfcv2", "sw-msi-v2"] {
+            assert!(nightly.iter().any(|n| n == v), "{nightly:?}");
+        }
+        // Every entry is a kernel the harness can build.
+        for n in &nightly {
+            assert!(f.knows(n), "{n}");
+        }
     }
 }
