@@ -90,6 +90,7 @@ impl flags::Compare {
                     as_variant: None,
                     series: None,
                     fuzz: 0,
+                    partition: None,
                     filter: self.filter.clone(),
                 };
                 // The run's findings are behaviour, which is what is

@@ -37,6 +37,8 @@ pub enum Command {
     Mutants(Mutants),
     /// Print the nightly matrix (kernels, test shards) from kernels.toml as JSON.
     Matrix(Matrix),
+    /// Join the results of shards (`test --partition`) into one run's.
+    Merge(Merge),
 }
 
 #[derive(Debug, Args)]
@@ -127,8 +129,27 @@ pub struct Test {
     /// machine (what the saved starts are checked against).
     #[arg(long)]
     pub cold_boot: bool,
+    /// Run one shard of the tests, as nextest's `--partition` takes it
+    /// (`count:2/3`); `cargo xtask merge` joins the shards' results.
+    #[arg(long, value_name = "count:K/N", value_parser = parse_partition)]
+    pub partition: Option<String>,
     /// Only tests whose name contains this (e.g. a scenario name).
     pub filter: Option<String>,
+}
+
+/// `count:K/N` with 1 <= K <= N (nextest's own syntax; `hash:` is left out
+/// because its shards are not balanced by count).
+fn parse_partition(s: &str) -> Result<String, String> {
+    let bad = || format!("`{s}`: expected count:K/N with 1 <= K <= N (e.g. count:2/3)");
+    let (k, n) = s
+        .strip_prefix("count:")
+        .and_then(|r| r.split_once('/'))
+        .ok_or_else(bad)?;
+    let (k, n): (u32, u32) = (k.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+    if k == 0 || k > n {
+        return Err(bad());
+    }
+    Ok(s.to_string())
 }
 
 /// Prints, per scenario, only the steps whose observable behaviour differs
@@ -227,4 +248,23 @@ pub struct Matrix {
     /// Test jobs per kernel (nextest partitions).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub shards: u32,
+}
+
+/// Joins the results of `cargo xtask test --partition count:K/N` runs (one
+/// per shard, each a run directory or its `results.json`) into one:
+/// `results.json`, `junit.xml` (the shards' test suites side by side) and
+/// the summary table, in a new run directory. A trial in two shards is an
+/// error. With `--expect RUN`, the merged trials must equal that run's
+/// (one unsharded run of the same suite): same trials, outcomes, reasons,
+/// interrupts and MSI addresses. Exit code: as the merged trials' outcomes
+/// say (0, 1 a finding, 2 infrastructure); 2 when the shards overlap or
+/// differ from `--expect`.
+#[derive(Debug, Args)]
+pub struct Merge {
+    /// A run directory of an unsharded run to compare the merge with.
+    #[arg(long, value_name = "RUN")]
+    pub expect: Option<PathBuf>,
+    /// The shards' run directories (or results.json files).
+    #[arg(required = true, value_name = "RUN")]
+    pub shards: Vec<PathBuf>,
 }

@@ -10,6 +10,7 @@ mod boot;
 mod compare;
 mod flags;
 mod kernel;
+mod merge;
 mod mutants;
 mod test;
 
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
         flags::Command::Bench(cmd) => cmd.run(&reporter),
         flags::Command::Mutants(cmd) => cmd.run(&reporter),
         flags::Command::Matrix(cmd) => cmd.run(),
+        flags::Command::Merge(cmd) => cmd.run(),
     };
     match result {
         Ok(code) => ExitCode::from(code.code() as u8),

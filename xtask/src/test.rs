@@ -154,6 +154,9 @@ fn nextest_command(flags: &flags::Test, bless: bool, inputs_file: &Path) -> anyh
         Snapshots::Compare
     };
     let mut cmd = nextest(&["--workspace"], jobs, inputs_file, update)?;
+    if let Some(partition) = &flags.partition {
+        cmd.args(["--partition", partition]);
+    }
     if let Some(filter) = &flags.filter {
         cmd.arg(filter);
     }

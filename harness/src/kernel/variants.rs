@@ -601,7 +601,10 @@ pub fn parse(file: &Path, text: &str) -> Result<KernelsFile, Error> {
                         } else {
                             Err(at(
                                 v.span(),
-                                format!("flavour `{name}`: nightly names no variant `{}`", v.get_ref()),
+                                format!(
+                                    "flavour `{name}`: nightly names no variant `{}`",
+                                    v.get_ref()
+                                ),
                             ))
                         }
                     })
@@ -762,7 +765,10 @@ patches = "p"
             "{GOOD}\n[[variant]]\nname = \"planted\"\nsource = \"linux-1.0\"\nnightly = false\n\n{flavour}nightly = [\"patched-1.0\"]\n"
         );
         let f = parse(&dir.path().join("kernels.toml"), &text).unwrap();
-        assert_eq!(f.nightly(), ["plain-1.0", "patched-1.0", "patched-1.0+kasan"]);
+        assert_eq!(
+            f.nightly(),
+            ["plain-1.0", "patched-1.0", "patched-1.0+kasan"]
+        );
         let bad = format!("{GOOD}\n{flavour}nightly = [\"nope\"]\n");
         let err = parse(&dir.path().join("kernels.toml"), &bad)
             .unwrap_err()

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::result::TrialResult;
 use crate::outcome::{Failure, Outcome, TestRun, TestsEnd};
@@ -17,7 +17,7 @@ use crate::outcome::{Failure, Outcome, TestRun, TestsEnd};
 pub const SCENARIO_BINARY: &str = "harness::scenarios";
 
 /// All trials of a run.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Summary {
     pub passed: usize,
     pub failed: usize,
@@ -65,6 +65,21 @@ impl Summary {
             skipped: count(|o| o == Outcome::Skip),
             trials,
         }
+    }
+
+    /// Reads a `results.json` that [`Summary::write_json`] wrote.
+    pub fn read_json(path: &Path) -> anyhow::Result<Summary> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| crate::Error::infra(format!("cannot read {}: {e}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| {
+            crate::Error::infra(format!(
+                "{}:{}:{}: invalid results file: {e}",
+                path.display(),
+                e.line(),
+                e.column()
+            ))
+            .into()
+        })
     }
 
     /// Writes the aggregate as JSON.
