@@ -91,6 +91,7 @@ impl flags::Compare {
                     series: None,
                     fuzz: 0,
                     partition: None,
+                    origin: harness::nightly::kcidb::DEFAULT_ORIGIN.into(),
                     filter: self.filter.clone(),
                 };
                 // The run's findings are behaviour, which is what is

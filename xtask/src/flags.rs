@@ -133,8 +133,22 @@ pub struct Test {
     /// (`count:2/3`); `cargo xtask merge` joins the shards' results.
     #[arg(long, value_name = "count:K/N", value_parser = parse_partition)]
     pub partition: Option<String>,
+    /// The KCIDB origin of the run's `kcidb.json` (`[a-z0-9_]+`).
+    #[arg(long, default_value = harness::nightly::kcidb::DEFAULT_ORIGIN, value_parser = parse_origin)]
+    pub origin: String,
     /// Only tests whose name contains this (e.g. a scenario name).
     pub filter: Option<String>,
+}
+
+/// A KCIDB origin: lowercase letters, digits and '_'.
+fn parse_origin(s: &str) -> Result<String, String> {
+    if harness::nightly::kcidb::valid_origin(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{s}`: a KCIDB origin is lowercase letters, digits and '_'"
+        ))
+    }
 }
 
 /// `count:K/N` with 1 <= K <= N (nextest's own syntax; `hash:` is left out
@@ -252,8 +266,8 @@ pub struct Matrix {
 
 /// Joins the results of `cargo xtask test --partition count:K/N` runs (one
 /// per shard, each a run directory or its `results.json`) into one:
-/// `results.json`, `junit.xml` (the shards' test suites side by side) and
-/// the summary table, in a new run directory. A trial in two shards is an
+/// `results.json`, `junit.xml` (the shards' test suites side by side),
+/// `kcidb.json` and the summary table, in a new run directory. A trial in two shards is an
 /// error. With `--expect RUN`, the merged trials must equal that run's
 /// (one unsharded run of the same suite): same trials, outcomes, reasons,
 /// interrupts and MSI addresses. Exit code: as the merged trials' outcomes
@@ -264,6 +278,9 @@ pub struct Merge {
     /// A run directory of an unsharded run to compare the merge with.
     #[arg(long, value_name = "RUN")]
     pub expect: Option<PathBuf>,
+    /// The KCIDB origin of the merged `kcidb.json`.
+    #[arg(long, default_value = harness::nightly::kcidb::DEFAULT_ORIGIN, value_parser = parse_origin)]
+    pub origin: String,
     /// The shards' run directories (or results.json files).
     #[arg(required = true, value_name = "RUN")]
     pub shards: Vec<PathBuf>,

@@ -29,6 +29,15 @@ impl flags::Merge {
                 harness::nightly::merge_junit(&junits).as_bytes(),
             )?;
         }
+        // The shards' kernels: each shard wrote its inputs beside its results.
+        let mut kernels = std::collections::BTreeMap::new();
+        for p in &self.shards {
+            let inputs = run_of(p).join("inputs.json");
+            if inputs.is_file() {
+                kernels.extend(harness::scenario::inputs::Inputs::load(&inputs)?.kernels);
+            }
+        }
+        crate::test::write_kcidb(&run_dir, &merged, &kernels, &self.origin)?;
         println!("{}", merged.table());
         println!(
             "{} shard(s) merged: {} trial(s); results in {}",

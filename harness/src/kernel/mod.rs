@@ -50,6 +50,7 @@ use make::{other_full_build_cc, toolchain_version, Make, Stats};
 use plan::{plan, Plan};
 pub use plan::{BuildOptions, KernelSource, KeyInputs, Mutation};
 pub(crate) use store::lock;
+pub use store::{build_facts, BuildFacts};
 use store::{cached, publish, Metadata};
 pub use uapi_check::UapiReport;
 pub use variants::{load_variants, ReportScope, SourceSpec, Variant};

@@ -40,6 +40,40 @@ pub(super) struct Metadata {
     pub(super) objects: BTreeMap<String, String>,
 }
 
+/// What a finished build records of itself, for reports made after the
+/// fact (KCIDB): read from the `metadata.json` beside its `Image`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildFacts {
+    /// The build's content key.
+    pub key: String,
+    /// The source's name and key (`linux-6.18.15 (…)`).
+    pub source: String,
+    pub source_key: String,
+    /// The series files as given, in order.
+    pub series: Vec<std::path::PathBuf>,
+    pub fragments: Vec<String>,
+    /// The cross compiler's version line.
+    pub toolchain: String,
+    pub patches: Vec<PatchRecord>,
+}
+
+/// The facts of the build whose `Image` is `image`, `None` when its
+/// metadata is missing or unreadable (a `--kernel-tree` image outside the
+/// cache, say).
+pub fn build_facts(image: &Path) -> Option<BuildFacts> {
+    let meta: Metadata =
+        serde_json::from_slice(&std::fs::read(image.parent()?.join("metadata.json")).ok()?).ok()?;
+    Some(BuildFacts {
+        key: meta.key,
+        source: meta.source,
+        source_key: meta.source_key,
+        series: meta.series.into_iter().map(Into::into).collect(),
+        fragments: meta.fragments,
+        toolchain: meta.toolchain,
+        patches: meta.patches,
+    })
+}
+
 /// The finished build for `key`, if the cache has all of it.
 pub(super) fn cached(
     plan: &Plan,

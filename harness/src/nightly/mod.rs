@@ -6,6 +6,8 @@
 //! matrix with no workflow edit; `cargo xtask matrix` prints this as the
 //! JSON `.github/workflows/nightly.yml` reads with `fromJSON`.
 
+pub mod kcidb;
+
 use std::collections::BTreeMap;
 
 use serde::Serialize;
