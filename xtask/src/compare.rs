@@ -91,6 +91,8 @@ impl flags::Compare {
                     series: None,
                     fuzz: 0,
                     partition: None,
+                    no_run: false,
+                    archive_file: None,
                     origin: harness::nightly::kcidb::DEFAULT_ORIGIN.into(),
                     filter: self.filter.clone(),
                 };

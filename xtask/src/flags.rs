@@ -133,6 +133,15 @@ pub struct Test {
     /// (`count:2/3`); `cargo xtask merge` joins the shards' results.
     #[arg(long, value_name = "count:K/N", value_parser = parse_partition)]
     pub partition: Option<String>,
+    /// Build and check everything the tests need (kernels, selftests,
+    /// initramfs, saved machines) and write the run's inputs.json; run no
+    /// test (a CI build job, before `cargo nextest archive`).
+    #[arg(long, conflicts_with_all = ["partition", "archive_file"])]
+    pub no_run: bool,
+    /// Run the test binaries of this `cargo nextest archive` instead of
+    /// building them (a CI test job).
+    #[arg(long, value_name = "PATH")]
+    pub archive_file: Option<PathBuf>,
     /// The KCIDB origin of the run's `kcidb.json` (`[a-z0-9_]+`).
     #[arg(long, default_value = harness::nightly::kcidb::DEFAULT_ORIGIN, value_parser = parse_origin)]
     pub origin: String,

@@ -69,6 +69,16 @@ pub(crate) fn run(
     let inputs_file = run_dir.join("inputs.json");
     inputs.write(&inputs_file)?;
     harness::scenario::preflight(&inputs, &run_dir, reporter)?;
+    if flags.no_run {
+        println!(
+            "inputs ready, no test run (--no-run): {}",
+            inputs_file.display()
+        );
+        return Ok(Suite {
+            code: ExitCode::Pass,
+            run_dir,
+        });
+    }
 
     let junit = harness::cache::project_root().join("target/nextest/ci/junit.xml");
     // A report left by an earlier run must not stand for this one.
@@ -154,7 +164,21 @@ fn nextest_command(flags: &flags::Test, bless: bool, inputs_file: &Path) -> anyh
     } else {
         Snapshots::Compare
     };
-    let mut cmd = nextest(&["--workspace"], jobs, inputs_file, update)?;
+    let mut cmd = match &flags.archive_file {
+        // An archive holds the workspace's test binaries already: cargo's
+        // own selection flags do not apply to it.
+        Some(archive) => {
+            let archive = std::fs::canonicalize(archive).map_err(|e| {
+                harness::Error::infra(format!("--archive-file {}: {e}", archive.display()))
+            })?;
+            let root = harness::cache::project_root();
+            let mut cmd = nextest(&[], jobs, inputs_file, update)?;
+            cmd.arg("--archive-file").arg(archive);
+            cmd.arg("--workspace-remap").arg(root);
+            cmd
+        }
+        None => nextest(&["--workspace"], jobs, inputs_file, update)?,
+    };
     if let Some(partition) = &flags.partition {
         cmd.args(["--partition", partition]);
     }

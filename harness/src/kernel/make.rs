@@ -59,7 +59,15 @@ pub struct CcacheCounts {
     /// Hits that needed the preprocessor to run first.
     pub preprocessed: u64,
     pub misses: u64,
+    /// Of the hits, those served by the remote storage (shared between
+    /// machines, [`REMOTE_ENV`]).
+    pub remote: u64,
 }
+
+/// A ccache `remote_storage` URL (`http://127.0.0.1:8080/ccache`,
+/// `redis://…`) shared by several machines' kernel builds; unset, ccache
+/// uses its local cache only.
+pub const REMOTE_ENV: &str = "MSI_HARNESS_CCACHE_REMOTE";
 
 impl CcacheCounts {
     /// Counts from a `CCACHE_STATSLOG` file: a `# file` line, then one line
@@ -71,6 +79,7 @@ impl CcacheCounts {
                 "direct_cache_hit" => c.direct += 1,
                 "preprocessed_cache_hit" => c.preprocessed += 1,
                 "cache_miss" => c.misses += 1,
+                "remote_storage_hit" => c.remote += 1,
                 _ => {}
             }
         }
@@ -84,7 +93,11 @@ impl std::fmt::Display for CcacheCounts {
             f,
             "{} direct hits, {} preprocessed hits, {} misses",
             self.direct, self.preprocessed, self.misses
-        )
+        )?;
+        if self.remote > 0 {
+            write!(f, " ({} hits from the remote storage)", self.remote)?;
+        }
+        Ok(())
     }
 }
 
@@ -119,6 +132,16 @@ impl Make {
             .env("CCACHE_STATSLOG", &self.stats_log)
             .env_remove("KCONFIG_CONFIG")
             .env_remove("KBUILD_OUTPUT");
+        match std::env::var(REMOTE_ENV) {
+            Ok(url) if !url.is_empty() => {
+                cmd.env("CCACHE_REMOTE_STORAGE", url);
+            }
+            // Only ours: a CCACHE_REMOTE_STORAGE of the caller's environment
+            // would make a build depend on a server nobody named here.
+            _ => {
+                cmd.env_remove("CCACHE_REMOTE_STORAGE");
+            }
+        }
         cmd
     }
 
@@ -264,12 +287,18 @@ mod tests {
             CcacheCounts {
                 direct: 1,
                 preprocessed: 1,
-                misses: 1
+                misses: 1,
+                remote: 0
             }
         );
         assert_eq!(
             c.to_string(),
             "1 direct hits, 1 preprocessed hits, 1 misses"
+        );
+        let remote = CcacheCounts::parse("# d.c\ndirect_cache_hit\nremote_storage_hit\n");
+        assert_eq!(
+            remote.to_string(),
+            "1 direct hits, 0 preprocessed hits, 0 misses (1 hits from the remote storage)"
         );
     }
 

@@ -111,8 +111,11 @@ pub fn document(summary: &Summary, kernels: &[KernelRecord], origin: &str, run_i
         let hash = facts
             .and_then(|f| patchset_hash(&f.series))
             .unwrap_or_default();
-        let source_key = facts.map_or("unknown", |f| f.source_key.as_str());
-        let checkout_id = id(&format!("{}+{}", short(source_key), short(&hash)));
+        // One checkout per pristine source and series: the source's name
+        // holds its tarball's sha256.
+        let source = facts.map_or("unknown", |f| f.source.as_str());
+        let source_hash = hex::encode(Sha256::digest(source.as_bytes()));
+        let checkout_id = id(&format!("{}+{}", short(&source_hash), short(&hash)));
         checkouts.entry(checkout_id.clone()).or_insert_with(|| {
             let mut c = json!({
                 "id": checkout_id,
@@ -148,7 +151,7 @@ pub fn document(summary: &Summary, kernels: &[KernelRecord], origin: &str, run_i
             "status": "PASS",
             "misc": {
                 "release": k.release,
-                "fragments": facts.map(|f| f.fragments.clone()),
+                "fragments": facts.map(|f| f.fragments.iter().map(|p| file_name(p)).collect::<Vec<_>>()),
             },
         });
         if let Some(c) = k.compiler.as_ref().or(facts.map(|f| &f.toolchain)) {
@@ -194,6 +197,14 @@ pub fn document(summary: &Summary, kernels: &[KernelRecord], origin: &str, run_i
     })
 }
 
+/// The last component of a path as recorded (a checkout's absolute path
+/// says nothing to a reader of another machine's results).
+fn file_name(path: &str) -> String {
+    Path::new(path)
+        .file_name()
+        .map_or_else(|| path.to_string(), |n| n.to_string_lossy().into_owned())
+}
+
 /// `linux-6.18.15` of `linux-6.18.15 (…)`.
 fn tree_name(source: &str) -> &str {
     source.split(" (").next().unwrap_or(source)
@@ -234,7 +245,7 @@ mod tests {
             source: "linux-6.18.15 (fdf4c4d4)".into(),
             source_key: "fdf4c4d487c95b17aaaa".into(),
             series: vec![patch.clone()],
-            fragments: vec!["base.config".into()],
+            fragments: vec!["/x/kernel-configs/base.config".into()],
             toolchain: "aarch64-linux-gnu-gcc 12.2.0".into(),
             patches: vec![],
         };
@@ -265,6 +276,7 @@ mod tests {
         assert_eq!(build["architecture"], "arm64");
         assert_eq!(build["config_name"], "sw-msi-rfcv2");
         assert_eq!(build["checkout_id"], doc["checkouts"][0]["id"]);
+        assert_eq!(build["misc"]["fragments"], json!(["base.config"]));
         let tests = doc["tests"].as_array().unwrap();
         assert_eq!(
             tests.len(),
