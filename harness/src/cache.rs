@@ -206,6 +206,23 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// Reads the JSON file `path` holding `what` (`inputs file`): an
+/// infrastructure error naming the file when it cannot be read, and its
+/// `file:line:col` when it does not parse.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
+    let text = fs::read_to_string(path)
+        .map_err(|e| crate::Error::infra(format!("cannot read {what} {}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| {
+        crate::Error::infra(format!(
+            "{}:{}:{}: invalid {what}: {e}",
+            path.display(),
+            e.line(),
+            e.column()
+        ))
+        .into()
+    })
+}
+
 /// Writes `data` to `path` atomically (temp file in the same dir + rename),
 /// so a killed run never leaves a half-written cache entry behind.
 pub fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {

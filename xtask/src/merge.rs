@@ -37,7 +37,7 @@ impl flags::Merge {
                 kernels.extend(harness::scenario::inputs::Inputs::load(&inputs)?.kernels);
             }
         }
-        crate::test::write_kcidb(&run_dir, &merged, &kernels, &self.origin)?;
+        harness::nightly::kcidb::write(&run_dir, &merged, &kernels, &self.origin)?;
         println!("{}", merged.table());
         println!(
             "{} shard(s) merged: {} trial(s); results in {}",

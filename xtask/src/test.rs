@@ -99,7 +99,7 @@ pub(crate) fn run(
     }
     let summary = harness::snapshot::report::summarise(&inputs.results_dir)?;
     summary.write_json(&run_dir.join("results.json"))?;
-    write_kcidb(&run_dir, &summary, &inputs.kernels, &flags.origin)?;
+    harness::nightly::kcidb::write(&run_dir, &summary, &inputs.kernels, &flags.origin)?;
     println!("{}", summary.table());
     println!(
         "suite wall time {:.1} s; artifacts {}",
@@ -186,29 +186,6 @@ fn nextest_command(flags: &flags::Test, bless: bool, inputs_file: &Path) -> anyh
         cmd.arg(filter);
     }
     Ok(cmd)
-}
-
-/// The run's `kcidb.json` (KCIDB I/O schema v5): its kernels as builds,
-/// its trials as tests; ids carry the run directory's name.
-pub(crate) fn write_kcidb(
-    run_dir: &Path,
-    summary: &harness::snapshot::report::Summary,
-    kernels: &std::collections::BTreeMap<String, harness::scenario::inputs::KernelInput>,
-    origin: &str,
-) -> anyhow::Result<()> {
-    use harness::nightly::kcidb;
-    let records: Vec<kcidb::KernelRecord> = kernels
-        .iter()
-        .map(|(v, k)| kcidb::KernelRecord::of(v, k))
-        .collect();
-    let run_id = run_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let doc = kcidb::document(summary, &records, origin, &run_id);
-    let mut text = serde_json::to_string_pretty(&doc)?;
-    text.push('\n');
-    harness::cache::write_atomic(&run_dir.join("kcidb.json"), text.as_bytes())
 }
 
 /// Whether a run writes the snapshots it takes (`bless`) or only compares.

@@ -48,7 +48,6 @@ pub struct BuildFacts {
     pub key: String,
     /// The source's name and key (`linux-6.18.15 (…)`).
     pub source: String,
-    pub source_key: String,
     /// The series files as given, in order.
     pub series: Vec<std::path::PathBuf>,
     pub fragments: Vec<String>,
@@ -61,17 +60,20 @@ pub struct BuildFacts {
 /// metadata is missing or unreadable (a `--kernel-tree` image outside the
 /// cache, say).
 pub fn build_facts(image: &Path) -> Option<BuildFacts> {
-    let meta: Metadata =
-        serde_json::from_slice(&std::fs::read(image.parent()?.join("metadata.json")).ok()?).ok()?;
+    let meta = metadata(image.parent()?)?;
     Some(BuildFacts {
         key: meta.key,
         source: meta.source,
-        source_key: meta.source_key,
         series: meta.series.into_iter().map(Into::into).collect(),
         fragments: meta.fragments,
         toolchain: meta.toolchain,
         patches: meta.patches,
     })
+}
+
+/// The `metadata.json` of the build directory `out_dir`, if readable.
+fn metadata(out_dir: &Path) -> Option<Metadata> {
+    serde_json::from_slice(&std::fs::read(out_dir.join("metadata.json")).ok()?).ok()
 }
 
 /// The finished build for `key`, if the cache has all of it.
@@ -82,8 +84,7 @@ pub(super) fn cached(
     headers_dir: &Path,
     source_tree: &Path,
 ) -> Option<KernelBuild> {
-    let meta: Metadata =
-        serde_json::from_slice(&std::fs::read(out_dir.join("metadata.json")).ok()?).ok()?;
+    let meta = metadata(out_dir)?;
     let complete = meta.key == key.0
         && out_dir.join(TARGET).is_file()
         && out_dir.join("config").is_file()

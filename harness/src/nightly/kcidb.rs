@@ -125,7 +125,7 @@ pub fn document(summary: &Summary, kernels: &[KernelRecord], origin: &str, run_i
                 "valid": true,
                 "misc": {
                     "source": facts.map(|f| f.source.clone()),
-                    "series": facts.map(|f| f.series.iter().map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).collect::<Vec<_>>()),
+                    "series": facts.map(|f| f.series.iter().map(|p| file_name(p)).collect::<Vec<_>>()),
                 },
             });
             if let Some(mid) = facts
@@ -151,7 +151,7 @@ pub fn document(summary: &Summary, kernels: &[KernelRecord], origin: &str, run_i
             "status": "PASS",
             "misc": {
                 "release": k.release,
-                "fragments": facts.map(|f| f.fragments.iter().map(|p| file_name(p)).collect::<Vec<_>>()),
+                "fragments": facts.map(|f| f.fragments.iter().map(|p| file_name(Path::new(p))).collect::<Vec<_>>()),
             },
         });
         if let Some(c) = k.compiler.as_ref().or(facts.map(|f| &f.toolchain)) {
@@ -197,12 +197,34 @@ pub fn document(summary: &Summary, kernels: &[KernelRecord], origin: &str, run_i
     })
 }
 
+/// Writes the run's `kcidb.json` into `run_dir`: its kernels as builds,
+/// its trials as tests; test ids carry the run directory's name.
+pub fn write(
+    run_dir: &Path,
+    summary: &Summary,
+    kernels: &BTreeMap<String, KernelInput>,
+    origin: &str,
+) -> anyhow::Result<()> {
+    let records: Vec<KernelRecord> = kernels
+        .iter()
+        .map(|(v, k)| KernelRecord::of(v, k))
+        .collect();
+    let run_id = run_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut text = serde_json::to_string_pretty(&document(summary, &records, origin, &run_id))?;
+    text.push('\n');
+    crate::cache::write_atomic(&run_dir.join("kcidb.json"), text.as_bytes())
+}
+
 /// The last component of a path as recorded (a checkout's absolute path
 /// says nothing to a reader of another machine's results).
-fn file_name(path: &str) -> String {
-    Path::new(path)
-        .file_name()
-        .map_or_else(|| path.to_string(), |n| n.to_string_lossy().into_owned())
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or(path.as_os_str())
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// `linux-6.18.15` of `linux-6.18.15 (…)`.
@@ -243,7 +265,6 @@ mod tests {
         let facts = BuildFacts {
             key: "0123456789abcdef0123".into(),
             source: "linux-6.18.15 (fdf4c4d4)".into(),
-            source_key: "fdf4c4d487c95b17aaaa".into(),
             series: vec![patch.clone()],
             fragments: vec!["/x/kernel-configs/base.config".into()],
             toolchain: "aarch64-linux-gnu-gcc 12.2.0".into(),

@@ -100,18 +100,7 @@ impl Inputs {
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Inputs> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            crate::Error::infra(format!("cannot read inputs file {}: {e}", path.display()))
-        })?;
-        serde_json::from_str(&text).map_err(|e| {
-            crate::Error::infra(format!(
-                "{}:{}:{}: invalid inputs file: {e}",
-                path.display(),
-                e.line(),
-                e.column()
-            ))
-            .into()
-        })
+        crate::cache::read_json(path, "inputs file")
     }
 
     /// The inputs named by `MSI_HARNESS_INPUTS`, `None` when it is unset.

@@ -40,17 +40,10 @@ pub fn summarise(results_dir: &Path) -> anyhow::Result<Summary> {
         if !name.ends_with(".json") || !name.contains('@') {
             continue;
         }
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-        let t: TrialResult = serde_json::from_str(&text).map_err(|e| {
-            crate::Error::infra(format!(
-                "{}:{}:{}: invalid trial result: {e}",
-                path.display(),
-                e.line(),
-                e.column()
-            ))
-        })?;
-        trials.push(t);
+        trials.push(crate::cache::read_json::<TrialResult>(
+            &path,
+            "trial result",
+        )?);
     }
     Ok(Summary::from_trials(trials))
 }
@@ -69,17 +62,7 @@ impl Summary {
 
     /// Reads a `results.json` that [`Summary::write_json`] wrote.
     pub fn read_json(path: &Path) -> anyhow::Result<Summary> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| crate::Error::infra(format!("cannot read {}: {e}", path.display())))?;
-        serde_json::from_str(&text).map_err(|e| {
-            crate::Error::infra(format!(
-                "{}:{}:{}: invalid results file: {e}",
-                path.display(),
-                e.line(),
-                e.column()
-            ))
-            .into()
-        })
+        crate::cache::read_json(path, "results file")
     }
 
     /// Writes the aggregate as JSON.
