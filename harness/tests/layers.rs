@@ -32,9 +32,10 @@ const LAYERS: &[&[&str]] = &[
     &["compare"],
     &["pipeline"],
     // What `cargo xtask bench` measures (boots, starts, trials), what
-    // `cargo xtask mutants` records (verdicts, the kill matrix) and the
-    // nightly matrix's plan and results (shards, KCIDB).
-    &["bench", "mutants", "nightly"],
+    // `cargo xtask mutants` records (verdicts, the kill matrix), a trial
+    // packed for replay (`cargo xtask bundle`) and the nightly matrix's
+    // plan and results (shards, KCIDB).
+    &["bench", "bundle", "mutants", "nightly"],
 ];
 
 fn src() -> PathBuf {

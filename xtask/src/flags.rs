@@ -39,6 +39,9 @@ pub enum Command {
     Matrix(Matrix),
     /// Join the results of shards (`test --partition`) into one run's.
     Merge(Merge),
+    /// Pack one trial of a run (a failing one, named as in the summary) as
+    /// a .tar.gz that replays with only QEMU and ssh (`replay.sh`).
+    Bundle(Bundle),
 }
 
 #[derive(Debug, Args)]
@@ -293,4 +296,16 @@ pub struct Merge {
     /// The shards' run directories (or results.json files).
     #[arg(required = true, value_name = "RUN")]
     pub shards: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct Bundle {
+    /// The run directory (default: the newest run with this trial).
+    #[arg(long, value_name = "RUN")]
+    pub run: Option<PathBuf>,
+    /// Where to write `<TRIAL>.tar.gz` (default: `target/msi-harness/bundles`).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// `SCENARIO@VARIANT`, as the summary names it.
+    pub trial: String,
 }

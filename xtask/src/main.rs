@@ -7,6 +7,7 @@
 
 mod bench;
 mod boot;
+mod bundle;
 mod compare;
 mod flags;
 mod kernel;
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
         flags::Command::Mutants(cmd) => cmd.run(&reporter),
         flags::Command::Matrix(cmd) => cmd.run(),
         flags::Command::Merge(cmd) => cmd.run(),
+        flags::Command::Bundle(cmd) => cmd.run(),
     };
     match result {
         Ok(code) => ExitCode::from(code.code() as u8),

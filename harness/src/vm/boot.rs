@@ -153,6 +153,11 @@ impl Vm {
             artifact(&run_dir, "qemu-cmdline.sh"),
             fs::Permissions::from_mode(0o755),
         );
+        // The same machine without this run's paths and port, for bundles.
+        fs::write(
+            artifact(&run_dir, qemu::RecordedPlan::FILE),
+            serde_json::to_string_pretty(&plan.recorded(&caps.version_line))?,
+        )?;
 
         let sp = QemuProcess::spawn(caps.path.clone().into_os_string(), argv).map_err(|e| {
             let msg = "qemu did not start".to_string();

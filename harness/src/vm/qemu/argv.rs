@@ -27,55 +27,110 @@ pub struct Runtime<'a> {
 impl QemuPlan {
     /// The full argv (without the program) for these runtime paths.
     pub fn argv(&self, rt: &Runtime<'_>) -> anyhow::Result<Vec<String>> {
-        let mut argv = self.args.clone();
-        let sock = path_arg(rt.qmp_socket)?;
-        argv.extend([
-            "-chardev".to_string(),
-            format!(
-                "socket,id=qmp,path={},server=on,wait=off",
-                escape_opt(&sock)
-            ),
-            "-mon".to_string(),
-            "chardev=qmp,mode=control".to_string(),
-        ]);
-        match rt.ssh_port {
-            Some(port) => {
-                // restrict=on: the guest reaches nothing outside; the
-                // forward still works.
-                argv.push("-netdev".into());
-                argv.push(format!(
-                    "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"
-                ));
-                argv.push("-device".into());
-                argv.push(format!(
-                    "virtio-net-pci,netdev=net0,bus=pcie.0,addr={NIC_SLOT:#x},{NO_OPTION_ROM}"
-                ));
-            }
-            None => {
-                argv.push("-nic".into());
-                argv.push("none".into());
-            }
-        }
-        // Every `-trace` option sets the file anew (to stderr when it has no
-        // `file=`), so each one names it.
-        let file = escape_opt(&path_arg(rt.trace_file)?);
-        if self.trace_events.is_empty() {
-            argv.push("-trace".into());
-            argv.push(format!("file={file}"));
-        }
-        for pattern in &self.trace_events {
-            argv.push("-trace".into());
-            argv.push(format!("enable={pattern},file={file}"));
-        }
-        if let Some(state) = rt.incoming {
-            // Loaded over QMP once the stream's capabilities are set
-            // (`mapped-ram`, as it was saved: `Vm::save_state`).
-            let _ = path_arg(state)?;
-            argv.push("-incoming".into());
-            argv.push("defer".into());
-        }
-        Ok(argv)
+        runtime_argv(&self.args, &self.trace_events, rt)
     }
+
+    /// What a later start of the same machine needs, kept as
+    /// `qemu-plan.json` in the run directory (read by `cargo xtask bundle`).
+    pub fn recorded(&self, version_line: &str) -> RecordedPlan {
+        RecordedPlan {
+            qemu: self.qemu.clone(),
+            version_line: version_line.to_string(),
+            args: self.args.clone(),
+            trace_events: self.trace_events.clone(),
+        }
+    }
+}
+
+/// A run's planned command line without its runtime paths and ports: a
+/// reproducer bundle starts the same machine from it, with its own
+/// kernel, initramfs, sockets and port.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedPlan {
+    pub qemu: std::path::PathBuf,
+    pub version_line: String,
+    pub args: Vec<String>,
+    pub trace_events: Vec<String>,
+}
+
+impl RecordedPlan {
+    /// The file name in a run directory.
+    pub const FILE: &'static str = "qemu-plan.json";
+
+    /// The full argv (without the program) for these runtime paths.
+    pub fn argv(&self, rt: &Runtime<'_>) -> anyhow::Result<Vec<String>> {
+        runtime_argv(&self.args, &self.trace_events, rt)
+    }
+
+    /// Points `-kernel` and `-initrd` at other files (a bundle's copies).
+    pub fn with_boot_files(mut self, kernel: &str, initrd: &str) -> anyhow::Result<Self> {
+        for (flag, value) in [("-kernel", kernel), ("-initrd", initrd)] {
+            let at = self
+                .args
+                .iter()
+                .position(|a| a == flag)
+                .filter(|i| i + 1 < self.args.len())
+                .with_context(|| format!("the recorded QEMU command line has no `{flag} FILE`"))?;
+            self.args[at + 1] = value.to_string();
+        }
+        Ok(self)
+    }
+}
+
+/// The plan's arguments and the runtime ones.
+fn runtime_argv(
+    args: &[String],
+    trace_events: &[String],
+    rt: &Runtime<'_>,
+) -> anyhow::Result<Vec<String>> {
+    let mut argv = args.to_vec();
+    let sock = path_arg(rt.qmp_socket)?;
+    argv.extend([
+        "-chardev".to_string(),
+        format!(
+            "socket,id=qmp,path={},server=on,wait=off",
+            escape_opt(&sock)
+        ),
+        "-mon".to_string(),
+        "chardev=qmp,mode=control".to_string(),
+    ]);
+    match rt.ssh_port {
+        Some(port) => {
+            // restrict=on: the guest reaches nothing outside; the
+            // forward still works.
+            argv.push("-netdev".into());
+            argv.push(format!(
+                "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"
+            ));
+            argv.push("-device".into());
+            argv.push(format!(
+                "virtio-net-pci,netdev=net0,bus=pcie.0,addr={NIC_SLOT:#x},{NO_OPTION_ROM}"
+            ));
+        }
+        None => {
+            argv.push("-nic".into());
+            argv.push("none".into());
+        }
+    }
+    // Every `-trace` option sets the file anew (to stderr when it has no
+    // `file=`), so each one names it.
+    let file = escape_opt(&path_arg(rt.trace_file)?);
+    if trace_events.is_empty() {
+        argv.push("-trace".into());
+        argv.push(format!("file={file}"));
+    }
+    for pattern in trace_events {
+        argv.push("-trace".into());
+        argv.push(format!("enable={pattern},file={file}"));
+    }
+    if let Some(state) = rt.incoming {
+        // Loaded over QMP once the stream's capabilities are set
+        // (`mapped-ram`, as it was saved: `Vm::save_state`).
+        let _ = path_arg(state)?;
+        argv.push("-incoming".into());
+        argv.push("defer".into());
+    }
+    Ok(argv)
 }
 
 /// Quotes argv for a POSIX shell, so that the saved command line can be

@@ -16,7 +16,7 @@ mod config;
 mod plan;
 mod probe;
 
-pub use argv::{shell_quote, Runtime, NO_OPTION_ROM};
+pub use argv::{shell_quote, RecordedPlan, Runtime, NO_OPTION_ROM};
 pub use config::{Device, Incoming, Iommu, Machine, SmmuStage, SshConfig, VmConfig, QEMU};
 pub use plan::{plan, Bdf, PlacedDevice, PlanError, QemuPlan, Unsupported};
 pub use probe::{caps_of, probe, QemuCaps};
