@@ -30,7 +30,7 @@ pub use crate::ktap::{failed_tests, parse_ktap, KtapTotals};
 use crate::process::{self, Io, Log};
 
 /// Bumped whenever this module changes how the selftest is built.
-pub const SELFTEST_STEP_VERSION: u32 = 1;
+pub const SELFTEST_STEP_VERSION: u32 = 2;
 
 /// The files of the source tree the compiler reads (checked against its
 /// dependency output after each build).
@@ -42,6 +42,7 @@ const SOURCES: &[&str] = &[
     "drivers/iommu/iommufd/iommufd_test.h",
 ];
 const MAIN: &str = "tools/testing/selftests/iommu/iommufd.c";
+const SELFTESTS_DIR: &str = "tools/testing/selftests";
 
 /// The selftest Makefile's flags (`lib.mk` adds `-D_GNU_SOURCE=`), plus
 /// `-static`: the guest has no arm64 glibc.
@@ -146,6 +147,11 @@ fn build_inner(
     );
     let mut cc = process::cmd(COMPILER);
     cc.args(CFLAGS)
+        // As lib.mk adds since 7.x (`-I$(top_srcdir)/tools/testing/selftests`):
+        // iommufd_utils.h there includes "kselftest_harness.h" from above
+        // its own directory. Older trees find it relative to the includer.
+        .arg("-I")
+        .arg(build.source_tree.join(SELFTESTS_DIR))
         .arg("-isystem")
         .arg(&build.headers)
         .arg("-isystem")

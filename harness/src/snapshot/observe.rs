@@ -191,16 +191,18 @@ fn is_smmu_event(line: &str) -> bool {
 }
 
 /// Strips the printk timestamp and the numbers that change from run to
-/// run (PID, CPU) from a kernel line, and the build layout from source
+/// run (PID, CPU: `CPU: 0 PID: 77`, and since 7.x's WARN format
+/// `CPU#0: msi-agent/77`) from a kernel line, and the build layout from source
 /// paths: a WARN names `../src/drivers/...` when the kernel was built out of
 /// tree (the variants' `build`→`src` layout), an absolute path or `drivers/...`
 /// for other layouts; the snapshot says `drivers/...` for all of them.
 pub fn normalise_kernel_line(line: &str) -> String {
-    static RES: std::sync::OnceLock<[Regex; 3]> = std::sync::OnceLock::new();
-    let [stamp, pid, path] = RES.get_or_init(|| {
+    static RES: std::sync::OnceLock<[Regex; 4]> = std::sync::OnceLock::new();
+    let [stamp, pid, task, path] = RES.get_or_init(|| {
         [
             Regex::new(r"^\s*\[\s*\d+\.\d+\]\s?").expect("valid regex"),
             Regex::new(r"CPU: \d+ (UID: \d+ )?PID: \d+").expect("valid regex"),
+            Regex::new(r"CPU#\d+: (\S+)/\d+").expect("valid regex"),
             // The shortest prefix (none if possible) before a kernel top-level directory, in a
             // `dir/file.c:LINE` path.
             Regex::new(
@@ -212,6 +214,7 @@ pub fn normalise_kernel_line(line: &str) -> String {
     let line = line.trim_end_matches(['\r', '\n']);
     let line = stamp.replace(line, "");
     let line = pid.replace_all(&line, "CPU: N PID: N");
+    let line = task.replace_all(&line, "CPU#N: $1/N");
     path.replace_all(&line, "$1$2").into_owned()
 }
 
@@ -238,6 +241,14 @@ mod tests {
         assert_eq!(o.smmu_translations[0].iova, "0x8000040");
         assert_eq!(o.its_writes[0].count, 2);
         assert_eq!(o.kernel, vec!["WARNING: CPU: N PID: N at drivers/iommu/io-pgtable-arm.c:395 __arm_lpae_map+0x1/0x2".to_string()]);
+    }
+
+    #[test]
+    fn the_cpu_and_pid_of_a_7_x_warning_are_not_kept() {
+        assert_eq!(
+            normalise_kernel_line("[    3.1] WARNING: ../src/drivers/iommu/io-pgtable-arm.c:402 at __arm_lpae_map+0x3ec/0x42c, CPU#1: msi-agent/99"),
+            "WARNING: drivers/iommu/io-pgtable-arm.c:402 at __arm_lpae_map+0x3ec/0x42c, CPU#N: msi-agent/N"
+        );
     }
 
     #[test]
