@@ -65,8 +65,8 @@ fn bad_input_exits_2_with_the_reason() {
             "unknown variant `sw-msi-v9`",
         ),
         (
-            &["compare", "--accepted", "upstream-6.18", "sw-msi-rfcv2-7.2"][..],
-            "no accepted snapshots of variant `sw-msi-rfcv2-7.2`",
+            &["compare", "--accepted", "upstream-6.18", "sw-msi-planted"][..],
+            "no accepted snapshots of variant `sw-msi-planted`",
         ),
         (
             &[
