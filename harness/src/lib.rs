@@ -8,6 +8,7 @@
 //! `xtask` is a thin command-line layer over these modules.
 
 pub mod bench;
+pub mod bisect;
 pub mod bundle;
 pub mod cache;
 pub mod compare;

@@ -96,6 +96,18 @@ pub fn mutation_exit_code(survived: usize, undecided: usize) -> ExitCode {
     }
 }
 
+/// How a `cargo xtask bisect` ended. A named first bad commit is a
+/// finding (the regression is real and located), as a failing test of that
+/// commit is; a range whose skipped commits leave it open, or a `--bad`
+/// that does not fail, located nothing: infrastructure.
+pub fn bisect_exit_code(first_bad_named: bool) -> ExitCode {
+    if first_bad_named {
+        ExitCode::Finding
+    } else {
+        ExitCode::Infrastructure
+    }
+}
+
 /// How one trial ended. Serialised as one word: `pass`, `known`, `skip`,
 /// `finding`, `infrastructure`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

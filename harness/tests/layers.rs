@@ -35,7 +35,7 @@ const LAYERS: &[&[&str]] = &[
     // `cargo xtask mutants` records (verdicts, the kill matrix), a trial
     // packed for replay (`cargo xtask bundle`) and the nightly matrix's
     // plan and results (shards, KCIDB).
-    &["bench", "bundle", "mutants", "nightly"],
+    &["bench", "bisect", "bundle", "mutants", "nightly"],
 ];
 
 fn src() -> PathBuf {

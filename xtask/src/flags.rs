@@ -42,6 +42,9 @@ pub enum Command {
     /// Pack one trial of a run (a failing one, named as in the summary) as
     /// a .tar.gz that replays with only QEMU and ssh (`replay.sh`).
     Bundle(Bundle),
+    /// Find the first commit of a kernel git tree whose trial of a
+    /// scenario no longer matches its accepted snapshot.
+    Bisect(Bisect),
 }
 
 #[derive(Debug, Args)]
@@ -307,5 +310,29 @@ pub struct Bundle {
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// `SCENARIO@VARIANT`, as the summary names it.
+    pub trial: String,
+}
+
+/// Each step checks a commit out in the bisect's own checkout of the tree
+/// (a shared clone in the cache: the tree is not touched) and builds it
+/// incrementally in one build dir. Exit code: 1 when the first bad commit
+/// is named (a finding), 2 when skipped commits leave it open or `--bad`
+/// does not fail.
+#[derive(Debug, Args)]
+pub struct Bisect {
+    /// A kernel git tree.
+    #[arg(long, value_name = "PATH")]
+    pub kernel_tree: PathBuf,
+    /// A commit where the trial passes.
+    #[arg(long, value_name = "REV")]
+    pub good: String,
+    /// A commit where it fails (tested first).
+    #[arg(long, value_name = "REV")]
+    pub bad: String,
+    /// Runs per commit: good only when all pass, bad only when all fail.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub runs: u32,
+    /// `SCENARIO@VARIANT`: the scenario, judged against VARIANT's accepted
+    /// snapshots (default `sw-msi-rfcv2`).
     pub trial: String,
 }

@@ -6,6 +6,7 @@
 //! codes defined in `harness::error`: 0 pass, 1 a finding, 2 infrastructure.
 
 mod bench;
+mod bisect;
 mod boot;
 mod bundle;
 mod compare;
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
         flags::Command::Matrix(cmd) => cmd.run(),
         flags::Command::Merge(cmd) => cmd.run(),
         flags::Command::Bundle(cmd) => cmd.run(),
+        flags::Command::Bisect(cmd) => cmd.run(&reporter),
     };
     match result {
         Ok(code) => ExitCode::from(code.code() as u8),

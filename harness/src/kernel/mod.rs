@@ -48,7 +48,7 @@ pub use dialect::Dialect;
 pub use make::CcacheCounts;
 use make::{other_full_build_cc, toolchain_version, Make, Stats};
 use plan::{plan, Plan};
-pub use plan::{BuildOptions, KernelSource, KeyInputs, Mutation};
+pub use plan::{tree_work_name, BuildOptions, KernelSource, KeyInputs, Mutation};
 pub(crate) use store::lock;
 pub use store::{build_facts, BuildFacts};
 use store::{cached, publish, Metadata};

@@ -173,6 +173,32 @@ fn read_series(spec: Option<SeriesSpec>) -> anyhow::Result<Option<series::Series
     ))
 }
 
+/// The work directory (`kernel/work/<name>`, holding `build/`) of a tree
+/// build. A tree that is itself `kernel/work/<name>/src` (a bisect's
+/// checkout) builds in `kernel/work/<name>/build`: the same layout as a
+/// variant's, so ccache (based at the work root) hits on the objects of a
+/// variant built from the same source. Any other tree gets a directory of
+/// its own, named by its path.
+pub fn tree_work_name(path: &Path, work_root: &Path) -> String {
+    if path.file_name().is_some_and(|n| n == "src") {
+        if let Some(dir) = path.parent() {
+            if dir.parent() == Some(work_root) {
+                if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
+                    return name.to_string();
+                }
+            }
+        }
+    }
+    let base = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let where_ = KeyBuilder::new()
+        .str("path", &path.to_string_lossy())
+        .finish();
+    format!("tree-{base}-{}", &where_.0[..8])
+}
+
 pub(super) fn plan(source: KernelSource, options: BuildOptions, log: &Log) -> anyhow::Result<Plan> {
     let root = cache::project_root();
     let file = variants::load_file(&variants::kernels_toml(&root))?;
@@ -231,14 +257,9 @@ pub(super) fn plan(source: KernelSource, options: BuildOptions, log: &Log) -> an
             }
             let path = tree::check_kernel_tree(path)?;
             let key = tree::tree_key(&path, log)?;
-            let base = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let where_ = KeyBuilder::new()
-                .str("path", &path.to_string_lossy())
-                .finish();
-            let name = format!("tree-{base}-{}", &where_.0[..8]);
+            let work_root = cache::cache_root()?.join("kernel/work");
+            let work_root = std::fs::canonicalize(&work_root).unwrap_or(work_root);
+            let name = tree_work_name(&path, &work_root);
             (
                 name,
                 None,
