@@ -280,6 +280,10 @@ pub fn check_out(tree: &Path, dir: &Path, hash: &str, log: &Log) -> anyhow::Resu
             &["clone", "--quiet", "--shared", "--no-checkout", ".", &dir_s],
             log,
         )?;
+        // A --shared clone must never gc: it would drop objects it only
+        // borrows from the tree (git-clone(1)).
+        git_out(dir, &["config", "gc.auto", "0"], log)?;
+        git_out(dir, &["config", "maintenance.auto", "false"], log)?;
     }
     git_out(
         dir,
