@@ -31,6 +31,8 @@ pub struct Device {
     pub dma_buffer: Option<(u64, usize)>,
     regions: [Option<Region>; 8],
     eventfds: Vec<File>,
+    /// The VFIO IRQ index `msi_enable` set (MSI or MSI-X).
+    irq_index: u32,
 }
 
 impl Device {
@@ -50,6 +52,7 @@ impl Device {
             dma_buffer: None,
             regions: [None; 8],
             eventfds: Vec::new(),
+            irq_index: VFIO_PCI_MSI_IRQ_INDEX,
         })
     }
 
@@ -226,8 +229,9 @@ impl Device {
         self.region_write(VFIO_PCI_BAR0_REGION_INDEX, off, &val.to_le_bytes(), "BAR0")
     }
 
-    /// `VFIO_DEVICE_SET_IRQS` on the MSI index with a fresh eventfd per vector.
-    pub fn msi_enable(&mut self, vectors: u32) -> Outcome<()> {
+    /// `VFIO_DEVICE_SET_IRQS` on IRQ index `index` (MSI or MSI-X) with a
+    /// fresh eventfd per vector.
+    pub fn msi_enable(&mut self, vectors: u32, index: u32) -> Outcome<()> {
         if vectors == 0 {
             return Err(Failure::agent(
                 "msi_enable needs at least one vector (msi_disable turns MSI off)",
@@ -242,7 +246,7 @@ impl Device {
             .collect();
         let mut buf = irq_set_eventfds(
             VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
-            VFIO_PCI_MSI_IRQ_INDEX,
+            index,
             &fds,
         );
         sys::ioctl_buf(
@@ -253,14 +257,16 @@ impl Device {
         )?;
         // Replacing the old eventfds only now keeps them if the kernel refused.
         self.eventfds = eventfds;
+        self.irq_index = index;
         Ok(())
     }
 
-    /// `VFIO_DEVICE_SET_IRQS` with count 0: MSI off, eventfds released.
+    /// `VFIO_DEVICE_SET_IRQS` with count 0 on the index `msi_enable` used:
+    /// MSI (or MSI-X) off, eventfds released.
     pub fn msi_disable(&mut self) -> Outcome<()> {
         let mut buf = irq_set_eventfds(
             VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
-            VFIO_PCI_MSI_IRQ_INDEX,
+            self.irq_index,
             &[],
         );
         sys::ioctl_buf(

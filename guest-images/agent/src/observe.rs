@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use msi_protocol::{HexU64, IrqLine, MsiConfig, ReservedRegions};
+use msi_protocol::{HexU64, IrqLine, MsiConfig, MsixEntry, MsixTable, ReservedRegions};
 
 use crate::sys::{Failure, Outcome};
 
@@ -101,6 +101,14 @@ fn u32_at(config: &[u8], off: usize) -> Result<u32, String> {
 
 /// Finds the MSI capability in a config space dump and decodes it.
 pub fn parse_msi_capability(config: &[u8]) -> Result<MsiConfig, String> {
+    match find_capability(config, PCI_CAP_ID_MSI)? {
+        Some(cap) => decode_msi(config, cap),
+        None => Err("device has no MSI capability".into()),
+    }
+}
+
+/// The offset of the first standard capability with id `id`.
+fn find_capability(config: &[u8], id: u8) -> Result<Option<usize>, String> {
     if u16_at(config, PCI_STATUS)? & PCI_STATUS_CAP_LIST == 0 {
         return Err("device has no capability list".into());
     }
@@ -111,15 +119,85 @@ pub fn parse_msi_capability(config: &[u8]) -> Result<MsiConfig, String> {
         if ptr == 0 {
             break;
         }
-        let id = *config
+        let this = *config
             .get(ptr)
             .ok_or_else(|| format!("capability pointer {ptr:#x} past the end"))?;
-        if id == PCI_CAP_ID_MSI {
-            return decode_msi(config, ptr);
+        if this == id {
+            return Ok(Some(ptr));
         }
         ptr = usize::from(*config.get(ptr + 1).unwrap_or(&0) & !3);
     }
-    Err("device has no MSI capability".into())
+    Ok(None)
+}
+
+const PCI_CAP_ID_MSIX: u8 = 0x11;
+const PCI_MSIX_FLAGS_ENABLE: u16 = 1 << 15;
+const PCI_MSIX_FLAGS_MASKALL: u16 = 1 << 14;
+const PCI_MSIX_ENTRY_SIZE: usize = 16;
+const PCI_MSIX_ENTRY_CTRL_MASKBIT: u32 = 1;
+
+/// The MSI-X capability: Message Control and where the table is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsixCapability {
+    pub enabled: bool,
+    pub function_masked: bool,
+    pub table_size: u32,
+    pub bar: u32,
+    pub offset: u64,
+}
+
+/// Finds the MSI-X capability in a config space dump and decodes it.
+pub fn parse_msix_capability(config: &[u8]) -> Result<MsixCapability, String> {
+    let cap = find_capability(config, PCI_CAP_ID_MSIX)?
+        .ok_or_else(|| "device has no MSI-X capability".to_string())?;
+    let flags = u16_at(config, cap + 2)?;
+    let table = u32_at(config, cap + 4)?;
+    Ok(MsixCapability {
+        enabled: flags & PCI_MSIX_FLAGS_ENABLE != 0,
+        function_masked: flags & PCI_MSIX_FLAGS_MASKALL != 0,
+        table_size: u32::from(flags & 0x7ff) + 1,
+        bar: table & 7,
+        offset: u64::from(table & !7),
+    })
+}
+
+/// Decodes `table_size` MSI-X entries of 16 bytes (address low, high,
+/// data, vector control), little-endian as the table holds them.
+pub fn decode_msix_entries(table: &[u8]) -> Vec<MsixEntry> {
+    table
+        .chunks_exact(PCI_MSIX_ENTRY_SIZE)
+        .enumerate()
+        .map(|(i, e)| {
+            let word = |k: usize| u32::from_le_bytes([e[k], e[k + 1], e[k + 2], e[k + 3]]);
+            MsixEntry {
+                vector: i as u32,
+                address: HexU64(u64::from(word(0)) | u64::from(word(4)) << 32),
+                data: HexU64(u64::from(word(8))),
+                masked: word(12) & PCI_MSIX_ENTRY_CTRL_MASKBIT != 0,
+            }
+        })
+        .collect()
+}
+
+/// The device's real MSI-X capability and table. The table is read from
+/// the BAR through sysfs `resourceN` (mapped, 32-bit reads): VFIO's own BAR
+/// region reads the table area as all ones.
+pub fn msix_table(bdf: &str) -> Outcome<MsixTable> {
+    let path = device_dir(bdf).join("config");
+    let config =
+        fs::read(&path).map_err(|e| Failure::io(&e, format!("read {}", path.display())))?;
+    let cap = parse_msix_capability(&config).map_err(|e| Failure::agent(format!("{bdf}: {e}")))?;
+    let len = cap.table_size as usize * PCI_MSIX_ENTRY_SIZE;
+    let resource = device_dir(bdf).join(format!("resource{}", cap.bar));
+    let table = crate::sys::read_mmio(&resource, cap.offset, len)?;
+    Ok(MsixTable {
+        enabled: cap.enabled,
+        function_masked: cap.function_masked,
+        table_size: cap.table_size,
+        bar: cap.bar,
+        offset: HexU64(cap.offset),
+        entries: decode_msix_entries(&table),
+    })
 }
 
 fn decode_msi(config: &[u8], cap: usize) -> Result<MsiConfig, String> {

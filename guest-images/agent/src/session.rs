@@ -35,6 +35,30 @@ mod edu {
     pub const DEFAULT_DMA_MASK_BITS: u32 = 28;
 }
 
+/// e1000e (82574L) registers and bits (QEMU `hw/net/e1000_regs.h`, BAR0).
+mod e1000e {
+    pub const ICR: u64 = 0xc0;
+    pub const ICS: u64 = 0xc8;
+    pub const IMS: u64 = 0xd0;
+    pub const IMC: u64 = 0xd8;
+    pub const EIAC: u64 = 0xdc;
+    pub const IVAR: u64 = 0xe4;
+    /// The MSI-X interrupt causes, in the order IVAR lists them: RxQ0,
+    /// RxQ1, TxQ0, TxQ1, Other (`E1000_ICR_RXQ0` ... `E1000_ICR_OTHER`).
+    pub const CAUSES: [u32; 5] = [1 << 20, 1 << 21, 1 << 22, 1 << 23, 1 << 24];
+    /// IVAR: 4 bits per cause, vector in bits 2:0, bit 3 valid
+    /// (`E1000_IVAR_INT_ALLOC_VALID`); cause `i` to vector `i`.
+    pub const IVAR_IDENTITY: u32 = {
+        let mut v = 0;
+        let mut i = 0;
+        while i < 5 {
+            v |= (8 | i) << (4 * i);
+            i += 1;
+        }
+        v
+    };
+}
+
 const PCI_COMMAND: u64 = 0x04;
 const PCI_COMMAND_MASTER: u16 = 1 << 2;
 
@@ -42,6 +66,7 @@ const PCI_COMMAND_MASTER: u16 = 1 << 2;
 enum Kind {
     Ioas,
     Hwpt,
+    Viommu,
 }
 
 #[derive(Debug)]
@@ -129,7 +154,13 @@ impl Session {
                 device,
                 pt,
                 flags,
-            } => self.hwpt_alloc(hwpt, device, pt, flags),
+                vste,
+            } => self.hwpt_alloc(hwpt, device, pt, flags, vste.as_ref()),
+            Step::ViommuAlloc {
+                viommu,
+                device,
+                hwpt,
+            } => self.viommu_alloc(viommu, device, hwpt),
             Step::Attach { device, pt } | Step::Replace { device, pt } => {
                 let pt_id = self.resolve(pt)?;
                 let ioas = self.ioas_behind(pt_id);
@@ -194,8 +225,12 @@ impl Session {
                     dev.config_read16(PCI_COMMAND)?,
                 ))))
             }
-            Step::MsiEnable { device, vectors } => {
-                self.device(device)?.msi_enable(*vectors)?;
+            Step::MsiEnable {
+                device,
+                vectors,
+                irq,
+            } => {
+                self.device(device)?.msi_enable(*vectors, irq.index())?;
                 Ok(StepValue::Vectors(*vectors))
             }
             Step::MsiDisable { device } => {
@@ -215,13 +250,18 @@ impl Session {
                 vector,
                 count,
                 timeout_ms,
+                at_least,
             } => {
                 let seen = self.device(device)?.wait_interrupts(
                     *vector,
                     *count,
                     Duration::from_millis(*timeout_ms),
                 )?;
-                Ok(StepValue::Interrupts(seen))
+                Ok(StepValue::Interrupts(if *at_least {
+                    seen.min(*count)
+                } else {
+                    seen
+                }))
             }
             Step::EduDma {
                 device,
@@ -236,7 +276,35 @@ impl Session {
                 length.get(),
                 Duration::from_millis(*timeout_ms),
             ),
+            Step::E1000eRaise { device, vector } => {
+                let cause = usize::try_from(*vector)
+                    .ok()
+                    .and_then(|v| e1000e::CAUSES.get(v))
+                    .copied()
+                    .ok_or_else(|| {
+                        Failure::agent(format!(
+                            "e1000e_raise: vector {vector} is not 0..=4 (RxQ0, RxQ1, TxQ0, TxQ1, Other)"
+                        ))
+                    })?;
+                let all = e1000e::CAUSES.iter().fold(0, |a, c| a | c);
+                let dev = self.device(device)?;
+                // Only this cause unmasked, and nothing left pending (ICR is
+                // write-1-to-clear; with MSI-X on, reading it clears
+                // nothing): a link-status change from the device's start
+                // would otherwise keep raising the Other vector.
+                dev.bar0_write32(e1000e::IMC, u32::MAX)?;
+                dev.bar0_write32(e1000e::ICR, u32::MAX)?;
+                dev.bar0_write32(e1000e::IVAR, e1000e::IVAR_IDENTITY)?;
+                // Auto-clear on delivery, so the next raise of the cause is new.
+                dev.bar0_write32(e1000e::EIAC, all)?;
+                dev.bar0_write32(e1000e::IMS, cause)?;
+                dev.bar0_write32(e1000e::ICS, cause)?;
+                Ok(StepValue::Done)
+            }
             Step::MsiConfig { device } => Ok(StepValue::MsiConfig(observe::msi_config(
+                &self.device(device)?.bdf,
+            )?)),
+            Step::MsixTable { device } => Ok(StepValue::MsixTable(observe::msix_table(
                 &self.device(device)?.bdf,
             )?)),
             Step::ReservedRegions { device } => Ok(StepValue::ReservedRegions(
@@ -369,10 +437,10 @@ impl Session {
             )));
         }
         if let Some(obj) = self.objects.get(name) {
-            let kind = if obj.kind == Kind::Ioas {
-                "IOAS"
-            } else {
-                "HWPT"
+            let kind = match obj.kind {
+                Kind::Ioas => "IOAS",
+                Kind::Hwpt => "HWPT",
+                Kind::Viommu => "vIOMMU",
             };
             return Err(Failure::agent(format!(
                 "name {name:?} is already the {kind} with id {}",
@@ -396,7 +464,7 @@ impl Session {
                 Failure::agent(format!("device {name:?} has no dev id until it is bound"))
             }),
             None => Err(Failure::agent(format!(
-                "unknown object {name:?} (no ioas_alloc, hwpt_alloc or open_device named it)"
+                "unknown object {name:?} (no ioas_alloc, hwpt_alloc, viommu_alloc or open_device named it)"
             ))),
         }
     }
@@ -406,7 +474,7 @@ impl Session {
         let obj = self.objects.values().find(|o| o.id == pt_id)?;
         match obj.kind {
             Kind::Ioas => Some(obj.id),
-            Kind::Hwpt => obj.ioas_id,
+            Kind::Hwpt | Kind::Viommu => obj.ioas_id,
         }
     }
 
@@ -416,12 +484,17 @@ impl Session {
         device: &str,
         pt: &ObjectRef,
         flags: &[HwptFlag],
+        vste: Option<&[HexU64; 2]>,
     ) -> Outcome<StepValue> {
         self.check_unused(hwpt)?;
         let pt_id = self.resolve(pt)?;
         let dev_id = self.device(device)?.dev_id.ok_or_else(|| {
             Failure::agent(format!("device {device:?} must be bound before hwpt_alloc"))
         })?;
+        // The vSTE lives on this stack frame for the whole ioctl.
+        let data = vste.map(|[a, b]| IommuHwptArmSmmuv3 {
+            ste: [a.get().to_le(), b.get().to_le()],
+        });
         let mut arg = IommuHwptAlloc {
             size: size32::<IommuHwptAlloc>(),
             flags: flags.iter().fold(0, |acc, f| acc | f.bit()),
@@ -430,6 +503,11 @@ impl Session {
             data_type: IOMMU_HWPT_DATA_NONE,
             ..Default::default()
         };
+        if let Some(data) = &data {
+            arg.data_type = IOMMU_HWPT_DATA_ARM_SMMUV3;
+            arg.data_len = size32::<IommuHwptArmSmmuv3>();
+            arg.data_uptr = std::ptr::from_ref(data) as u64;
+        }
         sys::ioctl(
             self.iommufd()?,
             IOMMU_HWPT_ALLOC,
@@ -446,6 +524,39 @@ impl Session {
             },
         );
         Ok(StepValue::HwptId(arg.out_hwpt_id))
+    }
+
+    fn viommu_alloc(&mut self, viommu: &str, device: &str, hwpt: &ObjectRef) -> Outcome<StepValue> {
+        self.check_unused(viommu)?;
+        let hwpt_id = self.resolve(hwpt)?;
+        let dev_id = self.device(device)?.dev_id.ok_or_else(|| {
+            Failure::agent(format!(
+                "device {device:?} must be bound before viommu_alloc"
+            ))
+        })?;
+        let mut arg = IommuViommuAlloc {
+            size: size32::<IommuViommuAlloc>(),
+            viommu_type: IOMMU_VIOMMU_TYPE_ARM_SMMUV3,
+            dev_id,
+            hwpt_id,
+            ..Default::default()
+        };
+        sys::ioctl(
+            self.iommufd()?,
+            IOMMU_VIOMMU_ALLOC,
+            &mut arg,
+            "IOMMU_VIOMMU_ALLOC",
+        )?;
+        let ioas_id = self.ioas_behind(hwpt_id);
+        self.objects.insert(
+            viommu.to_owned(),
+            Object {
+                kind: Kind::Viommu,
+                id: arg.out_viommu_id,
+                ioas_id,
+            },
+        );
+        Ok(StepValue::ViommuId(arg.out_viommu_id))
     }
 
     fn option(
@@ -733,7 +844,7 @@ mod tests {
                 ioas: "ioas9".into()
             }),
             StepResult::agent_error(
-                "unknown object \"ioas9\" (no ioas_alloc, hwpt_alloc or open_device named it)"
+                "unknown object \"ioas9\" (no ioas_alloc, hwpt_alloc, viommu_alloc or open_device named it)"
             )
         );
     }

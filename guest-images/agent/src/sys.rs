@@ -179,6 +179,60 @@ impl Drop for AnonMemory {
     }
 }
 
+/// Reads `len` bytes (a multiple of 4) at `offset` of a PCI BAR through its
+/// sysfs `resourceN` file, which only supports `mmap`: mapped shared,
+/// read with 32-bit volatile loads (device registers), unmapped again.
+pub fn read_mmio(resource: &std::path::Path, offset: u64, len: usize) -> Outcome<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !len.is_multiple_of(4) || !offset.is_multiple_of(4) {
+        return Err(Failure::agent(format!(
+            "read_mmio {}: offset {offset:#x} and length {len} must be multiples of 4",
+            resource.display()
+        )));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_SYNC)
+        .open(resource)
+        .map_err(|e| Failure::io(&e, format!("open {}", resource.display())))?;
+    let page = page_size() as u64;
+    let base = offset - offset % page;
+    let skip = (offset - base) as usize;
+    let map_len = skip + len;
+    let file_offset = libc::off_t::try_from(base)
+        .map_err(|_| Failure::agent(format!("BAR offset {base:#x} does not fit off_t")))?;
+    // SAFETY: a fresh shared mapping of the BAR, read only here and
+    // unmapped before returning; nothing else aliases it in this process.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            map_len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            file_offset,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(Failure::last_os(format!("mmap {}", resource.display())));
+    }
+    let words = (0..len / 4)
+        // SAFETY: every word lies inside the mapping made above, 4-aligned
+        // (the page base is, and `skip` and `4 * i` are multiples of 4).
+        .map(|i| unsafe {
+            ptr.cast::<u8>()
+                .add(skip + 4 * i)
+                .cast::<u32>()
+                .read_volatile()
+        })
+        .flat_map(u32::to_le_bytes)
+        .collect();
+    // SAFETY: `ptr`/`map_len` came from the successful mmap above.
+    unsafe { libc::munmap(ptr, map_len) };
+    Ok(words)
+}
+
 /// A non-blocking eventfd, as VFIO signals interrupts on.
 pub fn eventfd() -> Outcome<File> {
     // SAFETY: eventfd has no memory-safety preconditions.

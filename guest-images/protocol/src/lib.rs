@@ -56,7 +56,8 @@
 //! | `open_device {device, bdf}` | open `/dev/vfio/devices/vfioN` of the PCI device | `cdev` |
 //! | `bind {device}` | `VFIO_DEVICE_BIND_IOMMUFD` | `dev_id` |
 //! | `ioas_alloc {ioas}` | `IOMMU_IOAS_ALLOC` | `ioas_id` |
-//! | `hwpt_alloc {hwpt, device, pt, flags=[]}` | `IOMMU_HWPT_ALLOC` (`flags`: `nest_parent`, `dirty_tracking`, `pasid`) | `hwpt_id` |
+//! | `hwpt_alloc {hwpt, device, pt, flags=[], vste?}` | `IOMMU_HWPT_ALLOC` (`flags`: `nest_parent`, `dirty_tracking`, `pasid`; `vste`: two words of an SMMUv3 virtual STE, a nested HWPT on a vIOMMU `pt`) | `hwpt_id` |
+//! | `viommu_alloc {viommu, device, hwpt}` | `IOMMU_VIOMMU_ALLOC` of an ARM SMMUv3 vIOMMU on a nesting-parent HWPT | `viommu_id` |
 //! | `attach {device, pt}` / `replace {device, pt}` | `VFIO_DEVICE_ATTACH_IOMMUFD_PT` | `pt_id` |
 //! | `detach {device}` | `VFIO_DEVICE_DETACH_IOMMUFD_PT` | `done` |
 //! | `option_set {option, object=0, value}` | `IOMMU_OPTION` SET | `done` |
@@ -67,11 +68,13 @@
 //! | `iova_ranges {ioas}` | `IOMMU_IOAS_IOVA_RANGES` | `iova_ranges` |
 //! | `destroy {object}` | `IOMMU_DESTROY` | `done` |
 //! | `bus_master {device, enable=true}` | PCI_COMMAND bit 2 via the VFIO config region | `command` |
-//! | `msi_enable {device, vectors=1}` / `msi_disable {device}` | `VFIO_DEVICE_SET_IRQS` on the MSI index | `vectors` / `done` |
+//! | `msi_enable {device, vectors=1, irq=msi}` / `msi_disable {device}` | `VFIO_DEVICE_SET_IRQS` on the MSI (`irq = "msix"`: MSI-X) index | `vectors` / `done` |
 //! | `edu_raise {device, value=1}` / `edu_ack {device, value=1}` | write edu BAR0 0x60 / 0x64 | `done` |
 //! | `wait_interrupts {device, vector=0, count, timeout_ms=2000}` | count eventfd signals | `interrupts` |
 //! | `edu_dma {device, direction, iova, length, timeout_ms=2000}` | one edu DMA (`to_device`/`from_device`) | `dma` |
+//! | `e1000e_raise {device, vector}` | an e1000e's MSI-X vector 0..=4: IVAR, EIAC, IMS, then its cause in ICS | `done` |
 //! | `msi_config {device}` | MSI capability from sysfs `config` | `msi_config` |
+//! | `msix_table {device}` | MSI-X capability (sysfs `config`) and table (sysfs `resourceN`) | `msix_table` |
 //! | `reserved_regions {device}` | iommu group, `type`, `reserved_regions` | `reserved_regions` |
 //! | `proc_interrupts {device}` | `/proc/interrupts` lines naming the BDF | `proc_interrupts` |
 //! | `dmesg {}` | kernel log lines since the previous `dmesg` | `dmesg` |
@@ -134,16 +137,16 @@ use serde::{Deserialize, Serialize};
 pub use crate::errno::{errno_name, errno_number};
 pub use crate::hex::{HexU64, ParseHexU64Error};
 pub use crate::result::{
-    BranchOutcome, DmaReport, ErrnoError, IovaRange, IrqLine, MsiConfig, NonzeroReturn,
-    ReservedRegions, StepResult, StepValue,
+    BranchOutcome, DmaReport, ErrnoError, IovaRange, IrqLine, MsiConfig, MsixEntry, MsixTable,
+    NonzeroReturn, ReservedRegions, StepResult, StepValue,
 };
 pub use crate::step::{
-    Branch, DmaDirection, HwptFlag, ObjectRef, OptionId, Step, DEFAULT_WAIT_TIMEOUT_MS,
+    Branch, DmaDirection, HwptFlag, IrqKind, ObjectRef, OptionId, Step, DEFAULT_WAIT_TIMEOUT_MS,
 };
 
 /// The protocol version both sides must agree on in `hello`. Bump it on any
 /// change to the types of this crate that an older peer would misread.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// What the agent writes to the kernel log (`/dev/kmsg`) after each step,
 /// before it answers: on the serial console, every kernel line the step's

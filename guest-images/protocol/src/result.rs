@@ -96,6 +96,8 @@ pub enum StepValue {
     IoasId(u32),
     /// `hwpt_alloc`: the HWPT id.
     HwptId(u32),
+    /// `viommu_alloc`: the vIOMMU id.
+    ViommuId(u32),
     /// `attach`/`replace`: the id the kernel reports as attached (for an IOAS,
     /// the HWPT it created automatically).
     PtId(u32),
@@ -117,6 +119,8 @@ pub enum StepValue {
     Dma(DmaReport),
     /// `msi_config`: the device's real MSI capability.
     MsiConfig(MsiConfig),
+    /// `msix_table`: the device's real MSI-X capability and table.
+    MsixTable(MsixTable),
     /// `reserved_regions`: the device's iommu group.
     ReservedRegions(ReservedRegions),
     /// `proc_interrupts`: the matching `/proc/interrupts` lines.
@@ -181,6 +185,44 @@ pub struct MsiConfig {
     pub vectors: u32,
     /// Vectors the device can do (2^Multiple Message Capable).
     pub max_vectors: u32,
+}
+
+/// The MSI-X capability and table as the device really holds them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MsixTable {
+    /// Message Control bit 15 (MSI-X Enable).
+    pub enabled: bool,
+    /// Message Control bit 14 (Function Mask).
+    pub function_masked: bool,
+    /// Table entries (Table Size + 1).
+    pub table_size: u32,
+    /// The BAR (BIR) and offset of the table.
+    pub bar: u32,
+    pub offset: HexU64,
+    /// Every entry, in order.
+    pub entries: Vec<MsixEntry>,
+}
+
+impl MsixTable {
+    /// The entries a device can signal: MSI-X on, the function and the entry unmasked.
+    pub fn live(&self) -> impl Iterator<Item = &MsixEntry> {
+        let on = self.enabled && !self.function_masked;
+        self.entries.iter().filter(move |e| on && !e.masked)
+    }
+}
+
+/// One MSI-X table entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MsixEntry {
+    pub vector: u32,
+    /// Message Address (upper and lower).
+    pub address: HexU64,
+    /// Message Data.
+    pub data: HexU64,
+    /// Vector Control bit 0.
+    pub masked: bool,
 }
 
 /// A device's iommu group as sysfs describes it.

@@ -33,13 +33,25 @@ pub enum Step {
     Bind { device: String },
     /// `IOMMU_IOAS_ALLOC`. → `ioas_id`.
     IoasAlloc { ioas: String },
-    /// `IOMMU_HWPT_ALLOC` for a bound device on `pt` (an IOAS or a HWPT). → `hwpt_id`.
+    /// `IOMMU_HWPT_ALLOC` for a bound device on `pt` (an IOAS, a HWPT, or a
+    /// vIOMMU). With `vste` it is a nested HWPT on a vIOMMU: data type
+    /// `IOMMU_HWPT_DATA_ARM_SMMUV3` carrying that virtual STE (two 64-bit
+    /// words, `ste[0]` first). → `hwpt_id`.
     HwptAlloc {
         hwpt: String,
         device: String,
         pt: ObjectRef,
         #[serde(default)]
         flags: Vec<HwptFlag>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vste: Option<[HexU64; 2]>,
+    },
+    /// `IOMMU_VIOMMU_ALLOC` of an ARM SMMUv3 vIOMMU for a bound device on
+    /// `hwpt` (a nesting-parent HWPT). → `viommu_id`.
+    ViommuAlloc {
+        viommu: String,
+        device: String,
+        hwpt: ObjectRef,
     },
     /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT`. → `pt_id` (the HWPT actually attached).
     Attach { device: String, pt: ObjectRef },
@@ -103,13 +115,16 @@ pub enum Step {
         #[serde(default = "yes")]
         enable: bool,
     },
-    /// `VFIO_DEVICE_SET_IRQS` on the MSI index, one eventfd per vector. → `vectors`.
+    /// `VFIO_DEVICE_SET_IRQS` on the MSI (or, with `irq = "msix"`, the
+    /// MSI-X) index, one eventfd per vector. → `vectors`.
     MsiEnable {
         device: String,
         #[serde(default = "one_u32")]
         vectors: u32,
+        #[serde(default, skip_serializing_if = "IrqKind::is_msi")]
+        irq: IrqKind,
     },
-    /// `VFIO_DEVICE_SET_IRQS` with count 0 on the MSI index. → `done`.
+    /// `VFIO_DEVICE_SET_IRQS` with count 0 on the index `msi_enable` used. → `done`.
     MsiDisable { device: String },
     /// Write `value` to edu register 0x60 (raise interrupt). → `done`.
     EduRaise {
@@ -126,7 +141,12 @@ pub enum Step {
     /// Wait until `count` interrupts arrived on `vector`'s eventfd or
     /// `timeout_ms` passed; `count = 0` waits the full timeout (to check for
     /// silence). Counts what arrived since `msi_enable` or the previous wait.
-    /// Fewer than `count` is a result, not an error. → `interrupts`.
+    /// Fewer than `count` is a result, not an error. With `at_least` the
+    /// answer is `count` once at least that many came: for a device that
+    /// may signal a vector more than once per event (QEMU's e1000e re-sends
+    /// each MSI-X vector when its EITR throttling timer expires, and the GIC
+    /// may merge the two), where the exact number is not the device's
+    /// behaviour under test. → `interrupts`.
     WaitInterrupts {
         device: String,
         #[serde(default)]
@@ -134,6 +154,8 @@ pub enum Step {
         count: u64,
         #[serde(default = "default_wait_timeout_ms")]
         timeout_ms: u64,
+        #[serde(default, skip_serializing_if = "is_false")]
+        at_least: bool,
     },
     /// One edu DMA of `length` (1..=4096) bytes between `iova` and the device
     /// buffer, waiting for completion. → `dma`.
@@ -145,9 +167,19 @@ pub enum Step {
         #[serde(default = "dma_timeout_ms")]
         timeout_ms: u64,
     },
+    /// Raise MSI-X vector `vector` (0..=4) of an e1000e: the agent masks
+    /// every cause (IMC) and clears what is pending (ICR, write 1 to clear),
+    /// routes the five MSI-X causes (RxQ0, RxQ1, TxQ0, TxQ1, Other) to
+    /// vectors 0..=4 (IVAR) with auto-clear (EIAC), unmasks the vector's
+    /// cause alone (IMS) and sets it (ICS). → `done`.
+    E1000eRaise { device: String, vector: u32 },
     /// The real MSI capability from `/sys/bus/pci/devices/BDF/config` (the
     /// VFIO config region virtualises it). → `msi_config`.
     MsiConfig { device: String },
+    /// The real MSI-X capability (sysfs `config`) and table (the BAR through
+    /// sysfs `resourceN`: VFIO's BAR region reads the table as 0xff). →
+    /// `msix_table`.
+    MsixTable { device: String },
     /// The device's iommu group, its `type` and `reserved_regions` lines. →
     /// `reserved_regions`.
     ReservedRegions { device: String },
@@ -197,6 +229,10 @@ fn yes() -> bool {
     true
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 fn one_u32() -> u32 {
     1
 }
@@ -218,11 +254,12 @@ fn dma_timeout_ms() -> u64 {
 impl Step {
     /// Every op, in declaration order. Tests check it against serde's own
     /// variant names and [`Step::op`], so it cannot drift.
-    pub const OPS: [&'static str; 28] = [
+    pub const OPS: [&'static str; 31] = [
         "open_device",
         "bind",
         "ioas_alloc",
         "hwpt_alloc",
+        "viommu_alloc",
         "attach",
         "detach",
         "replace",
@@ -240,7 +277,9 @@ impl Step {
         "edu_ack",
         "wait_interrupts",
         "edu_dma",
+        "e1000e_raise",
         "msi_config",
+        "msix_table",
         "reserved_regions",
         "proc_interrupts",
         "dmesg",
@@ -251,10 +290,11 @@ impl Step {
 
     /// The ops whose step has a `device` field (tests check it against the
     /// serialized steps and [`Step::device`]).
-    pub const DEVICE_OPS: [&'static str; 17] = [
+    pub const DEVICE_OPS: [&'static str; 20] = [
         "open_device",
         "bind",
         "hwpt_alloc",
+        "viommu_alloc",
         "attach",
         "detach",
         "replace",
@@ -265,7 +305,9 @@ impl Step {
         "edu_ack",
         "wait_interrupts",
         "edu_dma",
+        "e1000e_raise",
         "msi_config",
+        "msix_table",
         "reserved_regions",
         "proc_interrupts",
         "close_device",
@@ -277,6 +319,7 @@ impl Step {
             Step::OpenDevice { device, .. }
             | Step::Bind { device }
             | Step::HwptAlloc { device, .. }
+            | Step::ViommuAlloc { device, .. }
             | Step::Attach { device, .. }
             | Step::Detach { device }
             | Step::Replace { device, .. }
@@ -287,7 +330,9 @@ impl Step {
             | Step::EduAck { device, .. }
             | Step::WaitInterrupts { device, .. }
             | Step::EduDma { device, .. }
+            | Step::E1000eRaise { device, .. }
             | Step::MsiConfig { device }
+            | Step::MsixTable { device }
             | Step::ReservedRegions { device }
             | Step::ProcInterrupts { device }
             | Step::CloseDevice { device } => Some(device),
@@ -312,6 +357,7 @@ impl Step {
             Step::Bind { .. } => "bind",
             Step::IoasAlloc { .. } => "ioas_alloc",
             Step::HwptAlloc { .. } => "hwpt_alloc",
+            Step::ViommuAlloc { .. } => "viommu_alloc",
             Step::Attach { .. } => "attach",
             Step::Detach { .. } => "detach",
             Step::Replace { .. } => "replace",
@@ -329,7 +375,9 @@ impl Step {
             Step::EduAck { .. } => "edu_ack",
             Step::WaitInterrupts { .. } => "wait_interrupts",
             Step::EduDma { .. } => "edu_dma",
+            Step::E1000eRaise { .. } => "e1000e_raise",
             Step::MsiConfig { .. } => "msi_config",
+            Step::MsixTable { .. } => "msix_table",
             Step::ReservedRegions { .. } => "reserved_regions",
             Step::ProcInterrupts { .. } => "proc_interrupts",
             Step::Dmesg {} => "dmesg",
@@ -359,6 +407,31 @@ impl HwptFlag {
             HwptFlag::NestParent => msi_uapi::IOMMU_HWPT_ALLOC_NEST_PARENT,
             HwptFlag::DirtyTracking => msi_uapi::IOMMU_HWPT_ALLOC_DIRTY_TRACKING,
             HwptFlag::Pasid => msi_uapi::IOMMU_HWPT_ALLOC_PASID,
+        }
+    }
+}
+
+/// The interrupt kind of `msi_enable`: the VFIO IRQ index it sets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IrqKind {
+    /// `VFIO_PCI_MSI_IRQ_INDEX`
+    #[default]
+    Msi,
+    /// `VFIO_PCI_MSIX_IRQ_INDEX`
+    Msix,
+}
+
+impl IrqKind {
+    pub fn is_msi(&self) -> bool {
+        *self == IrqKind::Msi
+    }
+
+    /// The VFIO IRQ index.
+    pub fn index(self) -> u32 {
+        match self {
+            IrqKind::Msi => msi_uapi::VFIO_PCI_MSI_IRQ_INDEX,
+            IrqKind::Msix => msi_uapi::VFIO_PCI_MSIX_IRQ_INDEX,
         }
     }
 }

@@ -23,6 +23,12 @@ fn all_steps() -> Vec<Step> {
             device: dev(),
             pt: "ioas0".into(),
             flags: vec![HwptFlag::NestParent, HwptFlag::DirtyTracking],
+            vste: Some([HexU64(0x9), HexU64(0)]),
+        },
+        Step::ViommuAlloc {
+            viommu: "viommu0".into(),
+            device: dev(),
+            hwpt: "hwpt0".into(),
         },
         Step::Attach {
             device: dev(),
@@ -80,6 +86,7 @@ fn all_steps() -> Vec<Step> {
         Step::MsiEnable {
             device: dev(),
             vectors: 4,
+            irq: IrqKind::Msix,
         },
         Step::MsiDisable { device: dev() },
         Step::EduRaise {
@@ -95,6 +102,7 @@ fn all_steps() -> Vec<Step> {
             vector: 1,
             count: 3,
             timeout_ms: 500,
+            at_least: true,
         },
         Step::EduDma {
             device: dev(),
@@ -103,7 +111,12 @@ fn all_steps() -> Vec<Step> {
             length: HexU64(4096),
             timeout_ms: 100,
         },
+        Step::E1000eRaise {
+            device: dev(),
+            vector: 2,
+        },
         Step::MsiConfig { device: dev() },
+        Step::MsixTable { device: dev() },
         Step::ReservedRegions { device: dev() },
         Step::ProcInterrupts { device: dev() },
         Step::Dmesg {},
@@ -139,7 +152,7 @@ fn sample_covers_every_op() {
     ops.dedup();
     // `Step::op` is an exhaustive match, so a new variant shows up there;
     // bump this count and add it to `all_steps` together.
-    assert_eq!(ops.len(), 28, "{ops:?}");
+    assert_eq!(ops.len(), 31, "{ops:?}");
 }
 
 #[test]
@@ -333,13 +346,15 @@ fn scenario_toml_deserializes_with_defaults() {
                 hwpt: "hwpt0".into(),
                 device: "edu0".into(),
                 pt: "ioas0".into(),
-                flags: vec![]
+                flags: vec![],
+                vste: None,
             },
             Step::WaitInterrupts {
                 device: "edu0".into(),
                 vector: 0,
                 count: 1,
-                timeout_ms: 1000
+                timeout_ms: 1000,
+                at_least: false,
             },
             Step::OptionGet {
                 option: OptionId::HugePages,
@@ -471,6 +486,7 @@ fn sample_results() -> Vec<StepResult> {
         StepResult::Ok(StepValue::DevId(1)),
         StepResult::Ok(StepValue::IoasId(2)),
         StepResult::Ok(StepValue::HwptId(4)),
+        StepResult::Ok(StepValue::ViommuId(5)),
         StepResult::Ok(StepValue::PtId(3)),
         StepResult::Ok(StepValue::Value(HexU64(u64::MAX))),
         StepResult::Ok(StepValue::Iova(HexU64(0x1000_0000))),
@@ -504,6 +520,27 @@ fn sample_results() -> Vec<StepResult> {
             data: HexU64(0),
             vectors: 1,
             max_vectors: 1,
+        })),
+        StepResult::Ok(StepValue::MsixTable(MsixTable {
+            enabled: true,
+            function_masked: false,
+            table_size: 2,
+            bar: 3,
+            offset: HexU64(0),
+            entries: vec![
+                MsixEntry {
+                    vector: 0,
+                    address: HexU64(0x800_0040),
+                    data: HexU64(0),
+                    masked: false,
+                },
+                MsixEntry {
+                    vector: 1,
+                    address: HexU64(0x800_0040),
+                    data: HexU64(1),
+                    masked: true,
+                },
+            ],
         })),
         StepResult::Ok(StepValue::ReservedRegions(ReservedRegions {
             group: 0,

@@ -156,6 +156,7 @@ constants! {
         pub const IOMMU_IOAS_UNMAP: u32 = io(IOMMUFD_TYPE, 0x86);
         pub const IOMMU_OPTION: u32 = io(IOMMUFD_TYPE, 0x87);
         pub const IOMMU_HWPT_ALLOC: u32 = io(IOMMUFD_TYPE, 0x89);
+        pub const IOMMU_VIOMMU_ALLOC: u32 = io(IOMMUFD_TYPE, 0x90);
 
         /// `enum iommufd_ioas_map_flags`
         pub const IOMMU_IOAS_MAP_FIXED_IOVA: u32 = 1 << 0;
@@ -178,6 +179,10 @@ constants! {
 
         /// `enum iommu_hwpt_data_type`
         pub const IOMMU_HWPT_DATA_NONE: u32 = 0;
+        pub const IOMMU_HWPT_DATA_ARM_SMMUV3: u32 = 2;
+
+        /// `enum iommu_viommu_type`
+        pub const IOMMU_VIOMMU_TYPE_ARM_SMMUV3: u32 = 1;
     }
 
     "linux/iommufd.h" Optional {
@@ -201,8 +206,9 @@ constants! {
         /// Positions in the anonymous region-index enum.
         pub const VFIO_PCI_BAR0_REGION_INDEX: u32 = 0;
         pub const VFIO_PCI_CONFIG_REGION_INDEX: u32 = 7;
-        /// Position in the anonymous IRQ-index enum.
+        /// Positions in the anonymous IRQ-index enum.
         pub const VFIO_PCI_MSI_IRQ_INDEX: u32 = 1;
+        pub const VFIO_PCI_MSIX_IRQ_INDEX: u32 = 2;
 
         pub const VFIO_REGION_INFO_FLAG_READ: u32 = 1 << 0;
         pub const VFIO_REGION_INFO_FLAG_WRITE: u32 = 1 << 1;
@@ -277,6 +283,24 @@ structs! {
         pub data_uptr: u64,
         pub fault_id: u32,
         pub reserved2 as __reserved2: u32,
+    }
+
+    "linux/iommufd.h" struct iommu_viommu_alloc => IommuViommuAlloc {
+        pub size: u32,
+        pub flags: u32,
+        pub viommu_type as type: u32,
+        pub dev_id: u32,
+        pub hwpt_id: u32,
+        pub out_viommu_id: u32,
+        pub data_len: u32,
+        pub reserved as __reserved: u32,
+        pub data_uptr: u64,
+    }
+
+    /// The data of an `IOMMU_HWPT_DATA_ARM_SMMUV3` nested HWPT: the guest's
+    /// STE, little-endian words (`__aligned_le64`).
+    "linux/iommufd.h" struct iommu_hwpt_arm_smmuv3 => IommuHwptArmSmmuv3 {
+        pub ste: [u64; 2],
     }
 
     "linux/vfio.h" struct vfio_device_info => VfioDeviceInfo {
@@ -395,7 +419,7 @@ mod tests {
             (start.value, start.presence),
             (u64::from(IOMMU_OPTION_SW_MSI_START), Presence::Optional)
         );
-        assert_eq!(STRUCTS.len(), 15);
+        assert_eq!(STRUCTS.len(), 17);
         let mut names: Vec<&str> = CONSTANTS.iter().map(|c| c.c_name).collect();
         names.sort_unstable();
         names.dedup();

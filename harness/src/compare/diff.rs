@@ -461,8 +461,13 @@ fn observations(a: &Observations, b: &Observations) -> Vec<Row> {
         )
     };
     let its = |w: &ItsWrite| {
+        let source = w
+            .source
+            .as_deref()
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default();
         format!(
-            "{} rid {} data {} x{}",
+            "{} rid {}{source} data {} x{}",
             w.device, w.requester_id, w.data, w.count
         )
     };

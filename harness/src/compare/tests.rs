@@ -68,6 +68,7 @@ fn its_write(count: u64) -> ItsWrite {
         requester_id: "0x10".into(),
         offset: "0x40".into(),
         data: "0x0".into(),
+        source: None,
         count,
     }
 }

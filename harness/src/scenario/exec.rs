@@ -282,6 +282,10 @@ struct Runner<'a> {
     rids: BTreeMap<u16, String>,
     bdfs: BTreeMap<String, String>,
     hotplugged: u32,
+    /// The hotplug port of each device plugged in and not yet unplugged.
+    ports: BTreeMap<String, u32>,
+    /// Unplugs started with `wait = false`, by device.
+    unplugging: BTreeMap<String, vm::PendingUnplug>,
     /// The kernel's iommufd kselftest binary, for `kselftest` steps.
     selftest: Option<&'a Path>,
     /// SMMU events queued in earlier steps whose kernel report has not
@@ -299,6 +303,8 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
         rids: BTreeMap::new(),
         bdfs: BTreeMap::new(),
         hotplugged: 0,
+        ports: BTreeMap::new(),
+        unplugging: BTreeMap::new(),
         selftest: kernel.iommufd_selftest.as_deref(),
         owed_smmu_reports: 0,
         sw_msi: kernel.sw_msi.as_ref(),
@@ -451,6 +457,9 @@ async fn drive(scenario: &Scenario, kernel: &KernelInput, vm: &Vm) -> anyhow::Re
                 StepResult::Ok(StepValue::Interrupts(n)) => exec.interrupts_delivered += n,
                 StepResult::Ok(StepValue::MsiConfig(c)) if c.enabled => {
                     addresses.insert(c.address.to_string());
+                }
+                StepResult::Ok(StepValue::MsixTable(t)) => {
+                    addresses.extend(t.live().map(|e| e.address.to_string()));
                 }
                 _ => {}
             }
@@ -700,12 +709,47 @@ impl Runner<'_> {
                     }
                 } }))
             }
-            HostStep::Unplug { device } => {
-                self.vm.unplug(device, Duration::from_secs(20)).await?;
+            HostStep::Unplug { device, wait } => {
+                let (Some(port), Some(bdf)) = (self.ports.get(device), self.bdfs.get(device))
+                else {
+                    return Err(crate::Error::infra(format!(
+                        "unplug {device}: only a hotplugged device can be unplugged (the root bus has no hotplug)"
+                    ))
+                    .into());
+                };
+                if *wait {
+                    self.vm
+                        .unplug(device, *port, bdf, Duration::from_secs(20))
+                        .await?;
+                    self.ports.remove(device);
+                    return Ok(serde_json::json!({ "ok": "done" }));
+                }
+                let (pending, blocked) = self
+                    .vm
+                    .request_unplug(device, *port, bdf, Duration::from_secs(10))
+                    .await?;
+                self.unplugging.insert(device.clone(), pending);
+                Ok(match blocked {
+                    Some(line) => serde_json::json!({ "ok": { "blocked": line } }),
+                    None => serde_json::json!({ "ok": "removed" }),
+                })
+            }
+            HostStep::WaitUnplugged { device } => {
+                let Some(pending) = self.unplugging.remove(device) else {
+                    return Err(crate::Error::infra(format!(
+                        "wait_unplugged {device}: no unplug of it was started"
+                    ))
+                    .into());
+                };
+                self.vm
+                    .wait_unplugged(pending, Duration::from_secs(20))
+                    .await?;
+                self.ports.remove(device);
                 Ok(serde_json::json!({ "ok": "done" }))
             }
             HostStep::Hotplug { device } => {
                 let placed = self.vm.hotplug(&device.to_vm(), self.hotplugged).await?;
+                self.ports.insert(placed.id.clone(), self.hotplugged);
                 self.hotplugged += 1;
                 let bdf = placed.bdf.to_string();
                 self.rids.insert(placed.requester_id, placed.id.clone());
@@ -811,13 +855,27 @@ pub fn check(fields: &ExpectFields, result: &StepResult) -> Vec<String> {
             fail(format!("{want} interrupts"));
         }
     }
+    // On an MSI-X table the address is every live entry's (and there must
+    // be one): one doorbell serves all vectors.
     if let Some(want) = fields.msi_address {
-        if !matches!(value, Some(StepValue::MsiConfig(c)) if c.address == want) {
+        let holds = match value {
+            Some(StepValue::MsiConfig(c)) => c.address == want,
+            Some(StepValue::MsixTable(t)) => {
+                t.live().next().is_some() && t.live().all(|e| e.address == want)
+            }
+            _ => false,
+        };
+        if !holds {
             fail(format!("msi address {want}"));
         }
     }
     if let Some(want) = fields.msi_enabled {
-        if !matches!(value, Some(StepValue::MsiConfig(c)) if c.enabled == want) {
+        let holds = match value {
+            Some(StepValue::MsiConfig(c)) => c.enabled == want,
+            Some(StepValue::MsixTable(t)) => t.enabled == want,
+            _ => false,
+        };
+        if !holds {
             fail(format!("msi enabled = {want}"));
         }
     }
@@ -940,7 +998,7 @@ mod tests {
             }
         );
     }
-    use msi_protocol::{ErrnoError, HexU64, MsiConfig};
+    use msi_protocol::{ErrnoError, HexU64, MsiConfig, MsixEntry, MsixTable};
 
     /// A scenario boots the harness's guest (`crate::guest`), the one
     /// `cargo xtask boot` and `shell` boot: same trace events, boot
@@ -1021,5 +1079,44 @@ mod tests {
             "{}",
             fails[0]
         );
+    }
+
+    #[test]
+    fn an_msix_address_is_every_live_entrys() {
+        let entry = |vector, address, masked| MsixEntry {
+            vector,
+            address: HexU64(address),
+            data: HexU64(vector.into()),
+            masked,
+        };
+        let table = |entries| {
+            StepResult::Ok(StepValue::MsixTable(MsixTable {
+                enabled: true,
+                function_masked: false,
+                table_size: 3,
+                bar: 3,
+                offset: HexU64(0),
+                entries,
+            }))
+        };
+        let f = ExpectFields {
+            msi_address: Some(HexU64(0x0800_0040)),
+            msi_enabled: Some(true),
+            ..Default::default()
+        };
+        // A masked entry's stale address does not count.
+        let one_doorbell = table(vec![
+            entry(0, 0x0800_0040, false),
+            entry(1, 0x0800_0040, false),
+            entry(2, 0, true),
+        ]);
+        assert!(check(&f, &one_doorbell).is_empty());
+        let split = table(vec![
+            entry(0, 0x0800_0040, false),
+            entry(1, 0x1000_0040, false),
+        ]);
+        assert_eq!(check(&f, &split).len(), 1);
+        let none_live = table(vec![entry(0, 0x0800_0040, true)]);
+        assert_eq!(check(&f, &none_live).len(), 1);
     }
 }

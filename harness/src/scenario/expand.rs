@@ -17,7 +17,7 @@
 
 use std::borrow::Cow;
 
-use msi_protocol::{HexU64, ObjectRef, OptionId, Step, DEFAULT_WAIT_TIMEOUT_MS};
+use msi_protocol::{HexU64, IrqKind, ObjectRef, OptionId, Step, DEFAULT_WAIT_TIMEOUT_MS};
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
@@ -41,12 +41,14 @@ pub enum Compound {
         #[serde(default = "default_wait_timeout_ms")]
         timeout_ms: u64,
     },
-    /// `bus_master` (on), then `msi_enable` with `vectors`; the compound's
-    /// `expect` is the enable's.
+    /// `bus_master` (on), then `msi_enable` with `vectors` on `irq` (MSI
+    /// unless it says `msix`); the compound's `expect` is the enable's.
     EnableMsi {
         device: String,
         #[serde(default = "one_u32")]
         vectors: u32,
+        #[serde(default)]
+        irq: IrqKind,
     },
     /// Set the MSI window of `device`: `option_set sw_msi_start = start`,
     /// then `option_set sw_msi_size = size` (in MiB, as the uAPI documents
@@ -111,6 +113,7 @@ impl Compound {
                             vector: 0,
                             count: *count,
                             timeout_ms: *timeout_ms,
+                            at_least: false,
                         },
                         None,
                     ),
@@ -124,7 +127,11 @@ impl Compound {
                 ],
                 Some(1),
             ),
-            Compound::EnableMsi { device, vectors } => (
+            Compound::EnableMsi {
+                device,
+                vectors,
+                irq,
+            } => (
                 vec![
                     (
                         Step::BusMaster {
@@ -137,6 +144,7 @@ impl Compound {
                         Step::MsiEnable {
                             device: device.clone(),
                             vectors: *vectors,
+                            irq: *irq,
                         },
                         None,
                     ),
@@ -884,6 +892,7 @@ mod tests {
             Compound::EnableMsi {
                 device: "d".into(),
                 vectors: 1,
+                irq: IrqKind::Msix,
             },
             Compound::SetWindow {
                 device: "d".into(),

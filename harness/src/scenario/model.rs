@@ -412,8 +412,20 @@ pub enum HostStep {
     /// Plug a device into a free hotplug port; the guest rescans and binds
     /// it to vfio-pci.
     Hotplug { device: DeviceSpec },
-    /// Unplug a device and wait for QEMU's `DEVICE_DELETED`.
-    Unplug { device: String },
+    /// Unplug a hotplugged device and wait for QEMU's `DEVICE_DELETED`
+    /// (the guest lets go of it only once nothing holds it open: close it
+    /// first). With `wait = false` the unplug is only started: the step
+    /// answers once the guest has removed the device or vfio-pci has said
+    /// it is blocked on its user (the line it logged), so the agent can
+    /// still act on the device (`close_device`, as a VMM would when told);
+    /// `wait_unplugged` then waits for the end.
+    Unplug {
+        device: String,
+        #[serde(default = "yes")]
+        wait: bool,
+    },
+    /// Wait for the end of an unplug started with `wait = false`.
+    WaitUnplugged { device: String },
     /// Sleep on the host.
     HostSleep { ms: u64 },
     /// Upload the kernel's own iommufd kselftest (cross-built from the same
@@ -432,12 +444,19 @@ fn default_kselftest_timeout_ms() -> u64 {
 impl HostStep {
     /// The op names of host steps, in declaration order (a test checks them
     /// against serde's and [`HostStep::op`]).
-    pub const OPS: [&'static str; 4] = ["hotplug", "unplug", "host_sleep", "kselftest"];
+    pub const OPS: [&'static str; 5] = [
+        "hotplug",
+        "unplug",
+        "wait_unplugged",
+        "host_sleep",
+        "kselftest",
+    ];
 
     pub fn op(&self) -> &'static str {
         match self {
             HostStep::Hotplug { .. } => "hotplug",
             HostStep::Unplug { .. } => "unplug",
+            HostStep::WaitUnplugged { .. } => "wait_unplugged",
             HostStep::HostSleep { .. } => "host_sleep",
             HostStep::Kselftest { .. } => "kselftest",
         }
@@ -464,7 +483,9 @@ impl Action {
         match self {
             Action::Agent(step) => step.device().map(str::to_owned).into_iter().collect(),
             Action::Host(HostStep::Hotplug { device }) => device.ids(),
-            Action::Host(HostStep::Unplug { device }) => vec![device.clone()],
+            Action::Host(HostStep::Unplug { device, .. } | HostStep::WaitUnplugged { device }) => {
+                vec![device.clone()]
+            }
             Action::Host(HostStep::HostSleep { .. } | HostStep::Kselftest { .. }) => Vec::new(),
         }
     }
@@ -661,7 +682,11 @@ mod tests {
             HostStep::Hotplug {
                 device: DeviceSpec::E1000e { id: "n".into() },
             },
-            HostStep::Unplug { device: "n".into() },
+            HostStep::Unplug {
+                device: "n".into(),
+                wait: false,
+            },
+            HostStep::WaitUnplugged { device: "n".into() },
             HostStep::HostSleep { ms: 1 },
             HostStep::Kselftest { timeout_ms: 1 },
         ];

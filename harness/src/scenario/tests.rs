@@ -246,7 +246,8 @@ fn the_only_device_is_the_default_and_two_devices_need_a_name() {
             device: "edu0".into(),
             vector: 0,
             count: 1,
-            timeout_ms: 2000
+            timeout_ms: 2000,
+            at_least: false,
         })
     );
     let e = parse(&format!(

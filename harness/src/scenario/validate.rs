@@ -76,6 +76,7 @@ impl Scenario {
             }
         }
         let mut plugged = known.clone();
+        let mut unplugging = std::collections::BTreeSet::new();
         for step in &self.steps {
             let ctx = |msg: String| self.err_at(step.pos, format!("{}: {msg}", step.label()));
             match &step.action {
@@ -101,6 +102,32 @@ impl Scenario {
                             )));
                         }
                     }
+                    // An unplugged id may be plugged again (a re-plug).
+                    match action {
+                        Action::Host(HostStep::Unplug { device, wait: true }) => {
+                            if unplugging.contains(device) {
+                                return Err(ctx(format!("`{device}` is being unplugged already")));
+                            }
+                            plugged.remove(device);
+                        }
+                        Action::Host(HostStep::Unplug {
+                            device,
+                            wait: false,
+                        }) => {
+                            if !unplugging.insert(device.clone()) {
+                                return Err(ctx(format!("`{device}` is being unplugged already")));
+                            }
+                        }
+                        Action::Host(HostStep::WaitUnplugged { device }) => {
+                            if !unplugging.remove(device) {
+                                return Err(ctx(format!(
+                                    "no unplug of `{device}` with `wait = false` before this step"
+                                )));
+                            }
+                            plugged.remove(device);
+                        }
+                        _ => {}
+                    }
                 }
             }
             if let Some(expect) = &step.expect {
@@ -121,18 +148,28 @@ impl Scenario {
                             ));
                         }
                     }
-                    let only = [
-                        ("value", f.value.is_some(), "option_get"),
-                        ("iova", f.iova.is_some(), "ioas_map"),
-                        ("interrupts", f.interrupts.is_some(), "wait_interrupts"),
-                        ("msi_address", f.msi_address.is_some(), "msi_config"),
-                        ("msi_enabled", f.msi_enabled.is_some(), "msi_config"),
-                        ("dma_completed", f.dma_completed.is_some(), "edu_dma"),
-                        ("dma_data_matches", f.dma_data_matches.is_some(), "edu_dma"),
+                    const MSI: &[&str] = &["msi_config", "msix_table"];
+                    let only: [(&str, bool, &[&str]); 7] = [
+                        ("value", f.value.is_some(), &["option_get"]),
+                        ("iova", f.iova.is_some(), &["ioas_map"]),
+                        ("interrupts", f.interrupts.is_some(), &["wait_interrupts"]),
+                        ("msi_address", f.msi_address.is_some(), MSI),
+                        ("msi_enabled", f.msi_enabled.is_some(), MSI),
+                        ("dma_completed", f.dma_completed.is_some(), &["edu_dma"]),
+                        (
+                            "dma_data_matches",
+                            f.dma_data_matches.is_some(),
+                            &["edu_dma"],
+                        ),
                     ];
                     for (key, given, needs) in only {
-                        if given && op != needs {
-                            return Err(ectx(format!("`{key}` applies only to `{needs}` steps")));
+                        if given && !needs.contains(&op) {
+                            let needs = needs
+                                .iter()
+                                .map(|n| format!("`{n}`"))
+                                .collect::<Vec<_>>()
+                                .join(" or ");
+                            return Err(ectx(format!("`{key}` applies only to {needs} steps")));
                         }
                     }
                     if matches!(step.action, Action::Host(_))

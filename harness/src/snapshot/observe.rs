@@ -48,6 +48,11 @@ pub struct ItsWrite {
     pub requester_id: String,
     pub offset: String,
     pub data: String,
+    /// `dma` for a write that carried no requester id of the device's and
+    /// is the device's by the SMMU translation just before it (see
+    /// [`aggregate`]); absent for an MSI the device signalled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     pub count: u64,
 }
 
@@ -74,9 +79,33 @@ pub fn aggregate<'a>(
     // BTreeMaps keep the output sorted, so order of arrival does not matter.
     let mut tr: BTreeMap<(String, u32, u64, u64, u32, u32), u64> = BTreeMap::new();
     let mut faults: BTreeMap<(String, String), u64> = BTreeMap::new();
-    let mut its: BTreeMap<(String, u32, u64, u64), u64> = BTreeMap::new();
+    let mut its: BTreeMap<(String, u32, u64, u64, bool), u64> = BTreeMap::new();
+    // The device and output address of the translation just before the
+    // current event. QEMU's `pci_dma_read`/`pci_dma_write` (edu's DMA) pass
+    // MEMTXATTRS_UNSPECIFIED, so a DMA write that the SMMU translates to the
+    // doorbell reaches the ITS with requester id 0; only `msi_send_message`
+    // sets the device's. The SMMU itself knows the stream from the device's
+    // IOMMU address space, so its translation, traced right before the ITS
+    // write (the same call chain), names the device.
+    let mut just_translated: Option<(String, u64)> = None;
     for e in events {
+        let previous = just_translated.take();
         let Some(device) = e.requester_id().and_then(name) else {
+            if let (
+                TraceKind::ItsTranslationWrite {
+                    offset,
+                    data,
+                    requester_id,
+                    ..
+                },
+                Some((device, translated)),
+            ) = (&e.kind, previous)
+            {
+                if translated & 0xfff == offset & 0xfff {
+                    *its.entry((device, *requester_id, *offset, *data, true))
+                        .or_default() += 1;
+                }
+            }
             continue;
         };
         match &e.kind {
@@ -88,6 +117,7 @@ pub fn aggregate<'a>(
                 stage,
                 ..
             } => {
+                just_translated = Some((device.clone(), *translated));
                 *tr.entry((device, *sid, *iova, *translated, *perm, *stage))
                     .or_default() += 1;
             }
@@ -121,7 +151,7 @@ pub fn aggregate<'a>(
                 requester_id,
                 ..
             } => {
-                *its.entry((device, *requester_id, *offset, *data))
+                *its.entry((device, *requester_id, *offset, *data, false))
                     .or_default() += 1;
             }
             _ => {}
@@ -152,11 +182,12 @@ pub fn aggregate<'a>(
             .collect(),
         its_writes: its
             .into_iter()
-            .map(|((device, rid, offset, data), count)| ItsWrite {
+            .map(|((device, rid, offset, data, dma), count)| ItsWrite {
                 device,
                 requester_id: format!("{rid:#x}"),
                 offset: format!("{offset:#x}"),
                 data: format!("{data:#x}"),
+                source: dma.then(|| "dma".to_string()),
                 count,
             })
             .collect(),
@@ -241,6 +272,40 @@ mod tests {
         assert_eq!(o.smmu_translations[0].iova, "0x8000040");
         assert_eq!(o.its_writes[0].count, 2);
         assert_eq!(o.kernel, vec!["WARNING: CPU: N PID: N at drivers/iommu/io-pgtable-arm.c:395 __arm_lpae_map+0x1/0x2".to_string()]);
+    }
+
+    #[test]
+    fn a_dma_write_to_the_doorbell_is_the_device_whose_translation_preceded_it() {
+        // edu0 (rid 0x10): an MSI (its own rid), then a DMA write to the
+        // doorbell (rid 0); then a rid-0 write with no translation before it
+        // and one after a translation elsewhere: neither is edu0's.
+        let text = "\
+1@1.000001:smmuv3_translate_success smmuv3-iommu-memory-region-16-2 sid=0x10 iova=0x8000040 translated=0x8090040 perm=0x3 stage=1
+1@1.000002:gicv3_its_translation_write GICv3 ITS TRANSLATER write: offset 0x40 data 0x0 size 4 requester_id 0x10
+1@1.000003:smmuv3_translate_success smmuv3-iommu-memory-region-16-2 sid=0x10 iova=0x4000040 translated=0x8090040 perm=0x2 stage=1
+1@1.000004:gicv3_its_translation_write GICv3 ITS TRANSLATER write: offset 0x40 data 0x0 size 4 requester_id 0x0
+1@1.000005:gicv3_its_translation_write GICv3 ITS TRANSLATER write: offset 0x40 data 0x0 size 4 requester_id 0x0
+1@1.000006:smmuv3_translate_success smmuv3-iommu-memory-region-16-2 sid=0x10 iova=0x1000 translated=0x4321000 perm=0x2 stage=1
+1@1.000007:gicv3_its_translation_write GICv3 ITS TRANSLATER write: offset 0x40 data 0x0 size 4 requester_id 0x0
+";
+        let rids = BTreeMap::from([(0x10u16, "edu0".to_string())]);
+        let o = aggregate(&parse_all(text), &rids, std::iter::empty(), None);
+        let got: Vec<(&str, &str, Option<&str>, u64)> = o
+            .its_writes
+            .iter()
+            .map(|w| {
+                (
+                    w.device.as_str(),
+                    w.requester_id.as_str(),
+                    w.source.as_deref(),
+                    w.count,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [("edu0", "0x0", Some("dma"), 1), ("edu0", "0x10", None, 1)]
+        );
     }
 
     #[test]

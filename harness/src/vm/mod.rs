@@ -47,7 +47,7 @@ use std::sync::{Arc, Mutex};
 pub use boot::BootTimings;
 pub use console::{ConsoleCursor, ConsoleLine, KernelReport, ReportKind, READY_MARKER};
 pub use error::{skip_reason, BootError, VmFailure};
-pub use ops::Session;
+pub use ops::{PendingUnplug, Session};
 pub use preflight::preflight;
 pub use process::{kill_all, CleanupError, ExitInfo};
 pub use qemu::{

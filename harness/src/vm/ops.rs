@@ -12,8 +12,8 @@ use anyhow::Context;
 
 use super::error::wrap;
 use super::{
-    artifact, qemu, ssh, trace, Bdf, BootTimings, ConsoleCursor, ConsoleLine, Device, ExecOutput,
-    Health, KernelReport, PlacedDevice, Qmp, SshError, TraceCursor, TraceEvent, Vm,
+    artifact, qemu, sh_quote, ssh, trace, Bdf, BootTimings, ConsoleCursor, ConsoleLine, Device,
+    ExecOutput, Health, KernelReport, PlacedDevice, Qmp, SshError, TraceCursor, TraceEvent, Vm,
 };
 use crate::Error;
 
@@ -281,10 +281,19 @@ impl Vm {
         self.qmp_execute(&qapi::qmp::device_add {
             driver: driver.into(),
             id: Some(id.clone()),
-            bus: Some(port_id),
+            bus: Some(port_id.clone()),
             arguments: extra.into_iter().collect(),
         })
         .await?;
+        // QEMU keeps an empty slot powered off and shows a plugged device
+        // only once the OS powers the slot on. The guest kernel has no
+        // pciehp (its hotplug interrupts would be more MSIs through the ITS
+        // than the scenarios ask for), so power it on by hand.
+        let port_bdf = self.device(&port_id).map(|p| p.bdf.to_string());
+        if let Some(port_bdf) = port_bdf {
+            self.exec_ok(&slot_power_script(&port_bdf, true), Duration::from_secs(10))
+                .await?;
+        }
         let bdf = Bdf {
             bus,
             dev: 0,
@@ -300,12 +309,32 @@ impl Vm {
         })
     }
 
-    /// Unplugs a device and waits for QEMU's `DEVICE_DELETED` (which needs
-    /// the guest to release it).
-    pub async fn unplug(&self, id: &str, timeout: Duration) -> anyhow::Result<()> {
+    /// Unplugs the device `id` that [`Vm::hotplug`] put into port `port`
+    /// at `bdf`, and waits for QEMU's `DEVICE_DELETED`. With no pciehp in
+    /// the guest, the guest's part is done here: the device is removed from
+    /// the guest's PCI core (vfio-pci's remove waits until no process holds
+    /// the device open, so close it first), then the slot is powered off,
+    /// which is when QEMU detaches the device.
+    pub async fn unplug(
+        &self,
+        id: &str,
+        port: u32,
+        bdf: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let port_id = format!("hp{port}");
+        let Some(port_bdf) = self.device(&port_id).map(|p| p.bdf.to_string()) else {
+            return Err(Error::infra(format!("no hotplug port {port_id} for {id}")).into());
+        };
         let mut events = self.qmp.subscribe();
         self.qmp_execute(&qapi::qmp::device_del { id: id.to_string() })
             .await?;
+        let d = sh_quote(&format!("/sys/bus/pci/devices/{bdf}"));
+        let release = format!(
+            "if [ -e {d} ]; then echo 1 > {d}/remove; fi\n{}",
+            slot_power_script(&port_bdf, false)
+        );
+        self.exec_ok(&release, timeout).await?;
         let id2 = id.to_string();
         self.health
             .guard("unplug", async {
@@ -313,6 +342,88 @@ impl Vm {
                     &mut events,
                     "DEVICE_DELETED",
                     |ev| ev["data"]["device"] == id2.as_str(),
+                    timeout,
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    let msg = format!("unplug of {id}");
+                    wrap(e, msg)
+                })
+            })
+            .await
+    }
+
+    /// Starts the unplug of `id` (hotplugged into port `port` at `bdf`)
+    /// without waiting for it: QEMU is asked (`device_del`) and the guest's
+    /// part ([`Vm::unplug`]'s) runs in the background. Returns once the
+    /// device is gone from the guest's PCI core, or once vfio-pci says its
+    /// remove is blocked on the process holding the device (a VMM that
+    /// must let go): that kernel line, without its timestamp, or `None`
+    /// when it went at once. [`Vm::wait_unplugged`] then waits for
+    /// `DEVICE_DELETED`.
+    pub async fn request_unplug(
+        &self,
+        id: &str,
+        port: u32,
+        bdf: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<(PendingUnplug, Option<String>)> {
+        let port_id = format!("hp{port}");
+        let Some(port_bdf) = self.device(&port_id).map(|p| p.bdf.to_string()) else {
+            return Err(Error::infra(format!("no hotplug port {port_id} for {id}")).into());
+        };
+        let events = self.qmp.subscribe();
+        self.qmp_execute(&qapi::qmp::device_del { id: id.to_string() })
+            .await?;
+        let dev = sh_quote(&format!("/sys/bus/pci/devices/{bdf}"));
+        let release = format!(
+            "if [ -e {dev} ]; then echo 1 > {dev}/remove; fi\n{}",
+            slot_power_script(&port_bdf, false)
+        );
+        let script_file = sh_quote(&format!("/tmp/unplug-{id}.sh"));
+        let blocked = sh_quote(&format!(
+            "{bdf}: No device request channel registered, blocked until released by user"
+        ));
+        let tenths = timeout.as_millis() / 100;
+        let script = format!(
+            "cat > {script_file} <<'MSI_HARNESS_EOF'\n{release}MSI_HARNESS_EOF\n\
+             before=$(dmesg | grep -cF {blocked} || true)\n\
+             setsid sh {script_file} > /dev/null 2>&1 < /dev/null &\n\
+             i=0\n\
+             while [ $i -lt {tenths} ]; do\n\
+             [ -e {dev} ] || exit 0\n\
+             if [ \"$(dmesg | grep -cF {blocked} || true)\" != \"$before\" ]; then dmesg | grep -F {blocked} | tail -n 1 | sed 's/^\\[[^]]*\\] *//'; exit 0; fi\n\
+             sleep 0.1; i=$((i+1))\n\
+             done\n\
+             echo 'the guest neither removed the device nor blocked on its user' >&2; exit 1\n"
+        );
+        let out = self
+            .exec_ok(&script, timeout + Duration::from_secs(5))
+            .await?;
+        let line = out.stdout_str().trim().to_string();
+        Ok((
+            PendingUnplug {
+                id: id.to_string(),
+                events,
+            },
+            (!line.is_empty()).then_some(line),
+        ))
+    }
+
+    /// Waits for the `DEVICE_DELETED` of an unplug [`Vm::request_unplug`] started.
+    pub async fn wait_unplugged(
+        &self,
+        mut pending: PendingUnplug,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let id = pending.id.clone();
+        self.health
+            .guard("unplug", async {
+                Qmp::wait_event(
+                    &mut pending.events,
+                    "DEVICE_DELETED",
+                    |ev| ev["data"]["device"] == id.as_str(),
                     timeout,
                 )
                 .await
@@ -476,4 +587,45 @@ impl Vm {
             })?;
         Ok(())
     }
+}
+
+/// An unplug QEMU was asked for and the guest is carrying out
+/// ([`Vm::request_unplug`]); its QMP events are kept from the request on.
+pub struct PendingUnplug {
+    id: String,
+    events: tokio::sync::broadcast::Receiver<serde_json::Value>,
+}
+
+/// Shell helpers over a PCI function's sysfs `config`: `cfgr OFF LEN`,
+/// `cfgw OFF LEN VALUE` (one access of LEN bytes at an OFF aligned to it:
+/// QEMU's PCIe slot logic reads a Slot Control write's value as the whole
+/// register, so two byte writes would not power a slot off), `findcap ID`
+/// (a standard capability's offset).
+pub(crate) fn cfg_helpers(bdf: &str) -> String {
+    let d = sh_quote(&format!("/sys/bus/pci/devices/{bdf}"));
+    format!(
+        r#"set -e
+d={d}
+cfgw() {{ printf "$(printf '\\%03o' $(( $3 & 255 )) $(( ($3>>8) & 255 )) $(( ($3>>16) & 255 )) $(( ($3>>24) & 255 )) | head -c $(( $2 * 4 )))" | dd of=$d/config bs=$2 seek=$(( $1 / $2 )) count=1 conv=notrunc 2>/dev/null; }}
+cfgr() {{ dd if=$d/config bs=1 skip=$1 count=$2 2>/dev/null | od -An -tu$2 | tr -d ' '; }}
+findcap() {{ c=$(cfgr 52 1); while [ "$c" != 0 ] && [ "$(cfgr $c 1)" != "$1" ]; do c=$(cfgr $((c+1)) 1); done; [ "$c" != 0 ]; echo $c; }}
+"#
+    )
+}
+
+/// Shell that powers the slot of the PCIe port at `port_bdf` on or off
+/// through its Slot Control register (PCIe capability + 0x18): on clears
+/// Power Controller Control (bit 10); off sets it and turns the power
+/// indicator off (bits 9:8 = 11), the state in which QEMU detaches a device
+/// whose unplug was requested.
+pub(crate) fn slot_power_script(port_bdf: &str, on: bool) -> String {
+    let set = if on {
+        "$((ctl & ~1024))"
+    } else {
+        "$((ctl | 1024 | 768))"
+    };
+    format!(
+        "{}cap=$(findcap 16)\nctl=$(cfgr $((cap+24)) 2)\ncfgw $((cap+24)) 2 {set}\nsleep 0.2\n",
+        cfg_helpers(port_bdf)
+    )
 }

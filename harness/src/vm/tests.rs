@@ -275,18 +275,22 @@ fn boots_to_ssh_and_everything_works() {
             )
             .await
             .unwrap();
-        // QEMU keeps an empty slot powered off and shows a plugged device
-        // only once the OS powers the slot on: this guest has no pciehp, so
-        // clear Power Controller Control (SLTCTL bit 10) by hand.
-        let port = vm.device("hp0").unwrap().bdf.to_string();
-        vm.exec_ok(&slot_power_on_script(&port), Duration::from_secs(10))
-            .await
-            .unwrap();
+        // `hotplug` powered the slot on (the guest has no pciehp).
         vm.exec_ok("echo 1 > /sys/bus/pci/rescan", Duration::from_secs(10))
             .await
             .unwrap();
         vm.exec_ok(
             &format!("test -e /sys/bus/pci/devices/{}", placed.bdf),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        // And out again: DEVICE_DELETED comes, and the guest no longer has it.
+        vm.unplug("hot0", 0, &placed.bdf.to_string(), Duration::from_secs(20))
+            .await
+            .unwrap();
+        vm.exec_ok(
+            &format!("test ! -e /sys/bus/pci/devices/{}", placed.bdf),
             Duration::from_secs(5),
         )
         .await
@@ -303,27 +307,7 @@ fn boots_to_ssh_and_everything_works() {
 fn edu_msi_script(bdf: &str) -> String {
     format!(
         "{}cfgw 4 2 6\ncap=$(findcap 5)\ncfgw $((cap+4)) 4 $((0x08090040))\ncfgw $((cap+8)) 4 0\ncfgw $((cap+12)) 2 0\nctl=$(cfgr $((cap+2)) 2)\ncfgw $((cap+2)) 2 $((ctl | 1))\n/tmp/mmio-write $d/resource0 0x60 1\n",
-        cfg_helpers(bdf)
-    )
-}
-
-/// Config space helpers for the guest shell: `cfgr OFF LEN`, `cfgw OFF LEN VALUE`
-/// on `$d/config`, and `findcap ID` (standard capability list).
-fn cfg_helpers(bdf: &str) -> String {
-    format!(
-        r#"set -e
-d=/sys/bus/pci/devices/{bdf}
-cfgw() {{ printf "$(printf '\\%03o' $(( $3 & 255 )) $(( ($3>>8) & 255 )) $(( ($3>>16) & 255 )) $(( ($3>>24) & 255 )) | head -c $(( $2 * 4 )))" | dd of=$d/config bs=1 seek=$1 count=$2 conv=notrunc 2>/dev/null; }}
-cfgr() {{ dd if=$d/config bs=1 skip=$1 count=$2 2>/dev/null | od -An -tu$2 | tr -d ' '; }}
-findcap() {{ c=$(cfgr 52 1); while [ "$c" != 0 ] && [ "$(cfgr $c 1)" != "$1" ]; do c=$(cfgr $((c+1)) 1); done; [ "$c" != 0 ]; echo $c; }}
-"#
-    )
-}
-
-fn slot_power_on_script(port_bdf: &str) -> String {
-    format!(
-        "{}cap=$(findcap 16)\nctl=$(cfgr $((cap+24)) 2)\ncfgw $((cap+24)) 2 $((ctl & ~1024))\nsleep 0.2\n",
-        cfg_helpers(port_bdf)
+        super::ops::cfg_helpers(bdf)
     )
 }
 
