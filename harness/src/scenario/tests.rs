@@ -505,3 +505,56 @@ fn repeat_errors_point_into_the_construct() {
     assert_eq!(e.pos, Pos { line: 6, col: 10 }, "{e}");
     assert!(e.message.contains("`device` left out"), "{e}");
 }
+
+#[test]
+fn an_unplugged_device_is_gone_and_may_be_plugged_again() {
+    let plug = "[[step]]\nop = \"hotplug\"\ndevice = { kind = \"edu\", id = \"edu1\" }\n";
+    let step = |s: &str| format!("[[step]]\n{s}\n");
+    let ok = |body: &str| parse(&format!("{HEAD}{body}")).map(|s| s.steps.len());
+    // Unplug, re-plug, use.
+    let body = format!(
+        "{plug}{}{plug}{}",
+        step("op = \"unplug\"\ndevice = \"edu1\""),
+        step("op = \"bind\"\ndevice = \"edu1\"")
+    );
+    assert_eq!(ok(&body).unwrap(), 4);
+    // A started unplug leaves the device usable until wait_unplugged.
+    let body = format!(
+        "{plug}{}{}{}",
+        step("op = \"unplug\"\ndevice = \"edu1\"\nwait = false"),
+        step("op = \"close_device\"\ndevice = \"edu1\""),
+        step("op = \"wait_unplugged\"\ndevice = \"edu1\"")
+    );
+    assert_eq!(ok(&body).unwrap(), 4);
+    let gone = format!(
+        "{plug}{}{}",
+        step("op = \"unplug\"\ndevice = \"edu1\""),
+        step("op = \"bind\"\ndevice = \"edu1\"")
+    );
+    let e = ok(&gone).unwrap_err();
+    assert!(
+        e.message
+            .contains("device `edu1` is not in [machine].devices nor hotplugged before this step"),
+        "{e}"
+    );
+    let e = ok(&format!(
+        "{plug}{}",
+        step("op = \"wait_unplugged\"\ndevice = \"edu1\"")
+    ))
+    .unwrap_err();
+    assert!(
+        e.message
+            .contains("no unplug of `edu1` with `wait = false` before this step"),
+        "{e}"
+    );
+    let twice = format!(
+        "{plug}{}{}",
+        step("op = \"unplug\"\ndevice = \"edu1\"\nwait = false"),
+        step("op = \"unplug\"\ndevice = \"edu1\"")
+    );
+    let e = ok(&twice).unwrap_err();
+    assert!(
+        e.message.contains("`edu1` is being unplugged already"),
+        "{e}"
+    );
+}

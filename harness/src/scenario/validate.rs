@@ -104,18 +104,14 @@ impl Scenario {
                     }
                     // An unplugged id may be plugged again (a re-plug).
                     match action {
-                        Action::Host(HostStep::Unplug { device, wait: true }) => {
+                        Action::Host(HostStep::Unplug { device, wait }) => {
                             if unplugging.contains(device) {
                                 return Err(ctx(format!("`{device}` is being unplugged already")));
                             }
-                            plugged.remove(device);
-                        }
-                        Action::Host(HostStep::Unplug {
-                            device,
-                            wait: false,
-                        }) => {
-                            if !unplugging.insert(device.clone()) {
-                                return Err(ctx(format!("`{device}` is being unplugged already")));
+                            if *wait {
+                                plugged.remove(device);
+                            } else {
+                                unplugging.insert(device.clone());
                             }
                         }
                         Action::Host(HostStep::WaitUnplugged { device }) => {
