@@ -319,6 +319,47 @@ mod tests {
     }
 
     #[test]
+    fn finds_msix_after_msi_and_decodes_its_table() {
+        // e1000e's shape: MSI at 0x40, then MSI-X at 0xa0 (5 entries, table
+        // in BAR 3 at offset 0), enabled, not function-masked.
+        let mut c = edu_config(0x0080, 0, 0);
+        c[0x41] = 0xa0;
+        c[0xa0] = PCI_CAP_ID_MSIX;
+        c[0xa2..0xa4].copy_from_slice(&(PCI_MSIX_FLAGS_ENABLE | 4).to_le_bytes());
+        c[0xa4..0xa8].copy_from_slice(&3u32.to_le_bytes());
+        let cap = parse_msix_capability(&c).unwrap();
+        assert_eq!(
+            cap,
+            MsixCapability {
+                enabled: true,
+                function_masked: false,
+                table_size: 5,
+                bar: 3,
+                offset: 0,
+            }
+        );
+        let mut table = Vec::new();
+        for (addr, data, ctrl) in [(0x1_0800_0040u64, 0u32, 0u32), (0x0800_0040, 1, 1)] {
+            table.extend((addr as u32).to_le_bytes());
+            table.extend(((addr >> 32) as u32).to_le_bytes());
+            table.extend(data.to_le_bytes());
+            table.extend(ctrl.to_le_bytes());
+        }
+        let entries = decode_msix_entries(&table);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].address, HexU64(0x1_0800_0040));
+        assert!(!entries[0].masked);
+        assert_eq!(
+            (entries[1].vector, entries[1].data, entries[1].masked),
+            (1, HexU64(1), true)
+        );
+        assert_eq!(
+            parse_msix_capability(&edu_config(0x0080, 0, 0)).unwrap_err(),
+            "device has no MSI-X capability"
+        );
+    }
+
+    #[test]
     fn decodes_an_enabled_64bit_msi_capability() {
         let msi = parse_msi_capability(&edu_config(0x0081, 0x0800_0040, 0)).unwrap();
         assert_eq!(
