@@ -322,36 +322,38 @@ impl Vm {
         bdf: &str,
         timeout: Duration,
     ) -> anyhow::Result<()> {
+        let (pending, release) = self.begin_unplug(id, port, bdf).await?;
+        self.exec_ok(&release, timeout).await?;
+        self.wait_unplugged(pending, timeout).await
+    }
+
+    /// Asks QEMU to unplug `id` (`device_del`, its events watched from
+    /// before the request on) and returns the guest's part as a script:
+    /// remove the device at `bdf` from the PCI core, then power port
+    /// `port`'s slot off.
+    async fn begin_unplug(
+        &self,
+        id: &str,
+        port: u32,
+        bdf: &str,
+    ) -> anyhow::Result<(PendingUnplug, String)> {
         let port_id = format!("hp{port}");
         let Some(port_bdf) = self.device(&port_id).map(|p| p.bdf.to_string()) else {
             return Err(Error::infra(format!("no hotplug port {port_id} for {id}")).into());
         };
-        let mut events = self.qmp.subscribe();
+        let events = self.qmp.subscribe();
         self.qmp_execute(&qapi::qmp::device_del { id: id.to_string() })
             .await?;
-        let d = sh_quote(&format!("/sys/bus/pci/devices/{bdf}"));
+        let dev = sh_quote(&format!("/sys/bus/pci/devices/{bdf}"));
         let release = format!(
-            "if [ -e {d} ]; then echo 1 > {d}/remove; fi\n{}",
+            "if [ -e {dev} ]; then echo 1 > {dev}/remove; fi\n{}",
             slot_power_script(&port_bdf, false)
         );
-        self.exec_ok(&release, timeout).await?;
-        let id2 = id.to_string();
-        self.health
-            .guard("unplug", async {
-                Qmp::wait_event(
-                    &mut events,
-                    "DEVICE_DELETED",
-                    |ev| ev["data"]["device"] == id2.as_str(),
-                    timeout,
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| {
-                    let msg = format!("unplug of {id}");
-                    wrap(e, msg)
-                })
-            })
-            .await
+        let pending = PendingUnplug {
+            id: id.to_string(),
+            events,
+        };
+        Ok((pending, release))
     }
 
     /// Starts the unplug of `id` (hotplugged into port `port` at `bdf`)
@@ -369,18 +371,8 @@ impl Vm {
         bdf: &str,
         timeout: Duration,
     ) -> anyhow::Result<(PendingUnplug, Option<String>)> {
-        let port_id = format!("hp{port}");
-        let Some(port_bdf) = self.device(&port_id).map(|p| p.bdf.to_string()) else {
-            return Err(Error::infra(format!("no hotplug port {port_id} for {id}")).into());
-        };
-        let events = self.qmp.subscribe();
-        self.qmp_execute(&qapi::qmp::device_del { id: id.to_string() })
-            .await?;
+        let (pending, release) = self.begin_unplug(id, port, bdf).await?;
         let dev = sh_quote(&format!("/sys/bus/pci/devices/{bdf}"));
-        let release = format!(
-            "if [ -e {dev} ]; then echo 1 > {dev}/remove; fi\n{}",
-            slot_power_script(&port_bdf, false)
-        );
         let script_file = sh_quote(&format!("/tmp/unplug-{id}.sh"));
         let blocked = sh_quote(&format!(
             "{bdf}: No device request channel registered, blocked until released by user"
@@ -402,13 +394,7 @@ impl Vm {
             .exec_ok(&script, timeout + Duration::from_secs(5))
             .await?;
         let line = out.stdout_str().trim().to_string();
-        Ok((
-            PendingUnplug {
-                id: id.to_string(),
-                events,
-            },
-            (!line.is_empty()).then_some(line),
-        ))
+        Ok((pending, (!line.is_empty()).then_some(line)))
     }
 
     /// Waits for the `DEVICE_DELETED` of an unplug [`Vm::request_unplug`] started.
